@@ -1,0 +1,130 @@
+"""Cost of a model: multiply-accumulates (fvcore, attention included) and parameters.
+
+Convention (REFERENCES.md): one multiply-add is one MAC; a LayerNorm counts 5 x its
+elements, as fvcore counts it; the attention matmuls are counted (fvcore skips
+``aten::scaled_dot_product_attention`` unless given the handle below); token selection
+(the class-attention row, ranking, gathering, fusing) is bookkeeping and left out, which
+reproduces EViT's published MACs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from vitpareto.spaces import Candidate, describe, kept_tokens
+from vitpareto.spaces._errors import VitParetoError
+from vitpareto.spaces._ops import ClassAttention, TokenSelect
+
+
+def _sdpa_macs(inputs, outputs) -> int:
+    """q [.., N, d] k [.., S, d] v [.., S, dv]: q.k^T then attn.v."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(t) for t in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+def _image_shape(input_size: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(input_size, int):
+        return 3, input_size, input_size
+    size = tuple(int(s) for s in input_size)
+    if len(size) == 2:
+        return (3, *size)
+    if len(size) == 3:
+        return size
+    raise VitParetoError(f"input_size must be S, (H, W) or (C, H, W); got {input_size!r}")
+
+
+def count_macs(
+    model: nn.Module, input_size: int | Sequence[int], include_selection: bool = False
+) -> int:
+    """Multiply-accumulates of ``model(x)`` for one image of ``input_size``.
+
+    ``include_selection`` also counts the token-selection bookkeeping that EViT's
+    convention leaves out.
+    """
+    from fvcore.nn import FlopCountAnalysis
+
+    param = next(model.parameters())
+    x = torch.zeros(1, *_image_shape(input_size), device=param.device, dtype=param.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fca = FlopCountAnalysis(model, x)
+            fca.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
+            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            fca.tracer_warnings("none")
+            total = fca.total()
+            if not include_selection:
+                by_module = fca.by_module()
+                total -= sum(
+                    by_module.get(name, 0)
+                    for name, mod in model.named_modules()
+                    if isinstance(mod, ClassAttention | TokenSelect)
+                )
+    finally:
+        model.train(was_training)
+    return int(total)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (every one of a compressed model is really there)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def analytic_macs(model, candidate: Candidate | None = None) -> int:
+    """MACs of ``candidate`` on ``model`` from the shapes alone, without running anything.
+
+    The same convention as ``count_macs``, with which it agrees exactly for LayerNorm
+    models: per block ``5 N D + N D (2 h d_qk + h d_v) + N^2 h (d_qk + d_v) + N h d_v D``
+    for the attention (N tokens in) and ``5 N' D + 2 N' D m`` for the MLP (N' tokens
+    after pruning), plus the patch embedding, the norms and the head(s).
+    """
+    return mac_profile(model, candidate)[-1]
+
+
+def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
+    """Cumulative MACs through each block's end, then the total with the head(s).
+
+    Entry i is the cost of the stem and blocks 0..i (an early exit after block i adds
+    ``exit_head_macs``); the last entry equals ``analytic_macs``.
+    """
+    s = describe(model)
+    c = (candidate or Candidate.full(s)).validate(s)
+    D, hd, npt, p = s.embed_dim, s.head_dim, s.num_prefix_tokens, c.patch_size
+    n = (s.img_size[0] // p) * (s.img_size[1] // p)  # non-prefix tokens
+    total = n * 3 * p * p * D
+    if s.norm_pre:
+        total += 5 * (n + npt) * D
+    profile = []
+    for i in range(s.depth):
+        h, dq, m = c.heads[i], c.qk_dim[i], c.mlp[i]
+        if h > 0:
+            N = n + npt
+            total += 5 * N * D + N * D * h * (2 * dq + hd) + N * N * h * (dq + hd) + N * h * hd * D
+            if s.qk_norm:
+                total += 2 * 5 * N * h * dq
+            k = kept_tokens(c.keep[i], n)
+            if k < n:
+                n = k + (1 if c.fuse else 0)
+        if m > 0:
+            N = n + npt
+            total += 5 * N * D + 2 * N * D * m
+        profile.append(total)
+    total += (5 * (n + npt) * D if s.final_norm else 0) + (5 * D if s.fc_norm else 0)
+    total += D * s.num_classes * (2 if s.distilled else 1)
+    profile.append(total)
+    return profile
+
+
+def exit_head_macs(model) -> int:
+    """MACs of one early-exit head (pooled LayerNorm and Linear)."""
+    s = describe(model)
+    return 5 * s.embed_dim + s.embed_dim * s.num_classes

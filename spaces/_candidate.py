@@ -1,0 +1,214 @@
+"""The one object every part of vitpareto takes: a point of the joint compression space."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vitpareto.spaces._errors import VitParetoError
+from vitpareto.spaces._spec import ViTSpec, describe
+
+_PER_BLOCK = ("heads", "qk_dim", "mlp", "keep")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A compressed ViT described by its five knobs (see DESIGN.md).
+
+    Blocks are 0-based; every per-block tuple has one entry per block.
+
+    Attributes:
+        patch_size: square patch side in pixels; must divide the image sides.
+        heads: attention heads kept in each block (0 removes the attention branch).
+        qk_dim: query/key channels kept per head in each block (same in every head).
+        mlp: MLP hidden channels kept in each block (0 removes the MLP branch).
+        keep: fraction r in (0, 1] of non-prefix tokens kept after each block's
+            attention (``ceil(r * n)`` tokens, ranked by class-token attention).
+        exits: blocks after which an early-exit classifier sits.
+        exit_threshold: softmax confidence at which a sample leaves at an exit.
+        fuse: fuse the pruned tokens of a block into one extra token (EViT).
+    """
+
+    patch_size: int
+    heads: tuple[int, ...]
+    qk_dim: tuple[int, ...]
+    mlp: tuple[int, ...]
+    keep: tuple[float, ...]
+    exits: tuple[int, ...] = ()
+    exit_threshold: float = 1.0
+    fuse: bool = False
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "patch_size", _as_int("patch_size", self.patch_size))
+        for name in ("heads", "qk_dim", "mlp"):
+            values = getattr(self, name)
+            set_(self, name, tuple(_as_int(f"{name}[{i}]", v) for i, v in enumerate(_seq(name, values))))
+        set_(self, "keep", tuple(_as_float(f"keep[{i}]", v) for i, v in enumerate(_seq("keep", self.keep))))
+        set_(self, "exits", tuple(_as_int(f"exits[{i}]", v) for i, v in enumerate(_seq("exits", self.exits))))
+        set_(self, "exit_threshold", _as_float("exit_threshold", self.exit_threshold))
+        if not isinstance(self.fuse, bool):
+            raise VitParetoError(f"fuse must be true or false, got {self.fuse!r}")
+        depths = {name: len(getattr(self, name)) for name in _PER_BLOCK}
+        if len(set(depths.values())) != 1:
+            raise VitParetoError(
+                "heads, qk_dim, mlp and keep need one entry per block; got lengths "
+                + ", ".join(f"{k}={v}" for k, v in depths.items())
+            )
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def full(cls, model) -> Candidate:
+        """The unmodified model: every head, channel, block and token kept, no exits."""
+        s = describe(model)
+        return cls(
+            patch_size=s.patch_size,
+            heads=(s.num_heads,) * s.depth,
+            qk_dim=(s.head_dim,) * s.depth,
+            mlp=s.mlp_hidden,
+            keep=(1.0,) * s.depth,
+        )
+
+    @classmethod
+    def make(cls, model, **knobs) -> Candidate:
+        """Build a candidate from flexible input, the rest taken from the full model.
+
+        Each per-block knob may be one value for every block, a mapping
+        ``{block: value}`` (other blocks keep the full value) or a sequence with one
+        value per block, e.g. ``Candidate.make(model, keep={3: 0.7, 6: 0.7}, heads=4)``.
+        """
+        base = cls.full(model)
+        unknown = set(knobs) - {f.name for f in dataclasses.fields(cls) if f.init}
+        if unknown:
+            raise VitParetoError(f"unknown candidate field(s): {', '.join(sorted(unknown))}")
+        for name in _PER_BLOCK:
+            if name in knobs:
+                knobs[name] = _per_block(name, knobs[name], getattr(base, name))
+        return dataclasses.replace(base, **knobs).validate(model)
+
+    def replace(self, **changes) -> Candidate:
+        return dataclasses.replace(self, **changes)
+
+    # -- facts ----------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.heads)
+
+    def removed(self, block: int) -> bool:
+        """True when block has neither attention nor MLP left, so it is skipped entirely."""
+        return self.heads[block] == 0 and self.mlp[block] == 0
+
+    def validate(self, model) -> Candidate:
+        """Check the candidate against a model; return it, or raise naming the bad field."""
+        s: ViTSpec = describe(model)
+        if self.depth != s.depth:
+            raise VitParetoError(
+                f"candidate has {self.depth} blocks but the model has {s.depth}; "
+                f"per-block fields need {s.depth} entries"
+            )
+        h, w = s.img_size
+        if self.patch_size < 1 or h % self.patch_size or w % self.patch_size:
+            raise VitParetoError(
+                f"patch_size={self.patch_size} does not divide the {h}x{w} image; "
+                f"allowed: {', '.join(map(str, s.valid_patch_sizes()))}"
+            )
+        for i in range(s.depth):
+            _check_range("heads", i, self.heads[i], 0, s.num_heads)
+            _check_range("qk_dim", i, self.qk_dim[i], 1, s.head_dim)
+            _check_range("mlp", i, self.mlp[i], 0, s.mlp_hidden[i])
+            r = self.keep[i]
+            if not (0.0 < r <= 1.0) or math.isnan(r):
+                raise VitParetoError(f"keep[{i}]={r} is out of range; allowed: (0, 1]")
+            if r < 1.0 and self.heads[i] == 0:
+                raise VitParetoError(
+                    f"keep[{i}]={r} prunes tokens by attention, but heads[{i}]=0 removes "
+                    f"block {i}'s attention; use keep[{i}]=1.0 or keep a head"
+                )
+        if list(self.exits) != sorted(set(self.exits)):
+            raise VitParetoError(f"exits={list(self.exits)} must be distinct and increasing")
+        for j, b in enumerate(self.exits):
+            if not 0 <= b <= s.depth - 2:
+                raise VitParetoError(
+                    f"exits[{j}]={b} is out of range; allowed blocks: 0..{s.depth - 2} "
+                    "(the final head follows the last block)"
+                )
+        t = self.exit_threshold
+        if not (0.0 < t <= 1.0) or math.isnan(t):
+            raise VitParetoError(f"exit_threshold={t} is out of range; allowed: (0, 1]")
+        return self
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)
+            if f.init
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
+        if not isinstance(data, Mapping):
+            raise VitParetoError(f"a candidate must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = set(data) - names
+        if unknown:
+            raise VitParetoError(f"unknown candidate field(s): {', '.join(sorted(unknown))}")
+        missing = {"patch_size", *_PER_BLOCK} - set(data)
+        if missing:
+            raise VitParetoError(f"candidate is missing field(s): {', '.join(sorted(missing))}")
+        return cls(**data)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Candidate:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise VitParetoError(f"candidate is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+
+def _seq(name: str, values) -> Sequence:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise VitParetoError(f"{name} must be a list with one value per block, got {values!r}")
+    return values
+
+
+def _as_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v):
+        raise VitParetoError(f"{name} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _as_float(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise VitParetoError(f"{name} must be a number, got {v!r}")
+    return float(v)
+
+
+def _check_range(name: str, block: int, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise VitParetoError(
+            f"{name}[{block}]={value} is out of range for block {block}; allowed: {lo}..{hi}"
+        )
+
+
+def _per_block(name: str, value, full: tuple) -> tuple:
+    """Normalise one value / {block: value} / a sequence into a per-block tuple."""
+    depth = len(full)
+    if isinstance(value, Mapping):
+        out = list(full)
+        for b, v in value.items():
+            if not isinstance(b, int) or not 0 <= b < depth:
+                raise VitParetoError(f"{name}: block {b!r} is out of range; allowed: 0..{depth - 1}")
+            out[b] = v
+        return tuple(out)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (value,) * depth
+    return tuple(_seq(name, value))

@@ -1,0 +1,164 @@
+"""``compress``: a standalone ViT in which every pruned part is physically gone."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._importance import Criterion
+from vitpareto.spaces._ops import (
+    ClassAttention,
+    TokenSelect,
+    attention,
+    residual_block,
+    slice_qkv,
+    sliced_norm_module,
+)
+from vitpareto.spaces._spec import ViTSpec
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+class PrunedAttention(nn.Module):
+    """Self-attention with ``heads`` heads, ``qk_dim`` q/k channels and ``head_dim`` value
+    channels per head; the fused attention kernel does the work."""
+
+    def __init__(self, attn: nn.Module, heads: int, qk_dim: int, scorer: ClassAttention | None):
+        super().__init__()
+        self.heads, self.qk_dim, self.head_dim = heads, qk_dim, attn.head_dim
+        self.scale = attn.scale
+        qkv_w, qkv_b, proj_w, proj_b = (t.detach() if t is not None else None for t in slice_qkv(attn, heads, qk_dim))
+        self.qkv = _linear(qkv_w, qkv_b)
+        self.q_norm = sliced_norm_module(attn.q_norm, qk_dim)
+        self.k_norm = sliced_norm_module(attn.k_norm, qk_dim)
+        self.attn_drop_p = attn.attn_drop.p
+        self.proj = _linear(proj_w, proj_b)
+        self.proj_drop = copy.deepcopy(attn.proj_drop)
+        self.scorer = scorer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, scores = attention(
+            x,
+            self.qkv.weight,
+            self.qkv.bias,
+            self.proj.weight,
+            self.proj.bias,
+            heads=self.heads,
+            qk_dim=self.qk_dim,
+            head_dim=self.head_dim,
+            scale=self.scale,
+            q_norm=self.q_norm,
+            k_norm=self.k_norm,
+            dropout_p=self.attn_drop_p if self.training else 0.0,
+            scorer=self.scorer,
+        )
+        return self.proj_drop(out), scores
+
+
+class PrunedBlock(nn.Module):
+    """A timm pre-norm block cut to a candidate: sliced attention and MLP, optional token
+    pruning between them. timm's own norm, LayerScale, drop-path and Mlp modules are reused."""
+
+    def __init__(self, blk: nn.Module, c: Candidate, i: int, spec: ViTSpec):
+        super().__init__()
+        h, dq, m, r = c.heads[i], c.qk_dim[i], c.mlp[i], c.keep[i]
+        self.heads, self.qk_dim, self.mlp_dim, self.keep = h, dq, m, r
+        if h > 0:
+            scorer = ClassAttention(spec.num_prefix_tokens, spec.has_class_token) if r < 1 else None
+            self.norm1, self.ls1, self.drop_path1 = blk.norm1, blk.ls1, blk.drop_path1
+            self.attn = PrunedAttention(blk.attn, h, dq, scorer)
+            self.select = TokenSelect(r, c.fuse, spec.num_prefix_tokens) if r < 1 else None
+        if m > 0:
+            self.norm2, self.ls2, self.drop_path2 = blk.norm2, blk.ls2, blk.drop_path2
+            mlp = blk.mlp
+            mlp.fc1 = _linear(mlp.fc1.weight.detach()[:m], _head(mlp.fc1.bias, m))
+            mlp.fc2 = _linear(mlp.fc2.weight.detach()[:, :m], _detach(mlp.fc2.bias))
+            self.mlp = mlp
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        attn = self.attn if self.heads > 0 else None
+        mlp = self.mlp if self.mlp_dim > 0 else None
+        return residual_block(x, self, attn, mlp, self.select if self.heads > 0 else None)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, qk_dim={self.qk_dim}, mlp={self.mlp_dim}, keep={self.keep}"
+
+
+def _detach(t):
+    return t.detach() if t is not None else None
+
+
+def _head(t, n):
+    return t.detach()[:n] if t is not None else None
+
+
+class CompressedViT(nn.Module):
+    """A compressed timm ViT: ``forward`` is timm's own forward on the cut model and returns
+    the final logits; ``forward_exits`` returns every early exit's logits, then the final."""
+
+    def __init__(self, vit: nn.Module, exit_heads: nn.ModuleList, exit_after: list[int], candidate: Candidate):
+        super().__init__()
+        self.vit = vit
+        self.exit_heads = exit_heads
+        self.exit_after = list(exit_after)  # number of kept blocks before each exit
+        self.candidate = candidate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)
+
+    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        outs = [head(x) for head, at in zip(self.exit_heads, self.exit_after, strict=True) if at == 0]
+        for j, blk in enumerate(vit.blocks, start=1):
+            x = blk(x)
+            outs += [head(x) for head, at in zip(self.exit_heads, self.exit_after, strict=True) if at == j]
+        outs.append(vit.forward_head(vit.norm(x)))
+        return outs
+
+
+@torch.no_grad()
+def extract(elastic, candidate: Candidate) -> CompressedViT:
+    """Cut ``candidate`` out of an ``ElasticViT`` as a standalone ``CompressedViT``."""
+    spec = elastic.spec
+    candidate.validate(spec)
+    missing = [b for b in candidate.exits if str(b) not in elastic.exit_heads]
+    if missing:
+        from vitpareto.spaces._errors import VitParetoError
+
+        raise VitParetoError(f"the elastic model has no exit head after block(s) {missing}")
+    vit = copy.deepcopy(elastic.vit)
+    if candidate.patch_size != spec.patch_size:
+        vit.set_input_size(patch_size=candidate.patch_size)
+    kept = [i for i in range(spec.depth) if not candidate.removed(i)]
+    vit.blocks = nn.Sequential(*(PrunedBlock(vit.blocks[i], candidate, i, spec) for i in kept))
+    exit_after = [sum(1 for i in kept if i <= b) for b in candidate.exits]
+    heads = nn.ModuleList(copy.deepcopy(elastic.exit_heads[str(b)]) for b in candidate.exits)
+    out = CompressedViT(vit, heads, exit_after, candidate)
+    out.train(elastic.training)
+    return out
+
+
+def compress(model: nn.Module, candidate: Candidate, importance: str | Criterion = "magnitude") -> CompressedViT:
+    """Return ``candidate`` cut out of ``model`` as a plain, physically smaller module.
+
+    ``model`` is a timm VisionTransformer (left untouched; its heads and channels are
+    ranked by ``importance`` on a copy) or an ``ElasticViT`` (its ranking and exit heads
+    are used). Exit heads a plain timm model lacks start from its final norm and head.
+    """
+    from vitpareto.spaces._elastic import ElasticViT
+
+    if not isinstance(model, ElasticViT):
+        candidate.validate(model)
+        model = ElasticViT(copy.deepcopy(model), importance, exit_blocks=candidate.exits)
+    return extract(model, candidate)

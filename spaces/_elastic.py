@@ -1,0 +1,163 @@
+"""The elastic ViT: one set of shared weights that runs any Candidate (the supernet)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.layers.format import nchw_to
+
+from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._importance import Criterion, rank
+from vitpareto.spaces._ops import (
+    ClassAttention,
+    ExitHead,
+    attention,
+    mlp_forward,
+    residual_block,
+    select_tokens,
+    slice_qkv,
+    sliced_norm,
+)
+from vitpareto.spaces._spec import ViTSpec, describe
+
+
+class ElasticViT(nn.Module):
+    """A timm VisionTransformer whose heads, channels, blocks, tokens, patch size and exits
+    are chosen per forward pass by a ``Candidate``.
+
+    Construction ranks the model's heads and channels by ``importance`` (permuting its
+    weights in place: pass a copy to keep the original) and adds an early-exit head
+    after each block in ``exit_blocks`` (default: every block but the last), initialised
+    from the model's own final norm and classifier.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        importance: str | Criterion = "magnitude",
+        exit_blocks: Iterable[int] | None = None,
+    ):
+        super().__init__()
+        self.spec: ViTSpec = describe(model)
+        self.vit = model
+        self.orders = rank(model, importance)
+        s = self.spec
+        blocks = range(s.depth - 1) if exit_blocks is None else sorted(set(exit_blocks))
+        self.exit_heads = nn.ModuleDict({str(b): self._new_exit_head() for b in blocks})
+        self._scorer = ClassAttention(s.num_prefix_tokens, s.has_class_token)
+
+    def _new_exit_head(self) -> ExitHead:
+        s, vit = self.spec, self.vit
+        head = ExitHead(s.embed_dim, s.num_classes, s.global_pool, s.num_prefix_tokens)
+        ref_norm = vit.norm if isinstance(vit.norm, nn.LayerNorm) else vit.fc_norm
+        with torch.no_grad():
+            if isinstance(ref_norm, nn.LayerNorm):
+                head.norm.load_state_dict(ref_norm.state_dict())
+            if isinstance(vit.head, nn.Linear):
+                head.head.load_state_dict(vit.head.state_dict())
+        return head
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, candidate: Candidate | None = None) -> torch.Tensor:
+        """Final logits of ``candidate`` (default: the full model) on the shared weights."""
+        return self.forward_exits(x, candidate, exits=False)[-1]
+
+    def forward_exits(
+        self, x: torch.Tensor, candidate: Candidate | None = None, exits: bool = True
+    ) -> list[torch.Tensor]:
+        """Logits of every exit of ``candidate`` in block order, then the final logits."""
+        c = candidate if candidate is not None else Candidate.full(self.spec)
+        missing = [b for b in c.exits if str(b) not in self.exit_heads]
+        if exits and missing:
+            raise KeyError(f"no exit head after block(s) {missing}; built: {list(self.exit_heads)}")
+        x = self.embed(x, c.patch_size)
+        outs = []
+        for i, blk in enumerate(self.vit.blocks):
+            if not c.removed(i):
+                x = self._block(blk, x, c, i)
+            if exits and i in c.exits:
+                outs.append(self.exit_heads[str(i)](x))
+        outs.append(self.vit.forward_head(self.vit.norm(x)))
+        return outs
+
+    def embed(self, x: torch.Tensor, patch_size: int) -> torch.Tensor:
+        """Patch and position embedding at any patch size (FlexiViT PI-resize)."""
+        vit, s = self.vit, self.spec
+        if patch_size == s.patch_size:
+            x = vit._pos_embed(vit.patch_embed(x))
+        else:
+            pe = vit.patch_embed
+            weight = resample_patch_embed(pe.proj.weight, [patch_size, patch_size])
+            x = F.conv2d(x, weight, pe.proj.bias, stride=patch_size)
+            grid = x.shape[-2:]
+            x = x.flatten(2).transpose(1, 2) if pe.flatten else nchw_to(x, pe.output_fmt)
+            x = pe.norm(x)
+            if vit.pos_embed is None or vit.dynamic_img_size:
+                x = vit._pos_embed(x)  # timm resamples the position embedding itself
+            else:
+                pos = resample_abs_pos_embed(
+                    vit.pos_embed,
+                    new_size=list(grid),
+                    old_size=list(pe.grid_size),
+                    num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
+                )
+                x = torch.func.functional_call(_PosEmbed(vit), {"vit.pos_embed": pos}, (x,))
+        return vit.norm_pre(vit.patch_drop(x))
+
+    def _block(self, blk: nn.Module, x: torch.Tensor, c: Candidate, i: int) -> torch.Tensor:
+        s = self.spec
+        h, dq, m, r = c.heads[i], c.qk_dim[i], c.mlp[i], c.keep[i]
+        attn_fn = select = mlp_fn = None
+        if h > 0:
+            a = blk.attn
+
+            def attn_fn(t):
+                out, scores = attention(
+                    t,
+                    *slice_qkv(a, h, dq),
+                    heads=h,
+                    qk_dim=dq,
+                    head_dim=s.head_dim,
+                    scale=a.scale,
+                    q_norm=sliced_norm(a.q_norm, dq),
+                    k_norm=sliced_norm(a.k_norm, dq),
+                    dropout_p=a.attn_drop.p if self.training else 0.0,
+                    scorer=self._scorer if r < 1.0 else None,
+                )
+                return a.proj_drop(out), scores
+
+            if r < 1.0:
+                select = partial(
+                    select_tokens, keep=r, fuse=c.fuse, num_prefix_tokens=s.num_prefix_tokens
+                )
+        if m > 0:
+            mp = blk.mlp
+            fc1_b = mp.fc1.bias[:m] if mp.fc1.bias is not None else None
+            mlp_fn = partial(
+                mlp_forward, mp, fc1_w=mp.fc1.weight[:m], fc1_b=fc1_b,
+                fc2_w=mp.fc2.weight[:, :m], fc2_b=mp.fc2.bias,
+            )
+        return residual_block(x, blk, attn_fn, mlp_fn, select)
+
+    # -- extraction ---------------------------------------------------------------------------
+    def extract(self, candidate: Candidate) -> nn.Module:
+        """A standalone ``CompressedViT`` for ``candidate``: pruned parts physically removed."""
+        from vitpareto.spaces._compress import extract
+
+        return extract(self, candidate)
+
+
+class _PosEmbed(nn.Module):
+    """Calls timm's own ``_pos_embed`` so a resampled position embedding can be swapped in."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit._pos_embed(x)

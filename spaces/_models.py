@@ -1,0 +1,83 @@
+"""Building the timm ViT a user names, with one clear error for every way that can fail."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from vitpareto.spaces._errors import VitParetoError
+from vitpareto.spaces._spec import describe
+
+
+def create_model(
+    name: str, pretrained: bool = False, checkpoint: str | Path | None = None, **kwargs
+) -> nn.Module:
+    """A timm ViT by name (random init, ``pretrained`` weights, or a ``checkpoint`` file).
+
+    Raises ``VitParetoError`` for a name timm does not know, a model vitpareto cannot
+    compress, weights that cannot be downloaded and a checkpoint that does not fit.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models('*vit*')`"
+        raise VitParetoError(f"unknown timm model {name!r}{hint}")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        raise VitParetoError(f"model {name!r} does not accept these options: {e}") from None
+    except (OSError, RuntimeError) as e:
+        if not pretrained:
+            raise
+        raise VitParetoError(
+            f"could not load pretrained weights for {name!r} ({type(e).__name__}); without "
+            "network access pass a local file with --checkpoint instead"
+        ) from None
+    describe(model)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict file (safely: tensors only) into ``model``; strict about fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitParetoError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise VitParetoError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle, zip and unpickler errors all mean "not a checkpoint"
+            raise VitParetoError(f"checkpoint {str(path)!r} is not a readable torch file: {e}") from None
+    for key in ("state_dict", "model", "model_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise VitParetoError(f"checkpoint {str(path)!r} holds no state dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        raise VitParetoError(
+            f"checkpoint {str(path)!r} does not match the model: {'; '.join(parts)}; "
+            "was it saved from another architecture or image size?"
+        )
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,527 @@
+"""JointSpace: one declaration of the searched knobs, from which every search backend derives.
+
+The declaration says which knobs of a ``Candidate`` are searched and their choices. Both
+backends read the same flat list of categorical parameters (``params()``): Optuna through
+``suggest(trial)`` (define-by-run, ``trial.suggest_categorical`` only) and Ray Tune through
+``to_tune()`` / ``decode(config)``. Both turn parameter values into a candidate through one
+function (``_build``), so the same values give the same candidate in either backend.
+
+Design: a ``JointSpace`` is a plain, model-independent declaration (what a YAML file holds).
+Choices that depend on the model (per-block parameter names, fractions turned into channel
+counts) need the model's shape, so ``bind(model)`` returns a copy that carries the model's
+``ViTSpec``; ``params``, ``size``, ``suggest``, ``to_tune`` and ``decode`` need a bound space.
+``JointSpace.default(model)`` and ``JointSpace.load(path, model)`` return bound spaces.
+
+YAML form (a knob left out is not searched: every block keeps its full value; a knob with one
+choice is fixed, not a parameter)::
+
+    patch_size: [16, 28, 32]                 # patch sides, one categorical
+    heads: {choices: [0, 2, 3], groups: block}   # absolute head counts (0 removes attention)
+    qk_dim: {choices: [0.5, 1.0], groups: all}   # fractions of head_dim, >= 1 channel
+    mlp: {choices: [0.5, 1.0], groups: [[0, 1, 2], [3, 4, 5]]}  # fractions of each MLP width
+    keep: {blocks: [3, 6, 9], choices: [0.5, 0.7, 1.0]}  # token keep ratios in (0, 1]
+    exits: {blocks: [5, 8], threshold: [0.8, 0.9]}       # each exit on/off + one threshold
+    fuse: [false, true]
+
+``groups`` is ``block`` (one parameter per block, the default), ``all`` (one parameter shared
+by every searched block) or a list of block lists (one parameter per group). ``blocks`` limits
+a per-block knob to those blocks (default: every block, or the blocks named in the groups).
+
+Parameter names: ``patch_size``, ``heads.b3`` (per block), ``heads.g0`` (group), ``heads``
+(all blocks), ``keep.b3``, ``exit.b5``, ``exit_threshold``, ``fuse``.
+
+Normalisation, identical in both backends because both go through ``_build``:
+
+- a block whose heads are 0 has no attention to rank tokens by, so its keep becomes 1.0;
+- ``exit_threshold`` is always a parameter when exits are declared (a static space suits
+  GridSampler, multivariate TPE and Ray's fixed param space alike), and a candidate with no
+  exit switched on gets ``exit_threshold=1.0``, the ``Candidate`` default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._errors import VitParetoError
+from vitpareto.spaces._spec import ViTSpec, describe
+
+if TYPE_CHECKING:
+    import optuna
+
+_PER_BLOCK = ("heads", "qk_dim", "mlp", "keep")
+_KNOBS = ("patch_size", *_PER_BLOCK, "exits", "fuse")
+_GROUPINGS = ("block", "all")
+
+# knob -> (type of a choice, test, description of the allowed choices)
+_RULES = {
+    "patch_size": (int, lambda v: v >= 1, "patch sides in pixels, >= 1"),
+    "heads": (int, lambda v: v >= 0, "head counts >= 0 (0 removes the attention)"),
+    "qk_dim": (float, lambda v: 0 < v <= 1, "fractions of head_dim in (0, 1]"),
+    "mlp": (float, lambda v: 0 <= v <= 1, "fractions of the block's MLP width in [0, 1]"),
+    "keep": (float, lambda v: 0 < v <= 1, "token keep ratios in (0, 1]"),
+    "exit_threshold": (float, lambda v: 0 < v <= 1, "softmax confidences in (0, 1]"),
+    "fuse": (bool, lambda v: True, "true or false"),
+}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """How one per-block knob (heads, qk_dim, mlp, keep) is searched.
+
+    Attributes:
+        choices: values to choose from (heads: head counts; qk_dim and mlp: fractions of the
+            full width; keep: token keep ratios).
+        groups: ``"block"`` (one parameter per block), ``"all"`` (one parameter shared by
+            every searched block) or a tuple of block tuples (one parameter per group).
+        blocks: the searched blocks; ``None`` means every block, or the blocks of explicit
+            groups. Blocks not searched keep their full value.
+    """
+
+    choices: tuple
+    groups: str | tuple[tuple[int, ...], ...] = "block"
+    blocks: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        groups = self.groups if isinstance(self.groups, str) else [list(g) for g in self.groups]
+        out: dict[str, Any] = {"choices": list(self.choices), "groups": groups}
+        if self.blocks is not None:
+            out["blocks"] = list(self.blocks)
+        return out
+
+
+class _Slot(NamedTuple):
+    """One knob setting: a parameter (``param``), or a fixed value when ``param`` is None."""
+
+    knob: str
+    param: str | None
+    blocks: tuple[int, ...]
+    choices: tuple
+
+
+@dataclass(frozen=True)
+class JointSpace:
+    """The searched knobs and their choices; ``None`` means not searched (full value).
+
+    Construct it in Python with flexible input (a list of choices, a scalar, a ``Knob`` or a
+    dict like the YAML form for per-block knobs), e.g.
+    ``JointSpace(heads=[2, 3], keep={"blocks": [3, 6, 9], "choices": [0.5, 1.0]},
+    exits=[5, 8], exit_threshold=[0.8, 0.9]).bind(model)``; or from a dict / file with
+    ``from_dict`` / ``load``, where exits are written ``exits: {blocks: .., threshold: ..}``.
+    Every value is checked here; the model-dependent checks run in ``validate``/``bind``.
+    """
+
+    patch_size: tuple[int, ...] | None = None
+    heads: Knob | None = None
+    qk_dim: Knob | None = None
+    mlp: Knob | None = None
+    keep: Knob | None = None
+    exits: tuple[int, ...] | None = None
+    exit_threshold: tuple[float, ...] | None = None
+    fuse: tuple[bool, ...] | None = None
+    spec: ViTSpec | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        for name in ("patch_size", "fuse"):
+            if getattr(self, name) is not None:
+                set_(self, name, _choices(name, getattr(self, name)))
+        for name in _PER_BLOCK:
+            if getattr(self, name) is not None:
+                set_(self, name, _knob(name, getattr(self, name)))
+        if self.exits is not None:
+            set_(self, "exits", tuple(sorted(_blocks("exits", self.exits))))
+            if self.exit_threshold is None:
+                raise VitParetoError(
+                    "exits need threshold choices, e.g. exits: {blocks: [5, 8], "
+                    "threshold: [0.8, 0.9]}"
+                )
+            set_(self, "exit_threshold", _choices("exit_threshold", self.exit_threshold))
+        elif self.exit_threshold is not None:
+            raise VitParetoError(
+                "exit_threshold is given but no exits; declare the exit blocks, e.g. "
+                "exits: {blocks: [5, 8], threshold: [0.8, 0.9]}"
+            )
+        if self.spec is not None and not isinstance(self.spec, ViTSpec):
+            raise VitParetoError("spec must be a ViTSpec; use space.bind(model)")
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def default(cls, model) -> JointSpace:
+        """A sensible space for any supported ViT, bound to it.
+
+        Patch sides dividing the image in [base, 2*base]; heads per block from
+        {ceil(H/2), ceil(3H/4), H}; qk_dim and mlp fractions 0.5/0.75/1.0; keep at blocks
+        round(depth/4), round(depth/2), round(3*depth/4) (EViT's 3, 6, 9 for depth 12) with
+        ratios 0.5/0.7/0.9/1.0; exits after blocks depth//2-1 and 3*depth//4-1 (when before the
+        last block) with thresholds 0.8/0.9/0.95; no token fusion.
+        """
+        s = describe(model)
+        base, h, d = s.patch_size, s.num_heads, s.depth
+        keep_blocks = sorted({round(d / 4), round(d / 2), round(3 * d / 4)} & set(range(d)))
+        exits = sorted(b for b in {d // 2 - 1, 3 * d // 4 - 1} if 0 <= b < d - 1)
+        patches = [p for p in s.valid_patch_sizes() if base <= p <= 2 * base]
+        return cls(
+            patch_size=patches or None,
+            heads=sorted({math.ceil(h / 2), math.ceil(3 * h / 4), h}),
+            qk_dim=[0.5, 0.75, 1.0],
+            mlp=[0.5, 0.75, 1.0],
+            keep={"blocks": keep_blocks, "choices": [0.5, 0.7, 0.9, 1.0]},
+            exits=exits or None,
+            exit_threshold=[0.8, 0.9, 0.95] if exits else None,
+            fuse=[False],
+        ).bind(s)
+
+    def bind(self, model) -> JointSpace:
+        """Return a copy that carries the model's shape (``ViTSpec``), after ``validate``."""
+        spec = describe(model)
+        self.validate(spec)
+        return dataclasses.replace(self, spec=spec)
+
+    def validate(self, model) -> JointSpace:
+        """Check every choice and block against a model (or ViTSpec); return self or raise."""
+        s = describe(model)
+        h, w = s.img_size
+        for p in self.patch_size or ():
+            if h % p or w % p:
+                raise VitParetoError(
+                    f"patch_size: {p} does not divide the {h}x{w} image; allowed: "
+                    + ", ".join(map(str, s.valid_patch_sizes()))
+                )
+        if self.heads is not None and max(self.heads.choices) > s.num_heads:
+            raise VitParetoError(
+                f"heads: choice {max(self.heads.choices)} is above the model's {s.num_heads} "
+                f"heads; allowed: 0..{s.num_heads}"
+            )
+        for name in _PER_BLOCK:
+            knob = getattr(self, name)
+            for b in _knob_blocks(knob, s.depth) if knob is not None else ():
+                if b >= s.depth:
+                    raise VitParetoError(
+                        f"{name}: block {b} is out of range; allowed: 0..{s.depth - 1}"
+                    )
+        for b in self.exits or ():
+            if b > s.depth - 2:
+                raise VitParetoError(
+                    f"exits: block {b} is out of range; allowed: 0..{s.depth - 2} "
+                    "(the final head follows the last block)"
+                )
+        return self
+
+    # -- the parameters -------------------------------------------------------------------
+    def params(self) -> dict[str, list]:
+        """Parameter name -> its choices, in a stable order (fits Optuna's GridSampler)."""
+        return {s.param: list(s.choices) for s in self._plan() if s.param is not None}
+
+    def size(self) -> int:
+        """Number of parameter combinations (several may decode to the same candidate)."""
+        return math.prod(len(c) for c in self.params().values())
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Candidate:
+        """Sample a candidate in an Optuna objective with ``trial.suggest_categorical``."""
+        values = {name: trial.suggest_categorical(name, c) for name, c in self.params().items()}
+        return self._build(values)
+
+    def to_tune(self) -> dict[str, Any]:
+        """Ray Tune param space: parameter name -> ``tune.choice(choices)``; see ``decode``."""
+        try:
+            from ray import tune
+        except ImportError:
+            raise VitParetoError(
+                "Ray Tune is not installed; install it with pip install 'vitpareto[ray]'"
+            ) from None
+        return {name: tune.choice(c) for name, c in self.params().items()}
+
+    def decode(self, config: Mapping[str, Any]) -> Candidate:
+        """The candidate of a parameter assignment (a Ray Tune config, a trial's params).
+
+        Every parameter must be present with one of its choices; other keys (e.g. further
+        hyperparameters in a Tune config) are ignored.
+        """
+        if not isinstance(config, Mapping):
+            raise VitParetoError(f"config must be a mapping, got {type(config).__name__}")
+        values = {}
+        for name, choices in self.params().items():
+            if name not in config:
+                raise VitParetoError(f"config is missing parameter {name!r} of the space")
+            v = config[name]
+            if v not in choices:
+                raise VitParetoError(f"config[{name!r}]={v!r} is not one of the choices {choices}")
+            values[name] = choices[choices.index(v)]
+        return self._build(values)
+
+    def summary(self) -> str:
+        """A short text: each parameter with its choices, and the number of combinations."""
+        lines = [f"{name}: {choices}" for name, choices in self.params().items()]
+        return "\n".join([*lines, f"{len(lines)} parameters, {self.size()} combinations"])
+
+    # -- read / write ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The declaration in its YAML/JSON form; knobs not searched are left out."""
+        out: dict[str, Any] = {}
+        if self.patch_size is not None:
+            out["patch_size"] = list(self.patch_size)
+        for name in _PER_BLOCK:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).to_dict()
+        if self.exits is not None:
+            out["exits"] = {"blocks": list(self.exits), "threshold": list(self.exit_threshold)}
+        if self.fuse is not None:
+            out["fuse"] = list(self.fuse)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], model=None) -> JointSpace:
+        """Build from the YAML/JSON form; bound to ``model`` when one is given."""
+        if not isinstance(data, Mapping):
+            raise VitParetoError(f"a space must be a mapping of knobs, got {type(data).__name__}")
+        unknown = [k for k in data if k not in _KNOBS]
+        if unknown:
+            raise VitParetoError(
+                f"unknown knob(s) in the space: {', '.join(map(str, unknown))}; "
+                f"known: {', '.join(_KNOBS)}"
+            )
+        kwargs = dict(data)
+        exits = kwargs.pop("exits", None)
+        if exits is not None:
+            if not isinstance(exits, Mapping) or set(exits) - {"blocks", "threshold"}:
+                raise VitParetoError(
+                    f"exits must look like {{blocks: [5, 8], threshold: [0.8, 0.9]}}, got {exits!r}"
+                )
+            if "blocks" not in exits:
+                raise VitParetoError("exits: blocks is missing, e.g. exits: {blocks: [5, 8], ...}")
+            kwargs["exits"] = exits["blocks"]
+            kwargs["exit_threshold"] = exits.get("threshold")
+        space = cls(**kwargs)
+        return space.bind(model) if model is not None else space
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model=None) -> JointSpace:
+        """Read a .yaml/.yml/.json space file; bound to ``model`` when one is given."""
+        path = Path(path)
+        fmt = _format(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise VitParetoError(f"space file {path} does not exist") from None
+        except OSError as e:
+            raise VitParetoError(f"cannot read space file {path}: {e.strerror}") from None
+        if fmt == "json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise VitParetoError(f"space file {path} is not valid JSON: {e}") from None
+        else:
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise VitParetoError(f"space file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, Mapping):
+            raise VitParetoError(f"space file {path} must hold a mapping of knobs")
+        return cls.from_dict(data, model)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the declaration as YAML or JSON (by extension), atomically."""
+        path = Path(path)
+        if _format(path) == "json":
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        else:
+            import yaml
+
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # -- internals ------------------------------------------------------------------------
+    def _spec(self) -> ViTSpec:
+        if self.spec is None:
+            raise VitParetoError("the space is not bound to a model; use space.bind(model)")
+        return self.spec
+
+    def _plan(self) -> list[_Slot]:
+        """Every knob setting, parameters and fixed values, in the order of ``params``."""
+        depth = self._spec().depth
+        slots = []
+        if self.patch_size is not None:
+            slots.append(_slot("patch_size", "patch_size", (), self.patch_size))
+        for name in _PER_BLOCK:
+            knob = getattr(self, name)
+            if knob is None:
+                continue
+            if knob.groups == "block":
+                for b in _knob_blocks(knob, depth):
+                    slots.append(_slot(name, f"{name}.b{b}", (b,), knob.choices))
+            elif knob.groups == "all":
+                slots.append(_slot(name, name, _knob_blocks(knob, depth), knob.choices))
+            else:
+                for g, blocks in enumerate(knob.groups):
+                    slots.append(_slot(name, f"{name}.g{g}", blocks, knob.choices))
+        for b in self.exits or ():
+            slots.append(_slot("exits", f"exit.b{b}", (b,), (False, True)))
+        if self.exits is not None:
+            slots.append(_slot("exit_threshold", "exit_threshold", (), self.exit_threshold))
+        if self.fuse is not None:
+            slots.append(_slot("fuse", "fuse", (), self.fuse))
+        return slots
+
+    def _build(self, values: Mapping[str, Any]) -> Candidate:
+        """The one translation from parameter values to a candidate, used by both backends."""
+        s = self._spec()
+        per_block = {
+            "heads": [s.num_heads] * s.depth,
+            "qk_dim": [s.head_dim] * s.depth,
+            "mlp": list(s.mlp_hidden),
+            "keep": [1.0] * s.depth,
+        }
+        knobs: dict[str, Any] = {"patch_size": s.patch_size, "exit_threshold": 1.0, "fuse": False}
+        exits = []
+        for slot in self._plan():
+            v = values[slot.param] if slot.param is not None else slot.choices[0]
+            if slot.knob == "exits":
+                exits += list(slot.blocks) if v else []
+            elif slot.knob in per_block:
+                for b in slot.blocks:
+                    per_block[slot.knob][b] = _absolute(slot.knob, v, b, s)
+            else:
+                knobs[slot.knob] = v
+        for b, h in enumerate(per_block["heads"]):
+            if h == 0:  # no attention to rank tokens by: nothing is pruned here
+                per_block["keep"][b] = 1.0
+        if not exits:
+            knobs["exit_threshold"] = 1.0
+        cand = Candidate(exits=tuple(sorted(exits)), **knobs, **per_block)
+        return cand.validate(s)
+
+
+def _slot(knob: str, param: str, blocks: tuple[int, ...], choices: tuple) -> _Slot:
+    return _Slot(knob, param if len(choices) > 1 else None, tuple(blocks), tuple(choices))
+
+
+def _absolute(knob: str, v, block: int, s: ViTSpec):
+    """A choice as the candidate's value: fractions become channel counts."""
+    if knob == "qk_dim":
+        return max(1, int(round(v * s.head_dim)))
+    if knob == "mlp":
+        return int(round(v * s.mlp_hidden[block]))
+    return v
+
+
+def _knob_blocks(knob: Knob, depth: int) -> tuple[int, ...]:
+    if knob.blocks is not None:
+        return knob.blocks
+    if isinstance(knob.groups, tuple):
+        return tuple(sorted(b for g in knob.groups for b in g))
+    return tuple(range(depth))
+
+
+def _format(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext in (".yaml", ".yml"):
+        return "yaml"
+    if ext == ".json":
+        return "json"
+    raise VitParetoError(f"space file {path} must end in .yaml, .yml or .json")
+
+
+def _choices(name: str, value) -> tuple:
+    """Normalise a scalar or a list into a tuple of checked, distinct choices."""
+    kind, ok, allowed = _RULES[name]
+    if isinstance(value, str | bytes | Mapping):
+        raise VitParetoError(f"{name}: expected a list of choices ({allowed}), got {value!r}")
+    values = list(value) if isinstance(value, Sequence) else [value]
+    if not values:
+        raise VitParetoError(f"{name}: needs at least one choice ({allowed})")
+    out = []
+    for v in values:
+        c = _coerce(kind, v)
+        if c is None or not ok(c):
+            raise VitParetoError(f"{name}: choice {v!r} is not allowed; choices are {allowed}")
+        if c in out:
+            raise VitParetoError(f"{name}: choice {v!r} is listed twice")
+        out.append(c)
+    return tuple(out)
+
+
+def _coerce(kind: type, v):
+    """v as a bool/int/float, or None when it is not one."""
+    if kind is bool:
+        return v if isinstance(v, bool) else None
+    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+        return None
+    if kind is int:
+        return int(v) if v == int(v) else None
+    return float(v)
+
+
+def _blocks(name: str, value) -> tuple[int, ...]:
+    """A non-empty list of distinct block indices >= 0."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        raise VitParetoError(f"{name}: blocks must be a non-empty list of block indices")
+    out = []
+    for b in value:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise VitParetoError(f"{name}: block {b!r} is not a block index (an integer >= 0)")
+        if b in out:
+            raise VitParetoError(f"{name}: block {b} is listed twice")
+        out.append(b)
+    return tuple(out)
+
+
+def _knob(name: str, value) -> Knob:
+    """Normalise a Knob, a dict like the YAML form, a list or a scalar into a checked Knob."""
+    if isinstance(value, Knob):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, Mapping):
+        value = {"choices": value}
+    unknown = set(value) - {"choices", "groups", "blocks"}
+    if unknown:
+        raise VitParetoError(
+            f"{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+            "known: choices, groups, blocks"
+        )
+    if "choices" not in value:
+        raise VitParetoError(f"{name}: choices are missing, e.g. {name}: {{choices: [...]}}")
+    choices = _choices(name, value["choices"])
+    groups = value.get("groups", "block")
+    if isinstance(groups, str):
+        if groups not in _GROUPINGS:
+            raise VitParetoError(
+                f"{name}: groups={groups!r} is not allowed; use block, all or a list of "
+                "block lists like [[0, 1], [2, 3]]"
+            )
+    else:
+        if not isinstance(groups, Sequence) or not groups:
+            raise VitParetoError(
+                f"{name}: groups must be block, all or a non-empty list of block lists"
+            )
+        groups = tuple(
+            tuple(sorted(_blocks(f"{name} group {g}", grp))) for g, grp in enumerate(groups)
+        )
+        flat = [b for g in groups for b in g]
+        if len(flat) != len(set(flat)):
+            raise VitParetoError(f"{name}: a block is in more than one group: {groups}")
+    blocks = value.get("blocks")
+    if blocks is not None:
+        blocks = tuple(sorted(_blocks(name, blocks)))
+        if isinstance(groups, tuple) and set(blocks) != {b for g in groups for b in g}:
+            raise VitParetoError(
+                f"{name}: blocks {list(blocks)} differ from the blocks of the groups; "
+                "give the groups alone"
+            )
+    return Knob(choices=choices, groups=groups, blocks=blocks)

@@ -1,0 +1,127 @@
+"""What a supported timm ViT looks like, read once so that every other part can check against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from vitpareto.spaces._errors import VitParetoError
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """Shape facts of a timm ``VisionTransformer`` that the knobs refer to."""
+
+    depth: int
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    mlp_hidden: tuple[int, ...]
+    img_size: tuple[int, int]
+    patch_size: int
+    num_prefix_tokens: int
+    has_class_token: bool
+    global_pool: str
+    num_classes: int
+    distilled: bool
+    qk_norm: bool = False
+    norm_pre: bool = False
+    final_norm: bool = True
+    fc_norm: bool = False
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size[0] // self.patch_size) * (self.img_size[1] // self.patch_size)
+
+    def valid_patch_sizes(self) -> list[int]:
+        """Patch sides that divide both image sides."""
+        h, w = self.img_size
+        return [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
+
+
+def _unsupported(model: nn.Module, why: str) -> VitParetoError:
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    label = f"{type(model).__name__}" + (f" ({name})" if name else "")
+    return VitParetoError(f"unsupported model {label}: {why}")
+
+
+def describe(model) -> ViTSpec:
+    """Return the ``ViTSpec`` of a timm VisionTransformer, an elastic or a compressed ViT.
+
+    Raises ``VitParetoError`` naming the feature that vitpareto cannot compress.
+    """
+    if isinstance(model, ViTSpec):
+        return model
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, ViTSpec):
+        return spec
+    from timm.layers import Mlp
+    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        _raise(
+            _unsupported(
+                model,
+                "vitpareto compresses timm VisionTransformer models (vit_*, deit_*, deit3_*, "
+                "test_vit); Swin, CNNs and hybrids are not supported",
+            )
+        )
+    if model.attn_pool is not None:
+        _raise(_unsupported(model, "attention-pool heads (global_pool='map') are not supported"))
+    if model.global_pool not in ("token", "avg"):
+        _raise(
+            _unsupported(model, f"global_pool={model.global_pool!r}; use 'token' or 'avg'")
+        )
+    heads = set()
+    hidden = []
+    for i, blk in enumerate(model.blocks):
+        if type(blk) is not Block:
+            _raise(_unsupported(model, f"block {i} is a {type(blk).__name__}, not a timm Block"))
+        attn, mlp = blk.attn, blk.mlp
+        if type(attn) is not Attention:
+            _raise(_unsupported(model, f"block {i} attention is a {type(attn).__name__}"))
+        if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
+            _raise(_unsupported(model, f"block {i} attention has an output norm or gate"))
+        if type(mlp) is not Mlp or not isinstance(mlp.norm, nn.Identity):
+            _raise(_unsupported(model, f"block {i} MLP is a {type(mlp).__name__} with a norm"))
+        if not isinstance(attn.q_norm, nn.Identity) and not _is_sliceable_norm(attn.q_norm):
+            _raise(_unsupported(model, f"block {i} q/k norm is a {type(attn.q_norm).__name__}"))
+        heads.add((attn.num_heads, attn.head_dim))
+        hidden.append(mlp.fc1.out_features)
+    if len(heads) != 1:
+        _raise(_unsupported(model, "blocks differ in head count or head width"))
+    ((num_heads, head_dim),) = heads
+    pe = model.patch_embed
+    if pe.patch_size[0] != pe.patch_size[1]:
+        _raise(_unsupported(model, f"non-square patches {tuple(pe.patch_size)}"))
+    distilled = getattr(model, "dist_token", None) is not None
+    return ViTSpec(
+        depth=len(model.blocks),
+        embed_dim=model.embed_dim,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        mlp_hidden=tuple(hidden),
+        img_size=tuple(pe.img_size),
+        patch_size=pe.patch_size[0],
+        num_prefix_tokens=model.num_prefix_tokens,
+        has_class_token=model.cls_token is not None,
+        global_pool=model.global_pool,
+        num_classes=model.num_classes,
+        distilled=distilled,
+        qk_norm=not isinstance(model.blocks[0].attn.q_norm, nn.Identity),
+        norm_pre=not isinstance(model.norm_pre, nn.Identity),
+        final_norm=not isinstance(model.norm, nn.Identity),
+        fc_norm=not isinstance(model.fc_norm, nn.Identity),
+    )
+
+
+def _is_sliceable_norm(norm: nn.Module) -> bool:
+    from timm.layers import RmsNorm
+
+    return isinstance(norm, nn.LayerNorm | RmsNorm)
+
+
+def _raise(err: Exception):
+    raise err
