@@ -5,7 +5,9 @@ from vitpareto.spaces._compress import CompressedViT, compress
 from vitpareto.spaces._elastic import ElasticViT
 from vitpareto.spaces._errors import VitParetoError
 from vitpareto.spaces._importance import CRITERIA, BlockScores, rank
+from vitpareto.spaces._models import create_model, load_checkpoint
 from vitpareto.spaces._ops import kept_tokens
+from vitpareto.spaces._space import JointSpace, Knob
 from vitpareto.spaces._spec import ViTSpec, describe
 
 __all__ = [
@@ -14,9 +16,13 @@ __all__ = [
     "Candidate",
     "CompressedViT",
     "ElasticViT",
+    "JointSpace",
+    "Knob",
     "ViTSpec",
     "VitParetoError",
     "compress",
+    "create_model",
+    "load_checkpoint",
     "describe",
     "kept_tokens",
     "rank",

@@ -47,9 +47,21 @@ class Candidate:
         set_(self, "patch_size", _as_int("patch_size", self.patch_size))
         for name in ("heads", "qk_dim", "mlp"):
             values = getattr(self, name)
-            set_(self, name, tuple(_as_int(f"{name}[{i}]", v) for i, v in enumerate(_seq(name, values))))
-        set_(self, "keep", tuple(_as_float(f"keep[{i}]", v) for i, v in enumerate(_seq("keep", self.keep))))
-        set_(self, "exits", tuple(_as_int(f"exits[{i}]", v) for i, v in enumerate(_seq("exits", self.exits))))
+            set_(
+                self,
+                name,
+                tuple(_as_int(f"{name}[{i}]", v) for i, v in enumerate(_seq(name, values))),
+            )
+        set_(
+            self,
+            "keep",
+            tuple(_as_float(f"keep[{i}]", v) for i, v in enumerate(_seq("keep", self.keep))),
+        )
+        set_(
+            self,
+            "exits",
+            tuple(_as_int(f"exits[{i}]", v) for i, v in enumerate(_seq("exits", self.exits))),
+        )
         set_(self, "exit_threshold", _as_float("exit_threshold", self.exit_threshold))
         if not isinstance(self.fuse, bool):
             raise VitParetoError(f"fuse must be true or false, got {self.fuse!r}")
@@ -206,7 +218,9 @@ def _per_block(name: str, value, full: tuple) -> tuple:
         out = list(full)
         for b, v in value.items():
             if not isinstance(b, int) or not 0 <= b < depth:
-                raise VitParetoError(f"{name}: block {b!r} is out of range; allowed: 0..{depth - 1}")
+                raise VitParetoError(
+                    f"{name}: block {b!r} is out of range; allowed: 0..{depth - 1}"
+                )
             out[b] = v
         return tuple(out)
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -37,7 +37,9 @@ class PrunedAttention(nn.Module):
         super().__init__()
         self.heads, self.qk_dim, self.head_dim = heads, qk_dim, attn.head_dim
         self.scale = attn.scale
-        qkv_w, qkv_b, proj_w, proj_b = (t.detach() if t is not None else None for t in slice_qkv(attn, heads, qk_dim))
+        qkv_w, qkv_b, proj_w, proj_b = (
+            t.detach() if t is not None else None for t in slice_qkv(attn, heads, qk_dim)
+        )
         self.qkv = _linear(qkv_w, qkv_b)
         self.q_norm = sliced_norm_module(attn.q_norm, qk_dim)
         self.k_norm = sliced_norm_module(attn.k_norm, qk_dim)
@@ -106,7 +108,9 @@ class CompressedViT(nn.Module):
     """A compressed timm ViT: ``forward`` is timm's own forward on the cut model and returns
     the final logits; ``forward_exits`` returns every early exit's logits, then the final."""
 
-    def __init__(self, vit: nn.Module, exit_heads: nn.ModuleList, exit_after: list[int], candidate: Candidate):
+    def __init__(
+        self, vit: nn.Module, exit_heads: nn.ModuleList, exit_after: list[int], candidate: Candidate
+    ):
         super().__init__()
         self.vit = vit
         self.exit_heads = exit_heads
@@ -119,10 +123,16 @@ class CompressedViT(nn.Module):
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
-        outs = [head(x) for head, at in zip(self.exit_heads, self.exit_after, strict=True) if at == 0]
+        outs = [
+            head(x) for head, at in zip(self.exit_heads, self.exit_after, strict=True) if at == 0
+        ]
         for j, blk in enumerate(vit.blocks, start=1):
             x = blk(x)
-            outs += [head(x) for head, at in zip(self.exit_heads, self.exit_after, strict=True) if at == j]
+            outs += [
+                head(x)
+                for head, at in zip(self.exit_heads, self.exit_after, strict=True)
+                if at == j
+            ]
         outs.append(vit.forward_head(vit.norm(x)))
         return outs
 
@@ -149,7 +159,9 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
     return out
 
 
-def compress(model: nn.Module, candidate: Candidate, importance: str | Criterion = "magnitude") -> CompressedViT:
+def compress(
+    model: nn.Module, candidate: Candidate, importance: str | Criterion = "magnitude"
+) -> CompressedViT:
     """Return ``candidate`` cut out of ``model`` as a plain, physically smaller module.
 
     ``model`` is a timm VisionTransformer (left untouched; its heads and channels are

@@ -139,8 +139,12 @@ class ElasticViT(nn.Module):
             mp = blk.mlp
             fc1_b = mp.fc1.bias[:m] if mp.fc1.bias is not None else None
             mlp_fn = partial(
-                mlp_forward, mp, fc1_w=mp.fc1.weight[:m], fc1_b=fc1_b,
-                fc2_w=mp.fc2.weight[:, :m], fc2_b=mp.fc2.bias,
+                mlp_forward,
+                mp,
+                fc1_w=mp.fc1.weight[:m],
+                fc1_b=fc1_b,
+                fc2_w=mp.fc2.weight[:, :m],
+                fc2_b=mp.fc2.bias,
             )
         return residual_block(x, blk, attn_fn, mlp_fn, select)
 

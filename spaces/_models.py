@@ -24,7 +24,9 @@ def create_model(
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models('*vit*')`"
+        hint = (
+            f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models('*vit*')`"
+        )
         raise VitParetoError(f"unknown timm model {name!r}{hint}")
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -54,12 +56,16 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         try:
             state = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise VitParetoError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from None
+            raise VitParetoError(
+                f"checkpoint {str(path)!r} is not a readable safetensors file: {e}"
+            ) from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle, zip and unpickler errors all mean "not a checkpoint"
-            raise VitParetoError(f"checkpoint {str(path)!r} is not a readable torch file: {e}") from None
+            raise VitParetoError(
+                f"checkpoint {str(path)!r} is not a readable torch file: {e}"
+            ) from None
     for key in ("state_dict", "model", "model_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -69,12 +75,20 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    shapes = sorted(
+        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)
+    )
     if missing or unexpected or shapes:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", shapes),
+        ):
             if keys:
-                parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+                parts.append(
+                    f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                )
         raise VitParetoError(
             f"checkpoint {str(path)!r} does not match the model: {'; '.join(parts)}; "
             "was it saved from another architecture or image size?"

@@ -34,12 +34,22 @@ def slice_qkv(attn: nn.Module, heads: int, qk_dim: int):
     H, hd = attn.num_heads, attn.head_dim
     w = attn.qkv.weight.view(3, H, hd, -1)
     qkv_w = torch.cat(
-        [w[0, :heads, :qk_dim].flatten(0, 1), w[1, :heads, :qk_dim].flatten(0, 1), w[2, :heads].flatten(0, 1)]
+        [
+            w[0, :heads, :qk_dim].flatten(0, 1),
+            w[1, :heads, :qk_dim].flatten(0, 1),
+            w[2, :heads].flatten(0, 1),
+        ]
     )
     qkv_b = None
     if attn.qkv.bias is not None:
         b = attn.qkv.bias.view(3, H, hd)
-        qkv_b = torch.cat([b[0, :heads, :qk_dim].flatten(), b[1, :heads, :qk_dim].flatten(), b[2, :heads].flatten()])
+        qkv_b = torch.cat(
+            [
+                b[0, :heads, :qk_dim].flatten(),
+                b[1, :heads, :qk_dim].flatten(),
+                b[2, :heads].flatten(),
+            ]
+        )
     proj_w = attn.proj.weight[:, : heads * hd]
     return qkv_w, qkv_b, proj_w, attn.proj.bias
 
@@ -53,7 +63,9 @@ def sliced_norm(norm: nn.Module, d: int) -> Callable[[torch.Tensor], torch.Tenso
         b = norm.bias[:d] if norm.bias is not None else None
         return lambda t: F.layer_norm(t, (d,), w, b, norm.eps)
     if isinstance(norm, RmsNorm):
-        return lambda t: F.rms_norm(t, (d,), norm.weight[:d] if norm.weight is not None else None, norm.eps)
+        return lambda t: F.rms_norm(
+            t, (d,), norm.weight[:d] if norm.weight is not None else None, norm.eps
+        )
     raise TypeError(f"cannot slice a {type(norm).__name__}")
 
 

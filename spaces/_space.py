@@ -401,8 +401,11 @@ class JointSpace:
             else:
                 knobs[slot.knob] = v
         for b, h in enumerate(per_block["heads"]):
-            if h == 0:  # no attention to rank tokens by: nothing is pruned here
+            if h == 0:  # no attention: no tokens to rank, no q/k channels to count
                 per_block["keep"][b] = 1.0
+                per_block["qk_dim"][b] = s.head_dim
+        if all(r >= 1.0 for r in per_block["keep"]):
+            knobs["fuse"] = False  # nothing pruned, nothing to fuse: one candidate, not two
         if not exits:
             knobs["exit_threshold"] = 1.0
         cand = Candidate(exits=tuple(sorted(exits)), **knobs, **per_block)

@@ -71,9 +71,7 @@ def describe(model) -> ViTSpec:
     if model.attn_pool is not None:
         _raise(_unsupported(model, "attention-pool heads (global_pool='map') are not supported"))
     if model.global_pool not in ("token", "avg"):
-        _raise(
-            _unsupported(model, f"global_pool={model.global_pool!r}; use 'token' or 'avg'")
-        )
+        _raise(_unsupported(model, f"global_pool={model.global_pool!r}; use 'token' or 'avg'"))
     heads = set()
     hidden = []
     for i, blk in enumerate(model.blocks):

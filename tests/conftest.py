@@ -1,0 +1,36 @@
+"""Shared fixtures: small real timm ViT variants, one per feature vitpareto must handle."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+# name -> (timm model, overrides); small image sizes and depths keep the suite on CPU in minutes
+VARIANTS = {
+    "class_token": ("deit_tiny_patch16_224", dict(img_size=64, depth=3)),
+    "avg_pool": ("test_vit", dict(img_size=64, global_pool="avg", class_token=False, fc_norm=True)),
+    "registers": ("test_vit2", dict(img_size=64, depth=4)),
+    "cls_registers_layerscale": ("vit_small_patch14_reg4_dinov2", dict(img_size=56, depth=2)),
+    "layerscale": ("deit3_small_patch16_224", dict(img_size=64, depth=2)),
+    "patch32": ("vit_small_patch32_224", dict(img_size=64, depth=2)),
+    "distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=64, depth=3)),
+    "qk_norm": ("vit_small_patch16_224", dict(img_size=64, depth=2, qk_norm=True)),
+}
+
+
+def make_variant(key: str, num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
+    """A variant with random weights (biases and norms randomised too, so no part is trivial)."""
+    name, kwargs = VARIANTS[key]
+    torch.manual_seed(seed)
+    model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() == 1 or "token" in n or "pos_embed" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(params=list(VARIANTS))
+def variant(request):
+    return request.param, make_variant(request.param)

@@ -1,0 +1,221 @@
+"""Contract tests for the elastic model and ``compress``, run against every ViT variant."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+from conftest import VARIANTS, make_variant
+from timm.layers import LayerScale
+
+from vitpareto.spaces import Candidate, ElasticViT, compress, describe
+from vitpareto.spaces._ops import TokenSelect
+
+ATOL = 1e-5
+
+
+def images(model, n=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    h, w = model.patch_embed.img_size
+    return torch.randn(n, 3, h, w, generator=g)
+
+
+def expected_params(model, c: Candidate) -> int:
+    """Parameter count of a compressed model, from the original model's layer shapes."""
+    D, C = model.embed_dim, model.num_classes
+    attn0 = model.blocks[0].attn
+    hd = attn0.head_dim
+    qkv_bias = attn0.qkv.bias is not None
+    qk_norm = not isinstance(attn0.q_norm, torch.nn.Identity)
+    ls = isinstance(model.blocks[0].ls1, LayerScale)
+    p = c.patch_size
+    h_img, w_img = model.patch_embed.img_size
+    grid = (h_img // p) * (w_img // p)
+    prefix = model.num_prefix_tokens
+    n = 3 * p * p * D + D  # patch embedding conv and bias
+    n += (grid + (0 if model.no_embed_class else prefix)) * D  # position embedding
+    n += prefix * D  # class / register / distillation tokens
+    for i in range(len(model.blocks)):
+        h, dq, m = c.heads[i], c.qk_dim[i], c.mlp[i]
+        if h:
+            width = h * (2 * dq + hd)
+            n += 2 * D + D * width + (width if qkv_bias else 0) + h * hd * D + D
+            n += 4 * dq if qk_norm else 0
+            n += D if ls else 0
+        if m:
+            n += 2 * D + D * m + m + m * D + D + (D if ls else 0)
+    n += 2 * D if not isinstance(model.norm, torch.nn.Identity) else 0
+    n += 2 * D if not isinstance(model.fc_norm, torch.nn.Identity) else 0
+    n += (D * C + C) * (2 if hasattr(model, "dist_token") else 1)
+    n += len(c.exits) * (2 * D + D * C + C)
+    return n
+
+
+def random_candidate(model, rng: random.Random) -> Candidate:
+    s = describe(model)
+    base = s.patch_size
+    patches = [p for p in s.valid_patch_sizes() if base // 2 <= p <= 2 * base and p < s.img_size[0]]
+    heads = [rng.randint(0, s.num_heads) for _ in range(s.depth)]
+    keep = [rng.choice([0.3, 0.5, 0.7, 1.0]) if h else 1.0 for h in heads]
+    exits = sorted(rng.sample(range(s.depth - 1), rng.randint(0, s.depth - 1)))
+    return Candidate(
+        patch_size=rng.choice(patches),
+        heads=heads,
+        qk_dim=[rng.randint(1, s.head_dim) for _ in range(s.depth)],
+        mlp=[rng.choice([0, rng.randint(1, m), m]) for m in s.mlp_hidden],
+        keep=keep,
+        exits=exits,
+        exit_threshold=0.9,
+        fuse=rng.random() < 0.5,
+    ).validate(model)
+
+
+def test_full_candidate_reproduces_the_model(variant):
+    _, model = variant
+    x = images(model)
+    compressed = compress(model, Candidate.full(model)).eval()
+    assert (compressed(x) - model(x)).abs().max() <= ATOL
+    assert sum(p.numel() for p in compressed.parameters()) == sum(
+        p.numel() for p in model.parameters()
+    )
+    elastic = ElasticViT(copy.deepcopy(model)).eval()
+    assert (elastic(x) - model(x)).abs().max() <= ATOL
+
+
+def test_compress_leaves_the_model_untouched(variant):
+    _, model = variant
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compress(model, Candidate.make(model, heads=1, mlp={0: 3}))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_random_candidates_match_formula_and_elastic(variant, seed):
+    _, model = variant
+    rng = random.Random(seed)
+    elastic = ElasticViT(copy.deepcopy(model)).eval()
+    x = images(model)
+    for _ in range(3):
+        c = random_candidate(model, rng)
+        compressed = elastic.extract(c).eval()
+        assert sum(p.numel() for p in compressed.parameters()) == expected_params(model, c), c
+        with torch.no_grad():
+            ours, theirs = compressed.forward_exits(x), elastic.forward_exits(x, c)
+            final = compressed(x)
+        assert len(ours) == len(c.exits) + 1
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a - b).abs().max() <= ATOL, c
+        assert (final - ours[-1]).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("key", ["class_token", "registers", "cls_registers_layerscale", "patch32"])
+def test_patch_size_matches_timm_resize(key):
+    model = make_variant(key)
+    s = describe(model)
+    x = images(model)
+    for p in s.valid_patch_sizes():
+        if p in (s.patch_size, s.img_size[0]) or not s.patch_size // 2 <= p <= 2 * s.patch_size:
+            continue
+        ref = copy.deepcopy(model)
+        ref.set_input_size(patch_size=p)
+        c = Candidate.make(model, patch_size=p)
+        with torch.no_grad():
+            expected = ref(x)
+            assert (compress(model, c).eval()(x) - expected).abs().max() <= ATOL
+            elastic = ElasticViT(copy.deepcopy(model)).eval()
+            assert (elastic(x, c) - expected).abs().max() <= ATOL
+
+
+def _manual_scores(model, block: int, x: torch.Tensor) -> torch.Tensor:
+    """Class-token attention row (or mean-query row) of ``block``, from the full attention matrix."""
+    captured = {}
+    handle = model.blocks[block].register_forward_pre_hook(
+        lambda m, a: captured.setdefault("x", a[0])
+    )
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    blk, npt = model.blocks[block], model.num_prefix_tokens
+    attn = blk.attn
+    B, N, _ = captured["x"].shape
+    qkv = attn.qkv(blk.norm1(captured["x"])).reshape(B, N, 3, attn.num_heads, attn.head_dim)
+    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    full = torch.softmax(q @ k.transpose(-2, -1) * attn.scale, dim=-1)  # B, H, N, N
+    if model.cls_token is not None:
+        row = full[:, :, 0]
+    else:  # documented fallback: the mean query over the non-prefix tokens
+        row = torch.softmax(
+            (q[:, :, npt:].mean(2, keepdim=True) @ k.transpose(-2, -1)) * attn.scale, -1
+        )[:, :, 0]
+    return captured["x"], row.mean(1)[:, npt:]
+
+
+@pytest.mark.parametrize("key", ["class_token", "registers"])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_tokens_pruned_by_class_attention(key, fuse):
+    model = make_variant(key)
+    s = describe(model)
+    block, keep = 1, 0.4
+    x = images(model)
+    c = Candidate.make(model, keep={block: keep}, fuse=fuse)
+    compressed = compress(model, c).eval()
+    seen = {}
+    select = [m for m in compressed.modules() if isinstance(m, TokenSelect)]
+    assert len(select) == 1
+    select[0].register_forward_hook(lambda m, a, out: seen.update(inp=a[0], out=out))
+    with torch.no_grad():
+        compressed(x)
+    _, scores = _manual_scores(model, block, x)
+    npt, n = s.num_prefix_tokens, s.num_patches
+    k = math.ceil(keep * n)
+    assert seen["out"].shape[1] == npt + k + (1 if fuse else 0)
+    top = scores.topk(k, dim=1).indices
+    tokens = seen["inp"][:, npt:]
+    kept = tokens.gather(1, top.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    assert torch.allclose(seen["out"][:, npt : npt + k], kept, atol=ATOL)
+    assert torch.allclose(seen["out"][:, :npt], seen["inp"][:, :npt])
+    if fuse:
+        dropped = torch.ones_like(scores, dtype=torch.bool).scatter(1, top, False)
+        fused = [
+            (tokens[b][dropped[b]] * scores[b][dropped[b]].unsqueeze(-1)).sum(0)
+            for b in range(len(x))
+        ]
+        assert torch.allclose(seen["out"][:, -1], torch.stack(fused), atol=ATOL)
+
+
+def test_pruned_parts_are_physically_gone():
+    model = make_variant("class_token")
+    c = Candidate.make(model, heads={0: 1, 1: 0}, qk_dim=16, mlp={1: 0, 2: 100}, exits=(0,))
+    compressed = compress(model, c)
+    blocks = compressed.vit.blocks
+    assert len(blocks) == 2  # block 1 lost both branches
+    hd = model.blocks[0].attn.head_dim
+    assert blocks[0].attn.qkv.weight.shape == (1 * (2 * 16 + hd), model.embed_dim)
+    assert blocks[0].attn.proj.weight.shape == (model.embed_dim, hd)
+    assert blocks[1].mlp.fc1.weight.shape == (100, model.embed_dim)
+    assert len(compressed.exit_heads) == 1
+    assert not any("mask" in n for n, _ in compressed.named_buffers())
+    for name, _ in compressed.named_parameters():
+        assert "exit_heads.1" not in name
+
+
+def test_removed_block_keeps_exit_in_place():
+    model = make_variant("class_token")
+    c = Candidate.make(model, heads={1: 0}, mlp={1: 0}, exits=(0, 1))
+    elastic = ElasticViT(copy.deepcopy(model)).eval()
+    x = images(model)
+    with torch.no_grad():
+        ours, theirs = elastic.extract(c).eval().forward_exits(x), elastic.forward_exits(x, c)
+    assert len(ours) == 3
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a - b).abs().max() <= ATOL
+
+
+def test_all_variants_are_covered():
+    assert {"class_token", "avg_pool", "registers", "layerscale", "patch32", "distilled"} <= set(
+        VARIANTS
+    )
