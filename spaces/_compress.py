@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._errors import VitParetoError
 from vitpareto.spaces._importance import Criterion
 from vitpareto.spaces._ops import (
     ClassAttention,
@@ -17,7 +18,7 @@ from vitpareto.spaces._ops import (
     slice_qkv,
     sliced_norm_module,
 )
-from vitpareto.spaces._spec import ViTSpec
+from vitpareto.spaces._spec import ViTSpec, describe
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -144,8 +145,6 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
     candidate.validate(spec)
     missing = [b for b in candidate.exits if str(b) not in elastic.exit_heads]
     if missing:
-        from vitpareto.spaces._errors import VitParetoError
-
         raise VitParetoError(f"the elastic model has no exit head after block(s) {missing}")
     vit = copy.deepcopy(elastic.vit)
     if candidate.patch_size != spec.patch_size:
@@ -171,6 +170,9 @@ def compress(
     from vitpareto.spaces._elastic import ElasticViT
 
     if not isinstance(model, ElasticViT):
+        describe(model)
+        if not isinstance(candidate, Candidate):
+            raise VitParetoError(f"compress needs a Candidate, got {type(candidate).__name__}")
         candidate.validate(model)
         model = ElasticViT(copy.deepcopy(model), importance, exit_blocks=candidate.exits)
     return extract(model, candidate)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import timm
 import torch
+
+from vitpareto.spaces import Candidate, describe
 
 # name -> (timm model, overrides); small image sizes and depths keep the suite on CPU in minutes
 VARIANTS = {
@@ -34,3 +38,28 @@ def make_variant(key: str, num_classes: int = 10, seed: int = 0) -> torch.nn.Mod
 @pytest.fixture(params=list(VARIANTS))
 def variant(request):
     return request.param, make_variant(request.param)
+
+
+def images(model, n=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    h, w = model.patch_embed.img_size
+    return torch.randn(n, 3, h, w, generator=g)
+
+
+def random_candidate(model, rng: random.Random) -> Candidate:
+    s = describe(model)
+    base = s.patch_size
+    patches = [p for p in s.valid_patch_sizes() if base // 2 <= p <= 2 * base and p < s.img_size[0]]
+    heads = [rng.randint(0, s.num_heads) for _ in range(s.depth)]
+    keep = [rng.choice([0.3, 0.5, 0.7, 1.0]) if h else 1.0 for h in heads]
+    exits = sorted(rng.sample(range(s.depth - 1), rng.randint(0, s.depth - 1)))
+    return Candidate(
+        patch_size=rng.choice(patches),
+        heads=heads,
+        qk_dim=[rng.randint(1, s.head_dim) for _ in range(s.depth)],
+        mlp=[rng.choice([0, rng.randint(1, m), m]) for m in s.mlp_hidden],
+        keep=keep,
+        exits=exits,
+        exit_threshold=0.9,
+        fuse=rng.random() < 0.5,
+    ).validate(model)

@@ -8,19 +8,13 @@ import random
 
 import pytest
 import torch
-from conftest import VARIANTS, make_variant
+from conftest import VARIANTS, images, make_variant, random_candidate
 from timm.layers import LayerScale
 
 from vitpareto.spaces import Candidate, ElasticViT, compress, describe
 from vitpareto.spaces._ops import TokenSelect
 
 ATOL = 1e-5
-
-
-def images(model, n=2, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    h, w = model.patch_embed.img_size
-    return torch.randn(n, 3, h, w, generator=g)
 
 
 def expected_params(model, c: Candidate) -> int:
@@ -52,25 +46,6 @@ def expected_params(model, c: Candidate) -> int:
     n += (D * C + C) * (2 if hasattr(model, "dist_token") else 1)
     n += len(c.exits) * (2 * D + D * C + C)
     return n
-
-
-def random_candidate(model, rng: random.Random) -> Candidate:
-    s = describe(model)
-    base = s.patch_size
-    patches = [p for p in s.valid_patch_sizes() if base // 2 <= p <= 2 * base and p < s.img_size[0]]
-    heads = [rng.randint(0, s.num_heads) for _ in range(s.depth)]
-    keep = [rng.choice([0.3, 0.5, 0.7, 1.0]) if h else 1.0 for h in heads]
-    exits = sorted(rng.sample(range(s.depth - 1), rng.randint(0, s.depth - 1)))
-    return Candidate(
-        patch_size=rng.choice(patches),
-        heads=heads,
-        qk_dim=[rng.randint(1, s.head_dim) for _ in range(s.depth)],
-        mlp=[rng.choice([0, rng.randint(1, m), m]) for m in s.mlp_hidden],
-        keep=keep,
-        exits=exits,
-        exit_threshold=0.9,
-        fuse=rng.random() < 0.5,
-    ).validate(model)
 
 
 def test_full_candidate_reproduces_the_model(variant):

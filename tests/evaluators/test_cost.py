@@ -1,0 +1,64 @@
+"""count_macs equals independent counts to the integer; the analytic formula equals count_macs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import timm
+import torch
+from conftest import make_variant, random_candidate
+
+from vitpareto.evaluators import analytic_macs, count_macs, count_params, mac_profile
+from vitpareto.spaces import Candidate, compress
+
+
+@pytest.fixture(scope="module")
+def deit_small():
+    return timm.create_model("deit_small_patch16_224").eval()
+
+
+def test_published_deit_macs(deit_small):
+    # independent counts (REFERENCES.md); published 1.3 G and 4.6 G
+    assert count_macs(timm.create_model("deit_tiny_patch16_224"), 224) == 1_258_411_200
+    assert count_macs(deit_small, 224) == 4_608_338_304
+    assert count_params(deit_small) == 22_050_664
+
+
+def test_evit_keep_07_at_blocks_3_6_9(deit_small):
+    evit = {3: 0.7, 6: 0.7, 9: 0.7}
+    fused = compress(deit_small, Candidate.make(deit_small, keep=evit, fuse=True))
+    dropped = compress(deit_small, Candidate.make(deit_small, keep=evit, fuse=False))
+    assert count_macs(fused, 224) == 3_035_522_688  # EViT publishes 3.0 G
+    assert count_macs(dropped, 224) == 3_003_167_616
+    # the class-attention row, ranking and fusing are real work, counted only when asked
+    assert count_macs(fused, 224, include_selection=True) > count_macs(fused, 224)
+
+
+def test_plain_fvcore_misses_the_attention_matmuls(deit_small):
+    from fvcore.nn import FlopCountAnalysis
+
+    fca = FlopCountAnalysis(deit_small, torch.zeros(1, 3, 224, 224))
+    fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    assert fca.total() == 4_250_674_560  # 7.8% short of 4,608,338,304
+
+
+@pytest.mark.parametrize(
+    "key", ["class_token", "avg_pool", "registers", "layerscale", "distilled", "qk_norm"]
+)
+def test_analytic_formula_equals_fvcore(key):
+    model = make_variant(key)
+    rng = random.Random(7)
+    size = model.patch_embed.img_size
+    assert analytic_macs(model) == count_macs(model, size)
+    for _ in range(3):
+        c = random_candidate(model, rng)
+        assert analytic_macs(model, c) == count_macs(compress(model, c), size), c
+
+
+def test_mac_profile_is_cumulative():
+    model = make_variant("class_token")
+    c = Candidate.make(model, keep={1: 0.5}, mlp={2: 0})
+    profile = mac_profile(model, c)
+    assert len(profile) == 4 and profile == sorted(profile)
+    assert profile[-1] == analytic_macs(model, c)

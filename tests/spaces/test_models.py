@@ -1,0 +1,67 @@
+"""Unsupported input gets one clear error: other architectures, unknown names, bad checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from vitpareto.spaces import Candidate, VitParetoError, compress, create_model, describe
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("swin_tiny_patch4_window7_224", {}, r"unsupported model SwinTransformer.*Swin, CNNs"),
+        ("resnet18", {}, r"unsupported model ResNet.*timm VisionTransformer"),
+        ("test_vit3", {"img_size": 32}, r"attention-pool heads \(global_pool='map'\)"),
+        ("vit_small_patch16_224", {"depth": 1, "scale_mlp_norm": True}, r"block 0 MLP"),
+    ],
+)
+def test_unsupported_architectures(name, kwargs, message):
+    model = timm.create_model(name, **kwargs)
+    for call in (describe, Candidate.full, lambda m: compress(m, None)):
+        with pytest.raises(VitParetoError, match=message):
+            call(model)
+    with pytest.raises(VitParetoError, match=message):
+        create_model(name, **kwargs)
+
+
+def test_unknown_model_name_suggests_close_ones():
+    with pytest.raises(
+        VitParetoError, match=r"unknown timm model 'deit_smal_patch16_224'.*deit_small_patch16_224"
+    ):
+        create_model("deit_smal_patch16_224")
+
+
+def test_pretrained_weights_without_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VitParetoError, match=r"could not load pretrained weights.*--checkpoint"):
+        create_model("test_vit", pretrained=True)
+
+
+def test_checkpoints(tmp_path):
+    small = create_model("test_vit", img_size=32, num_classes=10)
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": small.state_dict()}, good)
+    loaded = create_model("test_vit", img_size=32, num_classes=10, checkpoint=good)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(small.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+
+    with pytest.raises(
+        VitParetoError,
+        match=r"does not match the model: .*wrong shape \(head\.bias, head\.weight\)",
+    ):
+        create_model("test_vit", img_size=32, num_classes=5, checkpoint=good)
+    with pytest.raises(
+        VitParetoError, match=r"does not match the model: \d+ missing .*\d+ wrong shape"
+    ):
+        create_model("deit_tiny_patch16_224", img_size=32, num_classes=10, checkpoint=good)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(VitParetoError, match="is not a readable torch file"):
+        create_model("test_vit", img_size=32, num_classes=10, checkpoint=corrupt)
+    with pytest.raises(VitParetoError, match="does not exist"):
+        create_model("test_vit", img_size=32, checkpoint=tmp_path / "missing.pth")
