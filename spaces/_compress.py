@@ -22,7 +22,13 @@ from vitpareto.spaces._spec import ViTSpec, describe
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    lin = nn.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        bias=bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         lin.weight.copy_(weight)
         if bias is not None:
@@ -121,9 +127,21 @@ class CompressedViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(x)
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+
+    def forward_exit(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Logits of exit ``index``, running only the blocks before it: what a sample that
+        leaves there costs."""
+        x = self._stem(x)
+        for blk in self.vit.blocks[: self.exit_after[index]]:
+            x = blk(x)
+        return self.exit_heads[index](x)
+
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         vit = self.vit
-        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        x = self._stem(x)
         outs = [
             head(x) for head, at in zip(self.exit_heads, self.exit_after, strict=True) if at == 0
         ]

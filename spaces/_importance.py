@@ -102,9 +102,11 @@ def rank(model: nn.Module, criterion: str | Criterion = "magnitude") -> list[dic
 
 def _permute_attention(attn: nn.Module, head_order: torch.Tensor, qk_order: torch.Tensor) -> None:
     H, hd = attn.num_heads, attn.head_dim
-    base = (torch.arange(H) * hd).unsqueeze(1)
+    dev = attn.qkv.weight.device
+    head_order, qk_order = head_order.to(dev), qk_order.to(dev)
+    base = (torch.arange(H, device=dev) * hd).unsqueeze(1)
     qk_rows = (base + qk_order)[head_order].flatten()  # new (head, channel) <- old row
-    v_rows = (base + torch.arange(hd))[head_order].flatten()
+    v_rows = (base + torch.arange(hd, device=dev))[head_order].flatten()
     rows = torch.cat([qk_rows, H * hd + qk_rows, 2 * H * hd + v_rows])
     attn.qkv.weight.copy_(attn.qkv.weight[rows])
     if attn.qkv.bias is not None:
@@ -119,6 +121,7 @@ def _permute_attention(attn: nn.Module, head_order: torch.Tensor, qk_order: torc
 
 
 def _permute_mlp(mlp: nn.Module, order: torch.Tensor) -> None:
+    order = order.to(mlp.fc1.weight.device)
     mlp.fc1.weight.copy_(mlp.fc1.weight[order])
     if mlp.fc1.bias is not None:
         mlp.fc1.bias.copy_(mlp.fc1.bias[order])

@@ -56,44 +56,48 @@ def describe(model) -> ViTSpec:
     spec = getattr(model, "spec", None)
     if isinstance(spec, ViTSpec):
         return spec
-    from timm.layers import Mlp
+    from timm.layers import Mlp, PatchEmbed
     from timm.layers.attention import Attention
     from timm.models.vision_transformer import Block, VisionTransformer
 
     if not isinstance(model, VisionTransformer):
-        _raise(
-            _unsupported(
-                model,
-                "vitpareto compresses timm VisionTransformer models (vit_*, deit_*, deit3_*, "
-                "test_vit); Swin, CNNs and hybrids are not supported",
-            )
+        raise _unsupported(
+            model,
+            "vitpareto compresses timm VisionTransformer models (vit_*, deit_*, deit3_*, "
+            "test_vit); Swin, CNNs and hybrids are not supported",
         )
     if model.attn_pool is not None:
-        _raise(_unsupported(model, "attention-pool heads (global_pool='map') are not supported"))
+        raise _unsupported(model, "attention-pool heads (global_pool='map') are not supported")
     if model.global_pool not in ("token", "avg"):
-        _raise(_unsupported(model, f"global_pool={model.global_pool!r}; use 'token' or 'avg'"))
+        raise _unsupported(model, f"global_pool={model.global_pool!r}; use 'token' or 'avg'")
     heads = set()
     hidden = []
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block:
-            _raise(_unsupported(model, f"block {i} is a {type(blk).__name__}, not a timm Block"))
+            raise _unsupported(model, f"block {i} is a {type(blk).__name__}, not a timm Block")
         attn, mlp = blk.attn, blk.mlp
         if type(attn) is not Attention:
-            _raise(_unsupported(model, f"block {i} attention is a {type(attn).__name__}"))
+            raise _unsupported(model, f"block {i} attention is a {type(attn).__name__}")
         if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
-            _raise(_unsupported(model, f"block {i} attention has an output norm or gate"))
-        if type(mlp) is not Mlp or not isinstance(mlp.norm, nn.Identity):
-            _raise(_unsupported(model, f"block {i} MLP is a {type(mlp).__name__} with a norm"))
+            raise _unsupported(model, f"block {i} attention has an output norm or gate")
+        if type(mlp) is not Mlp:
+            raise _unsupported(model, f"block {i} MLP is a {type(mlp).__name__}, not a timm Mlp")
+        if not isinstance(mlp.norm, nn.Identity):
+            raise _unsupported(model, f"block {i} MLP has an inner norm (scale_mlp_norm)")
         if not isinstance(attn.q_norm, nn.Identity) and not _is_sliceable_norm(attn.q_norm):
-            _raise(_unsupported(model, f"block {i} q/k norm is a {type(attn.q_norm).__name__}"))
+            raise _unsupported(model, f"block {i} q/k norm is a {type(attn.q_norm).__name__}")
         heads.add((attn.num_heads, attn.head_dim))
         hidden.append(mlp.fc1.out_features)
     if len(heads) != 1:
-        _raise(_unsupported(model, "blocks differ in head count or head width"))
+        raise _unsupported(model, "blocks differ in head count or head width")
     ((num_heads, head_dim),) = heads
     pe = model.patch_embed
+    if type(pe) is not PatchEmbed:
+        raise _unsupported(model, f"the patch embedding is a {type(pe).__name__} (hybrid models)")
+    if model.num_classes < 1:
+        raise _unsupported(model, "it has no classifier head (num_classes=0)")
     if pe.patch_size[0] != pe.patch_size[1]:
-        _raise(_unsupported(model, f"non-square patches {tuple(pe.patch_size)}"))
+        raise _unsupported(model, f"non-square patches {tuple(pe.patch_size)}")
     distilled = getattr(model, "dist_token", None) is not None
     return ViTSpec(
         depth=len(model.blocks),
@@ -119,7 +123,3 @@ def _is_sliceable_norm(norm: nn.Module) -> bool:
     from timm.layers import RmsNorm
 
     return isinstance(norm, nn.LayerNorm | RmsNorm)
-
-
-def _raise(err: Exception):
-    raise err

@@ -194,3 +194,24 @@ def test_all_variants_are_covered():
     assert {"class_token", "avg_pool", "registers", "layerscale", "patch32", "distilled"} <= set(
         VARIANTS
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("key", ["class_token", "registers", "distilled"])
+def test_cuda_matches_cpu(key):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = make_variant(key)
+    c = random_candidate(model, random.Random(3)).replace(
+        patch_size=model.patch_embed.patch_size[0]
+    )
+    x = images(model)
+    with torch.no_grad():
+        cpu = compress(model, c).eval().forward_exits(x)
+        gpu_model = copy.deepcopy(model).cuda()
+        elastic = ElasticViT(gpu_model).eval()
+        ours = elastic.extract(c).eval().forward_exits(x.cuda())
+        theirs = elastic.forward_exits(x.cuda(), c)
+    for a, b, ref in zip(ours, theirs, cpu, strict=True):
+        assert (a - b).abs().max() <= 1e-4
+        assert (a.cpu() - ref).abs().max() <= 1e-4

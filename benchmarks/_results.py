@@ -1,0 +1,31 @@
+"""Write a benchmark's table into benchmarks/RESULTS.md, replacing its own earlier section."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def write_section(key: str, markdown: str, path: Path = RESULTS) -> None:
+    """Put ``markdown`` between ``<!-- key -->`` markers, atomically; other sections stay."""
+    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    block = f"{start}\n{markdown.rstrip()}\n{end}\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark results\n\nEach section is written by the benchmark named in it; rerun it to refresh.\n"
+    )
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block
+    )
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,178 @@
+"""The ``vitpareto`` command line. Usage errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitpareto.spaces import VitParetoError
+
+DEMO_MODEL = "deit_small_patch16_224"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vitpareto",
+        description="Find Pareto-optimal compressed Vision Transformers: patch size, token "
+        "pruning, heads, q/k channels, MLP channels and early exits, searched jointly and "
+        "measured on the target hardware.",
+        epilog="Run `vitpareto COMMAND --help` for the options of a command.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser(
+        "demo",
+        help="compress a real ViT with one candidate per knob and measure the speedups",
+        description="Cut a timm ViT (random weights: latency does not depend on weight values) "
+        "with one candidate per compression knob, and print parameters, MACs and the speedup "
+        "measured here, interleaved against the full model.",
+    )
+    _model_args(d, default=DEMO_MODEL)
+    d.add_argument("--batch", type=int, default=8, help="images per forward pass (default: 8)")
+    d.add_argument("--repeats", type=int, default=15, help="timed rounds (default: 15)")
+    d.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+
+    s = sub.add_parser(
+        "space",
+        help="write the default search space of a model as YAML or JSON",
+        description="Print (or write with --out) the default JointSpace of a model: a starting "
+        "point to edit and pass to the search.",
+    )
+    _model_args(s)
+    s.add_argument("--out", type=Path, help="file to write (.yaml, .yml or .json)")
+
+    c = sub.add_parser(
+        "cost",
+        help="parameters and MACs of a candidate",
+        description="Compress a model with a candidate and print its parameters and MACs "
+        "(fvcore, attention matmuls included) beside the full model's.",
+    )
+    _model_args(c)
+    c.add_argument(
+        "--candidate",
+        help="candidate as JSON text or a .json file (default: the full model)",
+    )
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument(
+        "--model",
+        default=default,
+        required=default is None,
+        help="timm model name" + (f" (default: {default})" if default else ""),
+    )
+    p.add_argument("--img-size", type=int, help="input image side (default: the model's)")
+    p.add_argument("--num-classes", type=int, help="classes of the head (default: the model's)")
+    p.add_argument("--checkpoint", type=Path, help="weights file to load (state dict)")
+
+
+def _model(args):
+    from vitpareto.spaces import create_model
+
+    kwargs = {
+        k: v for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes)) if v
+    }
+    return create_model(args.model, checkpoint=args.checkpoint, **kwargs).eval()
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise VitParetoError(f"--{name} must be at least 1, got {value}")
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from vitpareto.evaluators._timing import resolve_device
+    from vitpareto.search._demo import format_table, measure
+
+    for name in ("batch", "repeats", "threads"):
+        _positive(name, getattr(args, name))
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _model(args)
+    print(
+        f"vitpareto demo: {args.model}, batch {args.batch}, {args.repeats} interleaved rounds on "
+        f"{device} ({torch.get_num_threads()} threads)",
+        flush=True,
+    )
+    rows = measure(model, batch=args.batch, repeats=args.repeats, device=str(device))
+    print(format_table(rows))
+    print(
+        "\nMAC ratio = original MACs / candidate MACs; speedup = median of per-round "
+        "original / candidate\ntimes, measured interleaved on this machine. Physically "
+        "removed parts mean speedups that track the MAC ratio."
+    )
+    return 0
+
+
+def cmd_space(args) -> int:
+    from vitpareto.spaces import JointSpace
+
+    space = JointSpace.default(_model(args))
+    if args.out:
+        space.save(args.out)
+        print(f"wrote {args.out} ({space.size():,} parameter combinations)")
+    else:
+        import yaml
+
+        print(yaml.safe_dump(space.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from vitpareto.evaluators import count_macs, count_params
+    from vitpareto.spaces import Candidate, compress, describe
+
+    model = _model(args)
+    if args.candidate is None:
+        cand = Candidate.full(model)
+    else:
+        text = args.candidate
+        if not text.lstrip().startswith("{"):
+            path = Path(text)
+            if not path.is_file():
+                raise VitParetoError(f"--candidate: {text!r} is neither JSON nor an existing file")
+            text = path.read_text()
+        cand = Candidate.from_json(text).validate(model)
+    size = describe(model).img_size
+    full_macs, macs = count_macs(model, size), count_macs(compress(model, cand), size)
+    full_params, params = count_params(model), count_params(compress(model, cand))
+    print(
+        json.dumps(
+            {
+                "candidate": cand.to_dict(),
+                "params": params,
+                "macs": macs,
+                "full_params": full_params,
+                "full_macs": full_macs,
+                "mac_ratio": round(full_macs / macs, 4),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "space": cmd_space, "cost": cmd_cost}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except VitParetoError as e:
+        print(f"vitpareto {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The command line: help, working commands, and one clear line with exit 2 for mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SMALL = ["--model", "test_vit", "--img-size", "32", "--num-classes", "10"]
+
+
+def vitpareto(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "vitpareto.search.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_help_lists_commands():
+    out = vitpareto("--help")
+    assert out.returncode == 0
+    for command in ("demo", "space", "cost"):
+        assert command in out.stdout
+    assert vitpareto("demo", "--help").returncode == 0
+
+
+def test_demo_prints_a_measured_table():
+    out = vitpareto("demo", *SMALL, "--batch", "2", "--repeats", "3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("candidate"))
+    rows = [
+        line
+        for line in lines[header + 2 :]
+        if line.strip() and not line.startswith(("MAC", "measured"))
+    ]
+    names = [r.split("  ")[0] for r in rows]
+    assert names[:2] == ["original (timm)", "full"] and any(n.startswith("tokens") for n in names)
+    assert rows[0].split()[-1] == "1.00x"  # the reference against itself
+
+
+def test_cost_of_a_candidate(tmp_path):
+    cand = {
+        "patch_size": 16,
+        "heads": [1] * 6,
+        "qk_dim": [32] * 6,
+        "mlp": [96] * 6,
+        "keep": [1.0] * 6,
+    }
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cand))
+    out = vitpareto("cost", *SMALL, "--candidate", str(path))
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["params"] < report["full_params"] and report["macs"] < report["full_macs"]
+
+
+def test_space_written_and_read_back(tmp_path):
+    out = vitpareto("space", *SMALL, "--out", str(tmp_path / "space.yaml"))
+    assert out.returncode == 0, out.stderr
+    from vitpareto.spaces import JointSpace, create_model
+
+    space = JointSpace.load(tmp_path / "space.yaml").bind(create_model("test_vit", img_size=32))
+    assert space.size() > 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["cost", "--model", "vit_nosuch"], "unknown timm model 'vit_nosuch'"),
+        (["cost", "--model", "resnet18"], "unsupported model ResNet"),
+        (["cost", *SMALL, "--candidate", "{bad json"], "candidate is not valid JSON"),
+        (["cost", *SMALL, "--candidate", "missing.json"], "neither JSON nor an existing file"),
+        (
+            [
+                "cost",
+                *SMALL,
+                "--candidate",
+                '{"patch_size": 5, "heads": [2,2,2,2,2,2], '
+                '"qk_dim": [32,32,32,32,32,32], "mlp": [192,192,192,192,192,192], "keep": [1,1,1,1,1,1]}',
+            ],
+            "patch_size=5 does not divide the 32x32 image",
+        ),
+        (
+            ["cost", *SMALL, "--checkpoint", "nowhere.pth"],
+            "checkpoint 'nowhere.pth' does not exist",
+        ),
+        (["space", *SMALL, "--out", "space.txt"], "must end in .yaml, .yml or .json"),
+        (["demo", *SMALL, "--batch", "0"], "--batch must be at least 1"),
+        (["demo", *SMALL, "--device", "cuda:0"] if True else [], "no CUDA GPU"),
+        (["demo", *SMALL, "--device", "tpu"], "device 'tpu'"),
+    ],
+)
+def test_mistakes_exit_2_with_one_line(args, message, tmp_path):
+    if "cuda" in " ".join(args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    out = vitpareto(*args, cwd=tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_usage_errors_exit_2():
+    assert vitpareto("frobnicate").returncode == 2
+    assert vitpareto("cost").returncode == 2  # --model is required
