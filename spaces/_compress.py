@@ -139,6 +139,32 @@ class CompressedViT(nn.Module):
             x = blk(x)
         return self.exit_heads[index](x)
 
+    def forward_dynamic(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-exit inference: each sample leaves at the first exit whose softmax
+        confidence reaches the candidate's threshold, and later blocks run only on the
+        samples still in. Returns the logits and the exit index of each sample
+        (``len(exits)`` for the final head)."""
+        t = self.candidate.exit_threshold
+        x = self._stem(x)
+        logits = torch.empty(x.shape[0], self.vit.num_classes, device=x.device, dtype=x.dtype)
+        where = torch.full((x.shape[0],), len(self.exit_heads), device=x.device, dtype=torch.long)
+        alive = torch.arange(x.shape[0], device=x.device)
+        pending = list(enumerate(zip(self.exit_heads, self.exit_after, strict=True)))
+        for j in range(len(self.vit.blocks) + 1):
+            while pending and pending[0][1][1] == j and len(alive):
+                e, (head, _) = pending.pop(0)
+                out = head(x)
+                leave = out.softmax(-1).amax(-1) >= t
+                logits[alive[leave]] = out[leave]
+                where[alive[leave]] = e
+                x, alive = x[~leave], alive[~leave]
+            if j == len(self.vit.blocks) or not len(alive):
+                break
+            x = self.vit.blocks[j](x)
+        if len(alive):
+            logits[alive] = self.vit.forward_head(self.vit.norm(x))
+        return logits, where
+
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         vit = self.vit
         x = self._stem(x)
