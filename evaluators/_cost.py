@@ -128,3 +128,11 @@ def exit_head_macs(model) -> int:
     """MACs of one early-exit head (pooled LayerNorm and Linear)."""
     s = describe(model)
     return 5 * s.embed_dim + s.embed_dim * s.num_classes
+
+
+def exit_macs(model, candidate: Candidate) -> list[int]:
+    """MACs spent on a sample that leaves at each exit, then on one that reaches the final
+    head; every exit head the sample passed through is counted."""
+    profile, head = mac_profile(model, candidate), exit_head_macs(model)
+    out = [profile[b] + (j + 1) * head for j, b in enumerate(candidate.exits)]
+    return out + [profile[-1] + len(candidate.exits) * head]

@@ -83,17 +83,32 @@ def time_interleaved(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Milliseconds of each ``models[name](x)`` call over ``repeats`` interleaved rounds."""
-    timer = _timer(x.device)
-    names = list(models)
+    calls = {name: (lambda fn=fn: fn(x)) for name, fn in models.items()}
+    return time_calls(calls, x.device, repeats, warmup, seed, progress)
+
+
+@torch.inference_mode()
+def time_calls(
+    calls: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    repeats: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Milliseconds of each argument-free call over ``repeats`` rounds, each round in a
+    fresh random order, so that load changing over time hits every call alike."""
+    timer = _timer(torch.device(device))
+    names = list(calls)
     rng = random.Random(seed)
     for _ in range(warmup):
         for name in names:
-            models[name](x)
+            calls[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         rng.shuffle(names)
         for name in names:
-            times[name].append(timer(lambda fn=models[name]: fn(x)))
+            times[name].append(timer(calls[name]))
         if progress is not None:
             progress(r + 1)
     return times

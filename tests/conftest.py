@@ -10,6 +10,10 @@ import torch
 
 from vitpareto.spaces import Candidate, describe
 
+# pytest-xdist runs one worker per core: one thread each keeps them from oversubscribing
+# the cores, which would make timings (ratios included) swing wildly
+torch.set_num_threads(1)
+
 # name -> (timm model, overrides); small image sizes and depths keep the suite on CPU in minutes
 VARIANTS = {
     "class_token": ("deit_tiny_patch16_224", dict(img_size=64, depth=3)),

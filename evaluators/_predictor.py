@@ -1,0 +1,349 @@
+"""Latency predictor: a per-device lookup table of measured block-part latencies.
+
+Built once per device, model shape, batch size and search space: the patch embedding
+and head for every patch size, the attention branch for every (heads, q/k width) the
+space can produce (with and without token selection) and the MLP branch for every width,
+each measured on a grid of token counts and interpolated between them. A candidate's
+latency is the sum of its parts, corrected by a line fitted to whole candidates measured
+for real; the error is then measured on further held-out candidates and stated with the
+table (as nn-Meter does for kernels, here for transformer blocks).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitpareto.evaluators._base import Evaluator
+from vitpareto.evaluators._timing import (
+    device_fingerprint,
+    resolve_device,
+    time_calls,
+    time_interleaved,
+)
+from vitpareto.spaces import Candidate, ElasticViT, JointSpace, VitParetoError, kept_tokens
+from vitpareto.spaces._compress import PrunedBlock
+from vitpareto.spaces._ops import ExitHead
+
+FORMAT = 1
+
+
+def sample_candidates(space: JointSpace, n: int, seed: int) -> list[Candidate]:
+    """``n`` distinct random candidates of a bound space (fewer if the space is smaller)."""
+    rng = random.Random(seed)
+    params = space.params()
+    seen: dict[Candidate, None] = {}
+    for _ in range(n * 20):
+        seen.setdefault(space.decode({k: rng.choice(v) for k, v in params.items()}))
+        if len(seen) >= n:
+            break
+    return list(seen)
+
+
+def token_counts(spec, c: Candidate) -> list[tuple[int, int]]:
+    """(tokens into the attention, tokens into the MLP) of every block, prefix included."""
+    n = (spec.img_size[0] // c.patch_size) * (spec.img_size[1] // c.patch_size)
+    out = []
+    for i in range(spec.depth):
+        before = n + spec.num_prefix_tokens
+        if c.heads[i] and c.keep[i] < 1.0:
+            k = kept_tokens(c.keep[i], n)
+            n = k + (1 if c.fuse and k < n else 0)
+        out.append((before, n + spec.num_prefix_tokens))
+    return out
+
+
+class LatencyPredictor:
+    """Predicts a candidate's milliseconds per batch on the device the table was built on."""
+
+    def __init__(self, table: dict[str, Any]):
+        if table.get("format") != FORMAT:
+            raise VitParetoError("latency table has an unknown format; rebuild it")
+        self.table = table
+        self.error = float(table["error"])  # 90% of held-out predictions were within +-error
+        self.mape = float(table["mape"])
+
+    # -- prediction ---------------------------------------------------------------------------
+    def _curve(self, kind: str, key: str, n: int) -> float:
+        points = self.table[kind].get(key)
+        if points is None:
+            raise VitParetoError(
+                f"the latency table has no {kind} entry for {key}; it was built for another "
+                "search space: rebuild it for this one"
+            )
+        xs, ys = zip(*points, strict=True)
+        return float(np.interp(n, xs, ys))
+
+    def raw_segments(self, c: Candidate) -> list[float]:
+        """Sum of parts up to each exit, then for the whole model (uncalibrated)."""
+        t = self.table
+        if str(c.patch_size) not in t["base"]:
+            raise VitParetoError(f"the latency table has no patch size {c.patch_size}; rebuild it")
+        total = t["base"][str(c.patch_size)]
+        cumulative = []
+        for i, (n_attn, n_mlp) in enumerate(token_counts(_Spec(t["spec"]), c)):
+            if c.heads[i]:
+                kind = "attn_select" if c.keep[i] < 1.0 else "attn"
+                total += self._curve(kind, f"{c.heads[i]},{c.qk_dim[i]}", n_attn)
+            if c.mlp[i]:
+                total += self._curve("mlp", str(c.mlp[i]), n_mlp)
+            cumulative.append(total)
+        exits = [cumulative[b] + t["exit"] * (j + 1) for j, b in enumerate(c.exits)]
+        return exits + [total + t["exit"] * len(c.exits)]
+
+    def predict_segments(self, c: Candidate) -> list[float]:
+        a, b = self.table["calibration"]
+        return [a * r + b for r in self.raw_segments(c)]
+
+    def predict(self, c: Candidate) -> float:
+        """Milliseconds per batch of ``c``'s static forward (every block run)."""
+        return self.predict_segments(c)[-1]
+
+    # -- storage ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".latency.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.table, f, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyPredictor:
+        try:
+            return cls(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise VitParetoError(f"cannot read latency table {str(path)!r}: {e}") from None
+
+    @staticmethod
+    def key(elastic: ElasticViT, space: JointSpace, device: str, batch_size: int) -> str:
+        """Identifies a table: device fingerprint, model shape, batch size and space."""
+        fp = device_fingerprint(resolve_device(device))
+        blob = json.dumps(
+            [fp, repr(elastic.spec), batch_size, space.to_dict(), FORMAT], sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def cached(
+        cls,
+        elastic: ElasticViT,
+        space: JointSpace,
+        device: str = "cpu",
+        batch_size: int = 1,
+        cache_dir: str | os.PathLike = "results/latency",
+        **build_kwargs,
+    ) -> LatencyPredictor:
+        """The table for this device, model, batch size and space: loaded if built before."""
+        path = Path(cache_dir) / f"{cls.key(elastic, space, device, batch_size)}.json"
+        if path.exists():
+            return cls.load(path)
+        predictor = cls.build(elastic, space, device, batch_size, **build_kwargs)
+        predictor.save(path)
+        return predictor
+
+    # -- building -----------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        elastic: ElasticViT,
+        space: JointSpace,
+        device: str = "cpu",
+        batch_size: int = 1,
+        grid: int = 6,
+        repeats: int = 10,
+        calibrate: int = 8,
+        validate: int = 10,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> LatencyPredictor:
+        """Measure the parts, fit the correction on ``calibrate`` whole candidates and state
+        the error on ``validate`` others (all drawn from ``space``)."""
+        from tqdm import tqdm
+
+        dev = resolve_device(device)
+        spec = elastic.spec
+        space = space.bind(elastic)
+        pool = sample_candidates(space, 400, seed)
+        shapes = _shapes(spec, pool, grid)
+        chosen = random.Random(seed + 1).sample(pool, min(len(pool), calibrate + validate))
+        cal, val = chosen[:calibrate], chosen[calibrate:]
+        images = torch.randn(batch_size, 3, *spec.img_size, device=dev)
+
+        # every part, every whole candidate and the full model, timed in one interleaved
+        # loop: load that changes while the table is built shifts them all alike
+        calls: dict[str, Any] = {}
+        block = elastic.vit.blocks[0]
+        parts: dict[str, torch.nn.Module] = {}
+        for h, dq in shapes["attn"]:
+            parts[f"attn|{h},{dq}"] = _part(block, spec, h, dq, 0, 1.0, dev)
+            parts[f"attn_select|{h},{dq}"] = _part(block, spec, h, dq, 0, 0.5, dev)
+        for m in shapes["mlp"]:
+            parts[f"mlp|{m}"] = _part(block, spec, 0, spec.head_dim, m, 1.0, dev)
+        for n in shapes["grid"]:
+            x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
+            for name, part in parts.items():
+                calls[f"{name}|{n}"] = partial(part, x)
+        for p in shapes["patch"]:
+            empty = Candidate.full(spec).replace(
+                patch_size=p, heads=(0,) * spec.depth, mlp=(0,) * spec.depth
+            )
+            calls[f"base|{p}"] = partial(elastic.extract(empty).eval().to(dev), images)
+        head = ExitHead(spec.embed_dim, spec.num_classes, spec.global_pool, spec.num_prefix_tokens)
+        x = torch.randn(batch_size, shapes["grid"][-1], spec.embed_dim, device=dev)
+        calls["exit"] = partial(head.to(dev).eval(), x)
+        for i, c in enumerate([Candidate.full(spec), *chosen]):
+            calls[f"whole|{i}"] = partial(elastic.extract(c).eval().to(dev), images)
+        bar = tqdm(total=repeats, desc="latency table", disable=not progress, file=sys.stderr)
+        times = time_calls(
+            calls, dev, repeats, warmup=2, seed=seed, progress=lambda r: bar.update(1)
+        )
+        bar.close()
+        ms = {k: statistics.median(v) for k, v in times.items()}
+
+        table: dict[str, Any] = {"attn": {}, "attn_select": {}, "mlp": {}, "base": {}}
+        for key, t in ms.items():
+            kind, *rest = key.split("|")
+            if kind in ("attn", "attn_select", "mlp"):
+                table[kind].setdefault(rest[0], []).append([int(rest[1]), t])
+            elif kind == "base":
+                table["base"][rest[0]] = t
+        for curves in (table["attn"], table["attn_select"], table["mlp"]):
+            for points in curves.values():
+                points.sort()
+        whole = [ms[f"whole|{i}"] for i in range(len(chosen) + 1)]
+        table.update(
+            format=FORMAT,
+            spec=_spec_dict(spec),
+            fingerprint=device_fingerprint(dev),
+            batch_size=batch_size,
+            exit=ms["exit"],
+            reference_ms=whole[0],
+            calibration=[1.0, 0.0],
+            error=0.0,
+            mape=0.0,
+        )
+        predictor = cls(table)
+        # one scale factor (median of measured / summed): what whole models add to their
+        # parts (dispatch between blocks, cache effects) grows with their size; a fitted
+        # line would chase measurement noise when candidates differ little in latency
+        ratios = [t / predictor.raw_segments(c)[-1] for c, t in zip(cal, whole[1:], strict=False)]
+        table["calibration"] = [float(statistics.median(ratios)) if ratios else 1.0, 0.0]
+        predictor = cls(table)
+        errors = [
+            abs(predictor.predict(c) - t) / t
+            for c, t in zip(val, whole[1 + len(cal) :], strict=True)
+        ]
+        if errors:
+            table["error"] = float(np.quantile(errors, 0.9))
+            table["mape"] = float(np.mean(errors))
+        return cls(table)
+
+
+def measure_candidates(
+    elastic: ElasticViT,
+    cands: list[Candidate],
+    batch_size: int,
+    device: str = "cpu",
+    repeats: int = 10,
+    reference_ms: float | None = None,
+) -> list[float]:
+    """Measured milliseconds per batch of each candidate, interleaved with the full model.
+
+    With ``reference_ms`` (the full model's time when a table was built) the figures are
+    rescaled by how much slower or faster the full model runs now than then: a check of a
+    table against fresh measurements that machine load drift does not skew.
+    """
+    dev = resolve_device(device)
+    images = torch.randn(batch_size, 3, *elastic.spec.img_size, device=dev)
+    models = {str(i): elastic.extract(c).eval().to(dev) for i, c in enumerate(cands)}
+    models["full"] = elastic.extract(Candidate.full(elastic.spec)).eval().to(dev)
+    times = time_interleaved(models, images, repeats=repeats, warmup=2)
+    scale = 1.0 if reference_ms is None else reference_ms / statistics.median(times["full"])
+    return [statistics.median(times[str(i)]) * scale for i in range(len(cands))]
+
+
+def _part(block, spec, h: int, dq: int, m: int, keep: float, dev) -> torch.nn.Module:
+    """One branch of a block cut to the given widths, as a standalone module."""
+    depth = spec.depth
+    c = Candidate(
+        patch_size=spec.patch_size,
+        heads=(h,) * depth,
+        qk_dim=(dq,) * depth,
+        mlp=(m,) * depth,
+        keep=(keep,) * depth,
+    )
+    return PrunedBlock(copy.deepcopy(block), c, 0, spec).eval().to(dev)
+
+
+def _shapes(spec, pool: list[Candidate], n_grid: int) -> dict[str, list]:
+    """The widths and patch sizes the space produces, and a token grid spanning its counts."""
+    attn = sorted(
+        {(c.heads[i], c.qk_dim[i]) for c in pool for i in range(spec.depth) if c.heads[i]}
+    )
+    mlp = sorted({c.mlp[i] for c in pool for i in range(spec.depth) if c.mlp[i]})
+    patch = sorted({c.patch_size for c in pool})
+    counts = [n for c in pool for pair in token_counts(spec, c) for n in pair]
+    lo, hi = min(counts), max(counts)
+    grid = {round(lo * (hi / lo) ** (k / max(1, n_grid - 1))) for k in range(n_grid)} | {lo, hi}
+    full = {
+        (spec.img_size[0] // p) * (spec.img_size[1] // p) + spec.num_prefix_tokens for p in patch
+    }
+    grid = sorted(grid | full)
+    return {"attn": attn, "mlp": mlp, "patch": patch, "grid": grid}
+
+
+def _spec_dict(spec) -> dict[str, Any]:
+    return {
+        "depth": spec.depth,
+        "img_size": list(spec.img_size),
+        "num_prefix_tokens": spec.num_prefix_tokens,
+    }
+
+
+class _Spec:
+    """The few spec facts ``token_counts`` needs, read back from a stored table."""
+
+    def __init__(self, d: dict[str, Any]):
+        self.depth = d["depth"]
+        self.img_size = tuple(d["img_size"])
+        self.num_prefix_tokens = d["num_prefix_tokens"]
+
+
+class PredictedLatencyEvaluator(Evaluator):
+    """Latency from a ``LatencyPredictor`` instead of a measurement: the search's fast first
+    pass. Reports the same keys as ``LatencyEvaluator`` where they apply, plus the error the
+    table states; ``latency_predicted`` marks the figure as a prediction."""
+
+    name = "latency_predicted"
+    keys = ("latency_ms", "exit_latency_ms", "speedup", "latency_error", "latency_predicted")
+
+    def __init__(self, predictor: LatencyPredictor):
+        self.predictor = predictor
+
+    def evaluate(
+        self, elastic: ElasticViT, candidate: Candidate, context: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        seg = self.predictor.predict_segments(candidate)
+        fractions = (context or {}).get("exit_fraction") or [0.0] * (len(seg) - 1) + [1.0]
+        expected = sum(f * t for f, t in zip(fractions, seg, strict=True))
+        reference = self.predictor.predict(Candidate.full(elastic.spec))
+        return {
+            "latency_ms": expected,
+            "exit_latency_ms": seg if candidate.exits else None,
+            "speedup": reference / expected,
+            "latency_error": self.predictor.error,
+            "latency_predicted": True,
+        }

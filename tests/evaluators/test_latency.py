@@ -1,0 +1,149 @@
+"""Latency on the target hardware: sane statistics, ratios not wall-clock bounds, the predictor
+within the error it states, and clear errors for devices that are not there."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+
+from vitpareto.evaluators._latency import LatencyEvaluator, dynamic_latency
+from vitpareto.evaluators._predictor import (
+    LatencyPredictor,
+    measure_candidates,
+    sample_candidates,
+)
+from vitpareto.evaluators._runtime import prepare
+from vitpareto.spaces import Candidate, ElasticViT, JointSpace, VitParetoError
+
+
+@pytest.fixture(scope="module")
+def elastic():
+    # 128 px at patch 16: 65 tokens, enough work per block for compute to show over overhead
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", img_size=128, num_classes=10)
+    return ElasticViT(copy.deepcopy(model)).eval()
+
+
+def test_statistics_are_sane(elastic):
+    c = Candidate.make(elastic, heads=1, mlp=96)
+    r = LatencyEvaluator(batch_size=2, repeats=8, warmup=2)(elastic, c)
+    assert set(r) == set(LatencyEvaluator.keys)
+    assert r["latency_ms"] > 0 and r["reference_ms"] > 0
+    assert 0 <= r["latency_iqr_ms"] <= r["latency_ms"]
+    assert r["latency_count"] == 8 and 1 <= r["latency_attempts"] <= 3
+    fp = r["device_fingerprint"]
+    assert fp["device"] == "cpu" and fp["torch"] == torch.__version__ and fp["threads"] >= 1
+
+
+def test_a_small_fraction_of_the_macs_measures_faster(elastic):
+    from vitpareto.evaluators import analytic_macs
+
+    s = elastic.spec
+    small = Candidate.make(
+        elastic, patch_size=32, heads={b: 0 for b in range(3, 6)}, mlp={b: 0 for b in range(3, 6)}
+    )
+    assert analytic_macs(s, small) < 0.3 * analytic_macs(s)
+    r = LatencyEvaluator(batch_size=4, repeats=10, warmup=2)(elastic, small)
+    assert r["speedup"] > 1.0  # measured interleaved with the full model: a ratio
+
+
+def test_expected_latency_weights_segments_by_exit_distribution(elastic):
+    c = Candidate.make(elastic, exits=(1, 3), exit_threshold=0.5)
+    ev = LatencyEvaluator(batch_size=2, repeats=6, warmup=1)
+    r = ev(elastic, c, {"exit_fraction": [0.5, 0.25, 0.25]})
+    seg = r["exit_latency_ms"]
+    assert len(seg) == 3 and seg[0] < seg[2]
+    assert r["latency_ms"] == pytest.approx(0.5 * seg[0] + 0.25 * seg[1] + 0.25 * seg[2])
+    assert r["speedup"] == pytest.approx(r["reference_ms"] / r["latency_ms"])
+    with pytest.raises(VitParetoError, match="exit_fraction has 2 entries, expected 3"):
+        ev(elastic, c, {"exit_fraction": [0.5, 0.5]})
+
+
+def test_expected_latency_agrees_with_real_dynamic_inference(elastic):
+    c = Candidate.make(elastic, exits=(1,), exit_threshold=0.1)  # 10 classes: everyone leaves
+    model = elastic.extract(c).eval()
+    images = torch.randn(12, 3, 128, 128)
+    ms, fractions = dynamic_latency(model, images)
+    assert fractions == [1.0, 0.0]
+    r = LatencyEvaluator(batch_size=1, repeats=12, warmup=2)(
+        elastic, c, {"exit_fraction": fractions}
+    )
+    # the segment estimate and the real dynamic run, measured in the same process
+    assert 0.5 < r["latency_ms"] / ms < 2.0
+
+
+def test_predictor_error_on_held_out_candidates_is_within_what_it_states(elastic, tmp_path):
+    space = JointSpace.from_dict(
+        {
+            "patch_size": [16, 32],
+            "heads": {"choices": [1, 2], "groups": "all"},
+            "mlp": {"choices": [0.5, 1.0], "groups": [[0, 1, 2], [3, 4, 5]]},
+            "keep": {"blocks": [2], "choices": [0.5, 1.0]},
+        },
+        elastic,
+    )
+    pred = LatencyPredictor.cached(
+        elastic,
+        space,
+        batch_size=4,
+        cache_dir=tmp_path,
+        repeats=8,
+        calibrate=6,
+        validate=8,
+        progress=False,
+    )
+    assert 0 < pred.error < 0.5 and 0 < pred.mape <= pred.error
+    held_out = sample_candidates(space, 40, seed=123)[-8:]
+    measured = measure_candidates(
+        elastic, held_out, batch_size=4, repeats=8, reference_ms=pred.table["reference_ms"]
+    )
+    errors = sorted(abs(pred.predict(c) - t) / t for c, t in zip(held_out, measured, strict=True))
+    assert errors[len(errors) // 2] <= pred.error  # the median held-out error is inside the bound
+    # a second call on the same device, model, batch and space reuses the stored table
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1
+    again = LatencyPredictor.cached(elastic, space, batch_size=4, cache_dir=tmp_path)
+    assert again.table == pred.table
+    assert LatencyPredictor.key(elastic, space, "cpu", 8) != files[0].stem
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "compile"])
+def test_runtimes_agree_with_eager(runtime):
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", img_size=32, num_classes=10)
+    el = ElasticViT(copy.deepcopy(model)).eval()
+    small = el.extract(Candidate.make(el, keep={2: 0.5}, heads=1, fuse=True)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = small(x)
+        got = torch.as_tensor(prepare(small, x, runtime)(x))
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(device="tpu"), "unknown device 'tpu'|unsupported device 'tpu'"),
+        (dict(batch_size=0), "batch size must be at least 1"),
+        (dict(threads=0), "threads must be at least 1"),
+    ],
+)
+def test_bad_settings_are_clear_errors(kwargs, message):
+    with pytest.raises(VitParetoError, match=message):
+        LatencyEvaluator(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_where_there_is_none():
+    with pytest.raises(VitParetoError, match="no CUDA GPU"):
+        LatencyEvaluator(device="cuda")
+    with pytest.raises(VitParetoError, match="no CUDA GPU"):
+        LatencyEvaluator(device="cuda:1")
+
+
+def test_unknown_runtime(elastic):
+    with pytest.raises(VitParetoError, match="unknown runtime 'tensorrt'"):
+        LatencyEvaluator(runtime="tensorrt", repeats=2)(elastic, Candidate.full(elastic.spec))
