@@ -136,7 +136,12 @@ class LatencyEvaluator(Evaluator):
         return x.to(self.device)
 
     def _reference_fn(self, elastic: ElasticViT, x: torch.Tensor):
-        if self._reference is None or self._reference[0] != id(elastic):
+        # a compiled reference is compiled again for each candidate (``prepare`` resets dynamo)
+        if (
+            self._reference is None
+            or self._reference[0] != id(elastic)
+            or self.runtime == "compile"
+        ):
             full = elastic.extract(Candidate.full(elastic.spec)).to(self.device)
             self._reference = (id(elastic), prepare(full, x, self.runtime))
         return self._reference[1]
@@ -148,6 +153,7 @@ class LatencyEvaluator(Evaluator):
             torch.set_num_threads(self.threads)
         x = self._input(elastic)
         model = elastic.extract(candidate).eval().to(self.device)
+        candidate_fn = prepare(model, x, self.runtime)
         reference = self._reference_fn(elastic, x)
         settings = dict(
             repeats=self.repeats,
@@ -155,7 +161,7 @@ class LatencyEvaluator(Evaluator):
             max_rel_iqr=self.max_rel_iqr,
             max_attempts=self.max_attempts,
         )
-        main = measure_pair(prepare(model, x, self.runtime), reference, x, **settings)
+        main = measure_pair(candidate_fn, reference, x, **settings)
         out = {
             "latency_ms": main.median_ms,
             "latency_iqr_ms": main.iqr_ms,

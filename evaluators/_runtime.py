@@ -25,6 +25,9 @@ def prepare(model: nn.Module, example: torch.Tensor, runtime: str = "eager") -> 
     if runtime == "eager":
         return model
     if runtime == "compile":
+        # every CompressedViT shares one forward: without a reset, dynamo's guards pile
+        # up across models until it hits its recompile limit and silently runs eager
+        torch._dynamo.reset()
         return torch.compile(model, dynamic=False)
     if runtime == "onnxruntime":
         return _onnxruntime(model, example)
@@ -63,6 +66,8 @@ def _onnxruntime(model: nn.Module, example: torch.Tensor) -> Callable:
         providers = ["CUDAExecutionProvider"]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
+    # idle ORT threads must not spin: they would steal the cores from whatever runs next
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")

@@ -55,6 +55,33 @@ def _parser() -> argparse.ArgumentParser:
         "--candidate",
         help="candidate as JSON text or a .json file (default: the full model)",
     )
+    lat = sub.add_parser(
+        "latency",
+        help="measure a candidate's latency on this machine (and predict it)",
+        description="Measure a candidate's latency on the target device, interleaved with the "
+        "full model, repeating a measurement whose spread is too wide; with --predict, also "
+        "build (once per device, model, batch size and space; then reused) the latency table "
+        "and show its prediction beside the measurement.",
+    )
+    _model_args(lat)
+    lat.add_argument("--candidate", help="candidate as JSON text or a .json file (default: full)")
+    lat.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    lat.add_argument("--batch", type=int, default=1, help="images per forward pass (default: 1)")
+    lat.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    lat.add_argument(
+        "--runtime",
+        default="eager",
+        choices=["eager", "compile", "onnxruntime"],
+        help="what runs the model: eager PyTorch, torch.compile or ONNX Runtime (default: eager)",
+    )
+    lat.add_argument("--repeats", type=int, default=30, help="timed rounds (default: 30)")
+    lat.add_argument("--predict", action="store_true", help="also predict from the latency table")
+    lat.add_argument(
+        "--space", type=Path, help="space file the table covers (default: the model's)"
+    )
+    lat.add_argument(
+        "--tables", type=Path, default=Path("results/latency"), help="where tables are kept"
+    )
     return p
 
 
@@ -125,41 +152,83 @@ def cmd_space(args) -> int:
     return 0
 
 
+def _candidate(args, model):
+    """The --candidate option: JSON text or a .json file; the full model when absent."""
+    from vitpareto.spaces import Candidate
+
+    if args.candidate is None:
+        return Candidate.full(model)
+    text = args.candidate
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise VitParetoError(f"--candidate: {text!r} is neither JSON nor an existing file")
+        text = path.read_text()
+    return Candidate.from_json(text).validate(model)
+
+
 def cmd_cost(args) -> int:
     from vitpareto.evaluators import count_macs, count_params
-    from vitpareto.spaces import Candidate, compress, describe
+    from vitpareto.spaces import compress, describe
 
     model = _model(args)
-    if args.candidate is None:
-        cand = Candidate.full(model)
-    else:
-        text = args.candidate
-        if not text.lstrip().startswith("{"):
-            path = Path(text)
-            if not path.is_file():
-                raise VitParetoError(f"--candidate: {text!r} is neither JSON nor an existing file")
-            text = path.read_text()
-        cand = Candidate.from_json(text).validate(model)
+    cand = _candidate(args, model)
     size = describe(model).img_size
-    full_macs, macs = count_macs(model, size), count_macs(compress(model, cand), size)
-    full_params, params = count_params(model), count_params(compress(model, cand))
-    print(
-        json.dumps(
-            {
-                "candidate": cand.to_dict(),
-                "params": params,
-                "macs": macs,
-                "full_params": full_params,
-                "full_macs": full_macs,
-                "mac_ratio": round(full_macs / macs, 4),
-            },
-            indent=2,
-        )
-    )
+    small = compress(model, cand)
+    full_macs, macs = count_macs(model, size), count_macs(small, size)
+    report = {
+        "candidate": cand.to_dict(),
+        "params": count_params(small),
+        "macs": macs,
+        "full_params": count_params(model),
+        "full_macs": full_macs,
+        "mac_ratio": round(full_macs / macs, 4),
+    }
+    print(json.dumps(report, indent=2))
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "space": cmd_space, "cost": cmd_cost}
+def cmd_latency(args) -> int:
+    import copy
+
+    from vitpareto.evaluators import LatencyEvaluator, LatencyPredictor
+    from vitpareto.spaces import ElasticViT, JointSpace
+
+    for name in ("batch", "repeats", "threads"):
+        _positive(name, getattr(args, name))
+    evaluator = LatencyEvaluator(
+        device=args.device,
+        batch_size=args.batch,
+        threads=args.threads,
+        runtime=args.runtime,
+        repeats=args.repeats,
+    )
+    model = _model(args)
+    cand = _candidate(args, model)
+    elastic = ElasticViT(copy.deepcopy(model)).eval()
+    r = evaluator(elastic, cand)
+    fp = r["device_fingerprint"]
+    print(f"device      {fp.get('gpu', fp['cpu'])} ({fp['device']}, {fp['threads']} threads)")
+    print(f"runtime     {r['runtime']}, batch {r['batch_size']}")
+    print(
+        f"candidate   {r['latency_ms']:.2f} ms (IQR {r['latency_iqr_ms']:.2f}, "
+        f"n={r['latency_count']}){'  FLAGGED: spread stayed wide' if r['latency_flagged'] else ''}"
+    )
+    print(f"full model  {r['reference_ms']:.2f} ms, measured interleaved")
+    print(f"speedup     {r['speedup']:.2f}x")
+    if args.predict:
+        space = JointSpace.load(args.space) if args.space else JointSpace.default(elastic)
+        pred = LatencyPredictor.cached(
+            elastic, space.bind(elastic), str(args.device), args.batch, cache_dir=args.tables
+        )
+        print(
+            f"predicted   {pred.predict(cand):.2f} ms (table states +-{pred.error:.1%} for 90% "
+            f"of candidates; stored under {args.tables})"
+        )
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "space": cmd_space, "cost": cmd_cost, "latency": cmd_latency}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,26 @@ def test_cost_of_a_candidate(tmp_path):
     assert report["params"] < report["full_params"] and report["macs"] < report["full_macs"]
 
 
+def test_latency_measured_and_predicted(tmp_path):
+    out = vitpareto(
+        "latency",
+        *SMALL,
+        "--candidate",
+        '{"patch_size": 32, "heads": [1,1,1,1,1,1], '
+        '"qk_dim": [32,32,32,32,32,32], "mlp": [96,96,96,96,96,96], "keep": [1,1,1,1,1,1]}',
+        "--batch",
+        "2",
+        "--repeats",
+        "5",
+        "--predict",
+        "--tables",
+        str(tmp_path / "tables"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "speedup" in out.stdout and "predicted" in out.stdout
+    assert len(list((tmp_path / "tables").glob("*.json"))) == 1
+
+
 def test_space_written_and_read_back(tmp_path):
     out = vitpareto("space", *SMALL, "--out", str(tmp_path / "space.yaml"))
     assert out.returncode == 0, out.stderr
@@ -92,12 +112,15 @@ def test_space_written_and_read_back(tmp_path):
         ),
         (["space", *SMALL, "--out", "space.txt"], "must end in .yaml, .yml or .json"),
         (["demo", *SMALL, "--batch", "0"], "--batch must be at least 1"),
-        (["demo", *SMALL, "--device", "cuda:0"] if True else [], "no CUDA GPU"),
+        (["demo", *SMALL, "--device", "cuda:0"], "no CUDA GPU"),
         (["demo", *SMALL, "--device", "tpu"], "device 'tpu'"),
+        (["latency", *SMALL, "--device", "cuda"], "no CUDA GPU"),
+        (["latency", *SMALL, "--batch", "0"], "--batch must be at least 1"),
+        (["latency", *SMALL, "--predict", "--space", "nospace.yaml"], "nospace.yaml"),
     ],
 )
 def test_mistakes_exit_2_with_one_line(args, message, tmp_path):
-    if "cuda" in " ".join(args):
+    if any(a.startswith("cuda") for a in args):
         import torch
 
         if torch.cuda.is_available():
