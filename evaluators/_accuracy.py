@@ -18,7 +18,7 @@ import torch
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._cost import exit_macs
 from vitpareto.evaluators._timing import resolve_device
-from vitpareto.spaces import Candidate, ElasticViT, VitParetoError
+from vitpareto.spaces import Candidate, CompressedViT, ElasticViT, VitParetoError, ViTSpec
 from vitpareto.spaces._exits import exit_assignment
 
 # loaders with more batches than this show a progress bar unless told otherwise
@@ -172,15 +172,25 @@ class AccuracyEvaluator(Evaluator):
     def evaluate(
         self, elastic: ElasticViT, candidate: Candidate, context: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        model = elastic.extract(candidate).to(self.device).eval()
+        return self.score(elastic.extract(candidate), elastic.spec)
+
+    def score(self, model: CompressedViT, spec: ViTSpec) -> dict[str, Any]:
+        """The same metrics for a standalone compressed model (for example a fine-tuned one);
+        ``spec`` is the shape of the model it was cut from (for the expected MACs)."""
+        candidate = model.candidate
+        was_training = model.training
+        model = model.to(self.device).eval()
         total: dict[str, torch.Tensor] = {}
-        with torch.inference_mode():
-            for x, y in self._batches():
-                x = x.to(self.device, non_blocking=True)
-                y = torch.as_tensor(y).to(self.device, non_blocking=True)
-                counts = _exit_counts(model.forward_exits(x), y, candidate.exit_threshold)
-                for k, v in counts.items():
-                    total[k] = total[k] + v if k in total else v
+        try:
+            with torch.inference_mode():
+                for x, y in self._batches():
+                    x = x.to(self.device, non_blocking=True)
+                    y = torch.as_tensor(y).to(self.device, non_blocking=True)
+                    counts = _exit_counts(model.forward_exits(x), y, candidate.exit_threshold)
+                    for k, v in counts.items():
+                        total[k] = total[k] + v if k in total else v
+        finally:
+            model.train(was_training)
         if not total:
             raise VitParetoError("no samples to evaluate: the loader yielded no batches")
-        return _metrics(total, exit_macs(elastic.spec, candidate))
+        return _metrics(total, exit_macs(spec, candidate))

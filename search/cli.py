@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from vitpareto.search import _cli_train
 from vitpareto.spaces import VitParetoError
 
 DEMO_MODEL = "deit_small_patch16_224"
@@ -21,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run `vitpareto COMMAND --help` for the options of a command.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _cli_train.add_parsers(sub)
 
     d = sub.add_parser(
         "demo",
@@ -152,19 +154,25 @@ def cmd_space(args) -> int:
     return 0
 
 
-def _candidate(args, model):
-    """The --candidate option: JSON text or a .json file; the full model when absent."""
+def read_candidate(text: str):
+    """A candidate given as JSON text or as the path of a .json file."""
     from vitpareto.spaces import Candidate
 
-    if args.candidate is None:
-        return Candidate.full(model)
-    text = args.candidate
     if not text.lstrip().startswith("{"):
         path = Path(text)
         if not path.is_file():
             raise VitParetoError(f"--candidate: {text!r} is neither JSON nor an existing file")
         text = path.read_text()
-    return Candidate.from_json(text).validate(model)
+    return Candidate.from_json(text)
+
+
+def _candidate(args, model):
+    """The --candidate option; the full model when absent."""
+    from vitpareto.spaces import Candidate
+
+    if args.candidate is None:
+        return Candidate.full(model)
+    return read_candidate(args.candidate).validate(model)
 
 
 def cmd_cost(args) -> int:
@@ -228,7 +236,14 @@ def cmd_latency(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "space": cmd_space, "cost": cmd_cost, "latency": cmd_latency}
+COMMANDS = {
+    "train": _cli_train.cmd_train,
+    "finetune": _cli_train.cmd_finetune,
+    "demo": cmd_demo,
+    "space": cmd_space,
+    "cost": cmd_cost,
+    "latency": cmd_latency,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,9 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.layers import resample_abs_pos_embed
 from timm.layers.format import nchw_to
+from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
 
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._importance import Criterion, rank
@@ -50,6 +51,9 @@ class ElasticViT(nn.Module):
         blocks = range(s.depth - 1) if exit_blocks is None else sorted(set(exit_blocks))
         self.exit_heads = nn.ModuleDict({str(b): self._new_exit_head() for b in blocks})
         self._scorer = ClassAttention(s.num_prefix_tokens, s.has_class_token)
+        # FlexiViT PI-resize with its pseudo-inverse cached per target size (training visits
+        # the same few patch sizes thousands of times)
+        self._resample = PatchEmbedResamplerFixedOrigSize((s.patch_size, s.patch_size))
 
     def _new_exit_head(self) -> ExitHead:
         s, vit = self.spec, self.vit
@@ -94,7 +98,7 @@ class ElasticViT(nn.Module):
             x = vit._pos_embed(vit.patch_embed(x))
         else:
             pe = vit.patch_embed
-            weight = resample_patch_embed(pe.proj.weight, [patch_size, patch_size])
+            weight = self._resample(pe.proj.weight, [patch_size, patch_size])
             x = F.conv2d(x, weight, pe.proj.bias, stride=patch_size)
             grid = x.shape[-2:]
             x = x.flatten(2).transpose(1, 2) if pe.flatten else nchw_to(x, pe.output_fmt)

@@ -258,6 +258,24 @@ class JointSpace:
             values[name] = choices[choices.index(v)]
         return self._build(values)
 
+    def sample(self, rng) -> Candidate:
+        """A uniformly random candidate (``rng``: a ``random.Random``)."""
+        return self._build({name: rng.choice(c) for name, c in self.params().items()})
+
+    def smallest(self) -> Candidate:
+        """The cheapest candidate: fewest heads, channels and tokens, the largest patch, every
+        exit on (so that supernet training reaches every exit head)."""
+        values = {}
+        for name, choices in self.params().items():
+            knob = name.split(".")[0]
+            if knob in ("patch_size", "exit", "exit_threshold"):
+                values[name] = max(choices)
+            elif knob == "fuse":
+                values[name] = choices[0]
+            else:
+                values[name] = min(choices)
+        return self._build(values)
+
     def summary(self) -> str:
         """A short text: each parameter with its choices, and the number of combinations."""
         lines = [f"{name}: {choices}" for name, choices in self.params().items()]

@@ -98,6 +98,13 @@ def describe(model) -> ViTSpec:
         raise _unsupported(model, "it has no classifier head (num_classes=0)")
     if pe.patch_size[0] != pe.patch_size[1]:
         raise _unsupported(model, f"non-square patches {tuple(pe.patch_size)}")
+    h, w = pe.img_size
+    if h % pe.patch_size[0] or w % pe.patch_size[0]:
+        sides = [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
+        raise VitParetoError(
+            f"patch size {pe.patch_size[0]} does not divide the {h}x{w} image; choose a patch "
+            f"size from {', '.join(map(str, sides))} or another image size"
+        )
     distilled = getattr(model, "dist_token", None) is not None
     return ViTSpec(
         depth=len(model.blocks),

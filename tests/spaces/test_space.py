@@ -247,3 +247,27 @@ def test_bad_files(tmp_path):
         JointSpace.load(tmp_path / "list.yaml")
     with pytest.raises(VitParetoError, match=r"must end in .yaml, .yml or .json"):
         JointSpace().save(tmp_path / "space.txt")
+
+
+def test_sample_and_smallest(vit, small):
+    """Samples are valid candidates that reach every choice; the smallest costs the least."""
+    import random
+
+    from vitpareto.evaluators import analytic_macs
+    from vitpareto.spaces import describe
+
+    spec = describe(vit)
+    default = JointSpace.default(vit)
+    rng = random.Random(0)
+    samples = [default.sample(rng) for _ in range(200)]
+    for c in samples:
+        c.validate(spec)
+    assert {c.patch_size for c in samples} == set(default.patch_size)
+    assert {h for c in samples for h in c.heads} == set(default.heads.choices)
+    smallest = default.smallest()
+    assert smallest.patch_size == max(default.patch_size)
+    assert set(smallest.exits) == set(default.exits)  # every exit head gets trained
+    cheapest = analytic_macs(spec, smallest.replace(exits=()))
+    assert all(cheapest <= analytic_macs(spec, c.replace(exits=())) for c in samples)
+    assert default.sample(random.Random(3)) == default.sample(random.Random(3))
+    assert small.smallest().heads == (0, 0, 0, 0, 2, 2)  # blocks 4, 5 are not searched in SMALL

@@ -1,0 +1,116 @@
+"""Supernet checkpoints: everything needed to rebuild, resume and trust a trained supernet.
+
+A checkpoint is a ``torch.save`` file of tensors and plain Python values only, so it loads
+with ``weights_only=True`` (no code runs on load). It holds the timm model name and
+options, the search space, the importance orders, the weights, the optimizer and schedule
+state, the training config, the dataset spec and class names, metrics, and a SHA-256 of
+the weights that the results database records and that loading verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitpareto.spaces import ElasticViT, JointSpace, VitParetoError, create_model
+
+KIND = "vitpareto-supernet"
+FORMAT = 1
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the weights' names, shapes, dtypes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class Supernet:
+    """A loaded supernet: the elastic model, its space and what the checkpoint recorded."""
+
+    elastic: ElasticViT
+    space: JointSpace
+    model_name: str
+    model_kwargs: dict[str, Any]
+    data: dict[str, Any]
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)  # init, step, epoch, config, metrics
+    train_state: dict[str, Any] = field(default_factory=dict)  # optimizer and schedule
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> str:
+    """Write ``payload`` (with the weights' SHA-256 added) atomically; return the hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = weights_sha256(payload["state_dict"])
+    payload = {**payload, "kind": KIND, "format": FORMAT, "sha256": digest}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict, after checking it is a whole vitpareto supernet checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitParetoError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and unpickler errors all mean the same to a user
+        raise VitParetoError(
+            f"checkpoint {str(path)!r} is corrupted or not a torch file ({type(e).__name__}); "
+            "train again or restore it from a copy"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
+        raise VitParetoError(
+            f"{str(path)!r} is not a vitpareto supernet checkpoint (make one with `vitpareto "
+            "train`; plain timm weights go to --checkpoint of `vitpareto train`)"
+        )
+    if ckpt.get("format") != FORMAT:
+        raise VitParetoError(
+            f"checkpoint {str(path)!r} has format {ckpt.get('format')}, this vitpareto reads {FORMAT}"
+        )
+    if weights_sha256(ckpt["state_dict"]) != ckpt.get("sha256"):
+        raise VitParetoError(
+            f"checkpoint {str(path)!r} is corrupted: its weights do not match their SHA-256"
+        )
+    return ckpt
+
+
+def load_supernet(path: str | os.PathLike, device: str = "cpu") -> Supernet:
+    """Rebuild the elastic model of a checkpoint (weights verified against their hash)."""
+    ckpt = read_checkpoint(path)
+    model = create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])
+    elastic = ElasticViT(model, importance="identity", exit_blocks=ckpt["exit_blocks"])
+    try:
+        elastic.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise VitParetoError(f"checkpoint {str(path)!r} does not fit its own model: {e}") from None
+    elastic.orders = ckpt["orders"]
+    space = JointSpace.from_dict(ckpt["space"], elastic)
+    return Supernet(
+        elastic=elastic.to(device),
+        space=space,
+        model_name=ckpt["model"]["name"],
+        model_kwargs=dict(ckpt["model"]["kwargs"]),
+        data=dict(ckpt["data"]),
+        sha256=ckpt["sha256"],
+        meta={k: ckpt[k] for k in ("init", "step", "epoch", "config", "metrics") if k in ckpt},
+        train_state={k: ckpt[k] for k in ("optimizer", "scheduler") if k in ckpt},
+    )

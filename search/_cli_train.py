@@ -1,0 +1,255 @@
+"""The ``train`` and ``finetune`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitpareto.spaces import VitParetoError
+
+# command-line option -> TrainConfig field, for the options that set training hyperparameters
+_TRAIN_OPTIONS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup_epochs": "warmup_epochs",
+    "label_smoothing": "label_smoothing",
+    "random_candidates": "random_candidates",
+    "distill": "distill",
+    "seed": "seed",
+}
+
+
+def add_parsers(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a supernet: one set of weights for every candidate of a space",
+        description="Train a timm ViT as a supernet with the sandwich rule: each step trains the "
+        "full model on the labels and the space's smallest candidate plus N random ones (each "
+        "with its own patch size, token keep ratios, heads and channels) by distillation from "
+        "the full model; every early-exit head is distilled too. AdamW, warm-up then cosine, "
+        "label smoothing, bf16 on GPUs. The checkpoint is written atomically after every "
+        "epoch; --resume continues an interrupted run exactly.",
+        epilog="example: vitpareto train --model test_vit --img-size 32 --patch-size 8 "
+        "--dataset digits --epochs 10 --batch-size 16 --out results/digits.pt",
+    )
+    t.add_argument(
+        "--model",
+        help="timm model name, or a .yaml/.json file with `name:` and `kwargs:` (timm options)",
+    )
+    t.add_argument("--img-size", type=int, help="input image side (default: the model's)")
+    t.add_argument("--patch-size", type=int, help="base patch side (default: the model's)")
+    t.add_argument("--dataset", help="digits, fashion-mnist[:DIR], imagefolder:PATH, cifar10:PATH")
+    t.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    t.add_argument("--space", type=Path, help="search space file (default: the model's default)")
+    t.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights")
+    t.add_argument(
+        "--checkpoint", type=Path, help="start from a state dict file (.pth/.safetensors)"
+    )
+    t.add_argument(
+        "--num-classes", type=int, help="classes of --checkpoint's head (default: the model's)"
+    )
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument(
+        "--plain",
+        action="store_true",
+        help="train the full model alone (no sandwich rule): the normal-training baseline",
+    )
+    g = t.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help="epochs (default: 10)")
+    g.add_argument("--batch-size", type=int, help="images per step (default: 64)")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0.05)")
+    g.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs (default: 1)")
+    g.add_argument("--label-smoothing", type=float, help="(default: 0.1)")
+    g.add_argument(
+        "--random-candidates",
+        type=int,
+        help="random students per step, besides the smallest (default: 2)",
+    )
+    g.add_argument(
+        "--distill",
+        type=float,
+        help="weight of distillation against labels for students and exits (default: 0.5)",
+    )
+    g.add_argument(
+        "--seed", type=int, help="seed of init, data split and order, sampling (default: 0)"
+    )
+    _device_args(t)
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune one candidate with distillation and save it as a standalone model",
+        description="Cut a candidate out of a supernet as a physically smaller model, train it "
+        "for --steps steps with the supernet's full model as teacher, score it on the "
+        "supernet's validation set before and after, and save it (safetensors weights, "
+        "config.json, metrics.json) to --out.",
+    )
+    f.add_argument("--supernet", type=Path, required=True, help="checkpoint from `vitpareto train`")
+    f.add_argument("--candidate", required=True, help="candidate as JSON text or a .json file")
+    f.add_argument("--out", type=Path, required=True, help="model directory to write")
+    f.add_argument("--force", action="store_true", help="replace --out if it exists")
+    f.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
+    f.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
+    f.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
+    f.add_argument(
+        "--distill", type=float, default=0.7, help="weight of distillation against labels (0.7)"
+    )
+    f.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    _device_args(f)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+
+
+def _model_spec(args) -> tuple[str, dict]:
+    """--model as a timm name or a config file, plus --img-size and --patch-size."""
+    name, kwargs = args.model, {}
+    if name.endswith((".yaml", ".yml", ".json")):
+        import yaml
+
+        path = Path(name)
+        if not path.is_file():
+            raise VitParetoError(f"--model: model config {name!r} does not exist")
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise VitParetoError(f"--model: {name!r} is not valid YAML/JSON: {e}") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
+            raise VitParetoError(
+                f"--model: {name!r} needs a `name:` (a timm model) and optional `kwargs:`"
+            )
+        name, kwargs = cfg["name"], dict(cfg.get("kwargs") or {})
+    for key in ("img_size", "patch_size", "num_classes"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    return name, kwargs
+
+
+def _setup_threads(args) -> None:
+    import torch
+
+    for name in ("workers", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "workers" else 1):
+            raise VitParetoError(f"--{name} must be at least {0 if name == 'workers' else 1}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def cmd_train(args) -> int:
+    from vitpareto.search._train import SupernetTrainer, TrainConfig
+
+    _setup_threads(args)
+    given = {f: getattr(args, o) for o, f in _TRAIN_OPTIONS.items() if getattr(args, o) is not None}
+    if args.resume:
+        extra = (
+            [
+                f"--{k.replace('_', '-')}"
+                for k in (*_TRAIN_OPTIONS, "model", "dataset", "space", "checkpoint", "img_size")
+                if getattr(args, k) not in (None, False)
+            ]
+            + (["--pretrained"] if args.pretrained else [])
+            + (["--plain"] if args.plain else [])
+        )
+        if extra:
+            raise VitParetoError(
+                f"--resume takes every setting from the checkpoint; drop {', '.join(extra)}"
+            )
+        trainer = SupernetTrainer.resume(args.out, device=args.device, workers=args.workers)
+        if trainer.epoch >= trainer.config.epochs:
+            print(f"{args.out} has finished all {trainer.config.epochs} epochs; nothing to resume")
+            return 0
+        print(
+            f"resuming {args.out} at epoch {trainer.epoch}/{trainer.config.epochs}", file=sys.stderr
+        )
+    else:
+        if not args.model or not args.dataset:
+            raise VitParetoError("train needs --model and --dataset (or --resume)")
+        if args.out.exists():
+            raise VitParetoError(
+                f"{str(args.out)!r} already exists; pass --resume to continue it, or choose "
+                "another --out"
+            )
+        if args.num_classes is not None and args.checkpoint is None:
+            raise VitParetoError(
+                "--num-classes describes --checkpoint's head; the dataset sets the rest"
+            )
+        name, kwargs = _model_spec(args)
+        config = TrainConfig(sandwich=not args.plain, **given)
+        trainer = SupernetTrainer.create(
+            name,
+            args.dataset,
+            config,
+            space=args.space,
+            model_kwargs=kwargs,
+            pretrained=args.pretrained,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            workers=args.workers,
+        )
+        n = trainer.elastic.spec
+        print(
+            f"training {name} ({n.depth} blocks, {n.num_heads} heads, embed {n.embed_dim}, "
+            f"{n.img_size[0]} px, patch {n.patch_size}) on {args.dataset} "
+            f"({len(trainer.data.classes)} classes), {trainer.space.size():,} candidates, "
+            f"{config.epochs} epochs of {trainer.steps_per_epoch} steps",
+            file=sys.stderr,
+        )
+    try:
+        last = trainer.fit(args.out)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted in epoch {trainer.epoch + 1}; {args.out} holds epoch {trainer.epoch}: "
+            "continue with --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(args.out),
+                "sha256": trainer.sha256 or trainer.save(args.out),
+                "epochs": trainer.epoch,
+                "steps": trainer.step,
+                "full_accuracy": last.get("full_accuracy"),
+                "smallest_accuracy": last.get("smallest_accuracy"),
+                "train_seconds": round(trainer.seconds, 1),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from vitpareto.search._checkpoint import load_supernet
+    from vitpareto.search._export import check_writable
+    from vitpareto.search._finetune import FinetuneConfig, finetune, save_finetuned
+    from vitpareto.search.cli import read_candidate
+
+    _setup_threads(args)
+    check_writable(args.out, args.force)
+    config = FinetuneConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        distill=args.distill,
+        seed=args.seed,
+    )
+    supernet = load_supernet(args.supernet)
+    candidate = read_candidate(args.candidate).validate(supernet.elastic.spec)
+    result = finetune(supernet, candidate, config, device=args.device, workers=args.workers)
+    save_finetuned(args.out, result, supernet, force=args.force)
+    m = result.metrics
+    print(
+        f"accuracy {m['shared_accuracy']:.4f} on the shared weights -> {m['accuracy']:.4f} after "
+        f"{config.steps} steps ({m['params']:,} parameters); wrote {args.out}"
+    )
+    return 0

@@ -1,0 +1,168 @@
+"""Fine-tuning one candidate: the higher fidelity of a search.
+
+The candidate is cut out of the supernet as a standalone, physically smaller model and
+trained for a fixed number of steps with the supernet's full model as a frozen teacher
+(knowledge distillation, mixed with the labels as in supernet training; AttentionLite
+distils while it prunes). Its early exits are distilled too. The result is scored on the
+same validation set as the shared weights, so the two fidelities compare directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitpareto.evaluators import AccuracyEvaluator, count_params, load_data, resolve_device
+from vitpareto.search._checkpoint import Supernet
+from vitpareto.search._export import model_files, write_dir_atomic
+from vitpareto.search._train import Recipe, adamw, lr_factor, mixed_loss
+from vitpareto.spaces import Candidate, CompressedViT
+
+
+@dataclass
+class FinetuneConfig(Recipe):
+    """How a candidate is fine-tuned (stored with its metrics)."""
+
+    steps: int = 200
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_fraction: float = 0.1
+    distill: float = 0.7
+
+    def _checks(self) -> dict[str, bool]:
+        return {
+            "steps": self.steps >= 1,
+            **super()._checks(),
+            "warmup_fraction": 0 <= self.warmup_fraction < 1,
+        }
+
+
+def train_compressed(
+    model: CompressedViT,
+    data,
+    config: FinetuneConfig,
+    teacher=None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> float:
+    """Train a standalone compressed model for ``config.steps`` steps, every exit included:
+    distilled from ``teacher(images) -> logits`` mixed with the labels, or on the labels
+    alone without a teacher (stand-alone training). Returns the seconds spent."""
+    from tqdm import tqdm
+
+    c = config
+    dev = resolve_device(str(device))
+    model.to(dev).train()
+    optimizer = adamw(model, c.lr, c.weight_decay)
+    warmup = max(1, int(c.warmup_fraction * c.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, c.steps, warmup, c.lr, c.min_lr)
+    )
+    amp = dev.type == "cuda"
+    torch.manual_seed(c.seed)
+    gen = getattr(data.train, "generator", None)
+    if gen is not None:
+        gen.manual_seed(c.seed)
+    batches = itertools.chain.from_iterable(itertools.repeat(data.train))
+    bar = tqdm(range(c.steps), desc="train", disable=not progress, file=sys.stderr, leave=False)
+    t0 = time.perf_counter()
+    for _ in bar:
+        x, y = next(batches)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            target = None
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(x)
+            outs = model.forward_exits(x)
+            loss = mixed_loss(outs, y, target, c.distill, c.temperature, c.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Finetuned:
+    """A fine-tuned candidate: the standalone model and its metrics at both fidelities."""
+
+    model: CompressedViT
+    metrics: dict[str, Any]
+
+
+def finetune(
+    supernet: Supernet,
+    candidate: Candidate,
+    config: FinetuneConfig | None = None,
+    device: str = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+    data=None,
+) -> Finetuned:
+    """Fine-tune ``candidate`` of ``supernet`` with the full model as teacher (see module)."""
+    c = config or FinetuneConfig()
+    dev = resolve_device(device)
+    elastic = supernet.elastic.to(dev).eval()
+    spec = elastic.spec
+    candidate = candidate.validate(spec)
+    if data is None:
+        data = load_data(
+            supernet.data["spec"],
+            spec.img_size,
+            batch_size=c.batch_size,
+            seed=c.seed,
+            num_workers=workers,
+        )
+    ev = AccuracyEvaluator(data.val, device=dev, progress=False)
+    before = ev(elastic, candidate)
+    student = elastic.extract(candidate)
+    full = Candidate.full(spec)
+    for p in elastic.parameters():
+        p.requires_grad_(False)
+    try:
+        seconds = train_compressed(
+            student, data, c, teacher=lambda x: elastic(x, full), device=dev, progress=progress
+        )
+    finally:
+        for p in elastic.parameters():
+            p.requires_grad_(True)
+    student.eval()
+    after = ev.score(student, spec)
+    metrics = {
+        "candidate": candidate.to_dict(),
+        "accuracy": after["accuracy"],
+        "shared_accuracy": before["accuracy"],
+        "finetuned": after,
+        "shared": before,
+        "params": count_params(student),
+        "finetune": {**asdict(c), "seconds": seconds},
+        "dataset": supernet.data["spec"],
+        "supernet_sha256": supernet.sha256,
+    }
+    return Finetuned(student, metrics)
+
+
+def save_finetuned(
+    path: str | Path, result: Finetuned, supernet: Supernet, force: bool = False
+) -> Path:
+    """Write a fine-tuned candidate as a standalone model directory (atomically)."""
+    files = model_files(
+        result.model,
+        supernet.model_name,
+        supernet.model_kwargs,
+        supernet.data["classes"],
+        result.metrics,
+        supernet.sha256,
+    )
+    return write_dir_atomic(path, files, force=force)

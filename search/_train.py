@@ -1,0 +1,395 @@
+"""Supernet training: one set of weights that serves every candidate of a space.
+
+Each step follows the sandwich rule (BigNAS, Once-for-All, AutoFormer): the full model
+learns from the labels, and the space's smallest candidate plus ``random_candidates``
+random ones learn from the full model's outputs (in-place distillation), each with its
+own patch size, token keep ratios, heads and channels drawn from the space. Every
+early-exit head is distilled from the full model's output too (AttentionLite distils
+while it prunes). Students and exits mix distillation with the labels (``distill``): pure
+in-place distillation from a randomly initialised teacher collapses to its near-uniform
+output, a fixed point that training from scratch never leaves.
+
+Prefix slicing needs the most important heads and channels first. Weights that were
+trained elsewhere (``--pretrained``, ``--checkpoint``) are ranked by magnitude once,
+before training; a randomly initialised model needs no ranking, because the sandwich rule
+itself teaches the prefixes to carry the most (re-ranking during training would undo
+what the small candidates learned).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vitpareto.evaluators import AccuracyEvaluator, Data, load_data, resolve_device
+from vitpareto.search._checkpoint import load_supernet, save_checkpoint
+from vitpareto.spaces import (
+    Candidate,
+    ElasticViT,
+    JointSpace,
+    VitParetoError,
+    create_model,
+    describe,
+)
+
+
+@dataclass
+class Recipe:
+    """The optimisation settings that supernet training and fine-tuning share."""
+
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    distill: float = 0.5  # students' and exits' loss: distill * KD + (1 - distill) * labels
+    temperature: float = 1.0
+    grad_clip: float = 1.0  # 0 turns clipping off
+    seed: int = 0
+
+    def _checks(self) -> dict[str, bool]:
+        return {
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "min_lr": 0 <= self.min_lr <= self.lr,
+            "weight_decay": self.weight_decay >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "distill": 0 <= self.distill <= 1,
+            "temperature": self.temperature > 0,
+            "grad_clip": self.grad_clip >= 0,
+        }
+
+    def __post_init__(self):
+        wrong = [name for name, ok in self._checks().items() if not ok]
+        if wrong:
+            name = wrong[0]
+            raise VitParetoError(
+                f"training option {name} = {getattr(self, name)!r} is out of range (steps, "
+                "epochs and batch_size >= 1; lr > 0; 0 <= min_lr <= lr; warm-up within the run; "
+                "0 <= label_smoothing < 1; 0 <= distill <= 1; the rest >= 0)"
+            )
+
+
+@dataclass
+class TrainConfig(Recipe):
+    """How a supernet is trained (stored in its checkpoint)."""
+
+    epochs: int = 10
+    warmup_epochs: float = 1.0
+    random_candidates: int = 2
+    sandwich: bool = True  # False trains the full model alone (the normal-training baseline)
+
+    def _checks(self) -> dict[str, bool]:
+        return {
+            "epochs": self.epochs >= 1,
+            **super()._checks(),
+            "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs,
+            "random_candidates": self.random_candidates >= 0,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def passes(self) -> int:
+        """Forward/backward passes per step: the compute of one step in full-model units
+        (students are smaller, so this overstates the sandwich rule's cost)."""
+        return 2 + self.random_candidates if self.sandwich else 1
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """KL divergence from the teacher's softened outputs, scaled by t^2 (Hinton et al.)."""
+    return F.kl_div(
+        F.log_softmax(student.float() / t, -1),
+        F.softmax(teacher.float() / t, -1),
+        reduction="batchmean",
+    ) * (t * t)
+
+
+def mixed_loss(
+    outs: list[torch.Tensor],
+    y: torch.Tensor,
+    teacher: torch.Tensor | None,
+    distill: float,
+    temperature: float,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """Sum over ``outs`` of ``distill * KD + (1 - distill) * CE`` (CE alone without teacher)."""
+    total = outs[0].new_zeros((), dtype=torch.float32)
+    for o in outs:
+        ce = F.cross_entropy(o.float(), y, label_smoothing=label_smoothing)
+        if teacher is None:
+            total = total + ce
+        else:
+            kd = distill_loss(o, teacher, temperature)
+            total = total + distill * kd + (1 - distill) * ce
+    return total
+
+
+def lr_factor(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to ``min_lr``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))) / lr
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms, tokens and position embeddings."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (
+                decay if p.ndim > 1 and "token" not in n and "pos_embed" not in n else no_decay
+            ).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+class SupernetTrainer:
+    """Trains an ``ElasticViT`` over a ``JointSpace`` on a dataset; see the module docstring.
+
+    Build one with ``SupernetTrainer.create`` (a timm model name and a dataset spec) or
+    ``SupernetTrainer.resume`` (a checkpoint of an unfinished run), then call ``fit``.
+    """
+
+    def __init__(
+        self,
+        elastic: ElasticViT,
+        space: JointSpace,
+        data: Data,
+        config: TrainConfig,
+        model_name: str,
+        model_kwargs: dict[str, Any],
+        device: str = "cpu",
+        init: str = "random",
+    ):
+        self.device = resolve_device(device)
+        self.elastic = elastic.to(self.device)
+        self.space = space.bind(elastic)
+        self.data, self.config, self.init = data, config, init
+        self.model_name, self.model_kwargs = model_name, dict(model_kwargs)
+        self.amp = self.device.type == "cuda"
+        c = config
+        self.optimizer = adamw(self.elastic, c.lr, c.weight_decay)
+        self.steps_per_epoch = len(data.train)
+        total = c.epochs * self.steps_per_epoch
+        warmup = max(1, int(c.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total, warmup, c.lr, c.min_lr)
+        )
+        self.step, self.epoch, self.history = 0, 0, []
+        self.seconds = 0.0
+        self.sha256: str | None = None
+        exits = sorted(int(b) for b in elastic.exit_heads)
+        self.teacher = Candidate.full(elastic.spec).replace(exits=tuple(exits))
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        dataset: str,
+        config: TrainConfig | None = None,
+        space: JointSpace | str | Path | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        pretrained: bool = False,
+        checkpoint: str | Path | None = None,
+        device: str = "cpu",
+        workers: int = 0,
+    ) -> SupernetTrainer:
+        """A trainer for the timm model ``model`` on ``dataset`` (see ``load_data``).
+
+        The classifier is replaced when the dataset has another number of classes than the
+        model (so pretrained or ``checkpoint`` weights for another label set can be used).
+        """
+        config = config or TrainConfig()
+        kwargs = dict(model_kwargs or {})
+        torch.manual_seed(config.seed)
+        vit = create_model(model, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        data = load_data(
+            dataset,
+            describe(vit).img_size,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            num_workers=workers,
+        )
+        if vit.num_classes != data.num_classes:
+            vit.reset_classifier(data.num_classes)
+        kwargs["num_classes"] = data.num_classes
+        trained = pretrained or checkpoint is not None
+        elastic = ElasticViT(vit, importance="magnitude" if trained else "identity")
+        if space is None:
+            space = JointSpace.default(elastic)
+        elif not isinstance(space, JointSpace):
+            space = JointSpace.load(space)
+        init = (
+            "pretrained"
+            if pretrained
+            else f"checkpoint {Path(checkpoint).name}"
+            if checkpoint
+            else "random"
+        )
+        return cls(elastic, space, data, config, model, kwargs, device, init)
+
+    @classmethod
+    def resume(cls, path: str | Path, device: str = "cpu", workers: int = 0) -> SupernetTrainer:
+        """The trainer of an interrupted run, at the end of its last finished epoch, with its
+        model, space, data, optimizer, schedule and history (the run continues exactly)."""
+        net = load_supernet(path)
+        config = TrainConfig.from_dict(net.meta["config"])
+        data = load_data(
+            net.data["spec"],
+            net.elastic.spec.img_size,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            num_workers=workers,
+        )
+        if list(data.classes) != list(net.data["classes"]):
+            raise VitParetoError(
+                f"dataset {net.data['spec']!r} now has classes {data.classes[:5]}..., the "
+                f"checkpoint was trained on {net.data['classes'][:5]}...; resume needs the same data"
+            )
+        trainer = cls(
+            net.elastic,
+            net.space,
+            data,
+            config,
+            net.model_name,
+            net.model_kwargs,
+            device,
+            net.meta.get("init", "random"),
+        )
+        trainer.optimizer.load_state_dict(net.train_state["optimizer"])
+        trainer.scheduler.load_state_dict(net.train_state["scheduler"])
+        trainer.step, trainer.epoch = net.meta["step"], net.meta["epoch"]
+        trainer.history = list(net.meta["metrics"]["history"])
+        trainer.seconds = float(net.meta["metrics"].get("seconds", 0.0))
+        return trainer
+
+    # -- one step -------------------------------------------------------------------------
+    def _students(self, rng: random.Random) -> list[Candidate]:
+        if not self.config.sandwich:
+            return []
+        return [self.space.smallest()] + [
+            self.space.sample(rng) for _ in range(self.config.random_candidates)
+        ]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One sandwich step on a batch; returns the summed loss."""
+        c = self.config
+        loss_args = (c.distill, c.temperature, c.label_smoothing)
+        rng = random.Random(c.seed * 1_000_003 + self.step)
+        torch.manual_seed(c.seed * 1_000_003 + self.step)
+        self.elastic.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            outs = self.elastic.forward_exits(x, self.teacher)
+            teacher = outs[-1].detach()
+            loss = mixed_loss(outs[-1:], y, None, *loss_args)
+            loss = loss + mixed_loss(outs[:-1], y, teacher, *loss_args)
+        loss.backward()
+        total = loss.detach()
+        for student in self._students(rng):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = mixed_loss(self.elastic.forward_exits(x, student), y, teacher, *loss_args)
+            loss.backward()
+            total = total + loss.detach()
+        if c.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.elastic.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return total.item()  # one device sync per step
+
+    # -- epochs, checkpoints --------------------------------------------------------------
+    def fit(
+        self, out: str | Path, progress: bool = True, epochs: int | None = None
+    ) -> dict[str, Any]:
+        """Train until epoch ``epochs`` (default: the config's), checkpointing to ``out``
+        after each epoch; return the last epoch's metrics."""
+        from tqdm import tqdm
+
+        c = self.config
+        stop = c.epochs if epochs is None else min(epochs, c.epochs)
+        while self.epoch < stop:
+            gen = getattr(self.data.train, "generator", None)
+            if gen is not None:  # the data order of an epoch depends only on seed and epoch
+                gen.manual_seed(c.seed * 7919 + self.epoch)
+            bar = tqdm(
+                self.data.train,
+                desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                disable=not progress,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            seen, t0 = 0, time.perf_counter()
+            for x, y in bar:
+                loss = self.train_step(
+                    x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                )
+                seen += len(x)
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                    lr=f"{self.scheduler.get_last_lr()[0]:.1e}",
+                )
+            self.seconds += time.perf_counter() - t0
+            self.epoch += 1
+            metrics = self.evaluate()
+            self.history.append(
+                {"epoch": self.epoch, "step": self.step, "train_loss": loss, **metrics}
+            )
+            if progress:
+                print(
+                    f"epoch {self.epoch}/{c.epochs}: val accuracy full "
+                    f"{metrics['full_accuracy']:.3f}, smallest {metrics['smallest_accuracy']:.3f} "
+                    f"({seen / (time.perf_counter() - t0):.0f} img/s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self.save(out)
+        return self.history[-1] if self.history else {}
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation accuracy of the full and the smallest candidate on the shared weights."""
+        ev = AccuracyEvaluator(self.data.val, device=self.device, progress=False)
+        full = ev(self.elastic, Candidate.full(self.elastic.spec))["accuracy"]
+        small = ev(self.elastic, self.space.smallest().replace(exits=()))["accuracy"]
+        return {"full_accuracy": full, "smallest_accuracy": small}
+
+    def payload(self) -> dict[str, Any]:
+        """What a checkpoint holds (see ``vitpareto.search._checkpoint``)."""
+        return {
+            "model": {"name": self.model_name, "kwargs": self.model_kwargs},
+            "init": self.init,
+            "space": self.space.to_dict(),
+            "exit_blocks": [int(k) for k in self.elastic.exit_heads],
+            "orders": self.elastic.orders,
+            "state_dict": {k: v.detach().cpu() for k, v in self.elastic.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "config": asdict(self.config),
+            "data": {"spec": self.data.spec, "classes": list(self.data.classes)},
+            "metrics": {"history": self.history, "seconds": self.seconds},
+        }
+
+    def save(self, path: str | Path) -> str:
+        """Write the checkpoint atomically; return (and keep) the weights' SHA-256."""
+        self.sha256 = save_checkpoint(path, self.payload())
+        return self.sha256
