@@ -253,6 +253,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--device-name", help="table: the machine the parts ran on")
     p.add_argument("--versions", help="table: the versions the parts ran with")
+    p.add_argument("--key", default="bench_supernet", help="table: section of RESULTS.md")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -283,7 +284,7 @@ def main() -> None:
         (out / f"standalone_{args.only}.json").write_text(json.dumps(r, indent=1))
     elif args.part == "table":
         table = part_table(args)
-        write_section("bench_supernet", table)
+        write_section(args.key, table)
         print(table)
 
 
