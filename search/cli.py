@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from vitpareto.search import _cli_train
+from vitpareto.search import _cli_search, _cli_train
 from vitpareto.spaces import VitParetoError
 
 DEMO_MODEL = "deit_small_patch16_224"
@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _cli_train.add_parsers(sub)
+    _cli_search.add_parsers(sub)
 
     d = sub.add_parser(
         "demo",
@@ -239,6 +240,8 @@ def cmd_latency(args) -> int:
 COMMANDS = {
     "train": _cli_train.cmd_train,
     "finetune": _cli_train.cmd_finetune,
+    "search": _cli_search.cmd_search,
+    "studies": _cli_search.cmd_studies,
     "demo": cmd_demo,
     "space": cmd_space,
     "cost": cmd_cost,

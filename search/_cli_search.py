@@ -1,0 +1,89 @@
+"""The ``search`` and ``studies`` commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vitpareto.search._study import DEFAULT_STORAGE, DIRECTIONS, SAMPLERS
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser(
+        "search",
+        help="search a supernet's space for the Pareto front of accuracy and latency",
+        description="Multi-objective search (Optuna) over the space of a supernet from "
+        "`vitpareto train`: each trial cuts a candidate out of the shared weights, scores its "
+        "accuracy on the validation set, measures its latency on --device and counts its MACs "
+        "and parameters. Every trial is stored in the results database; running the same "
+        "command again resumes the study until --trials trials are complete.",
+        epilog="example: vitpareto search --supernet results/digits.pt --study digits --trials 40",
+    )
+    s.add_argument("--supernet", type=Path, required=True, help="checkpoint from `vitpareto train`")
+    s.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
+    )
+    s.add_argument("--study", required=True, help="study name (one per search)")
+    s.add_argument("--trials", type=int, default=40, help="completed trials to reach (default: 40)")
+    s.add_argument(
+        "--objectives",
+        default="accuracy,latency_ms",
+        help=f"comma-separated, from {', '.join(DIRECTIONS)} (default: accuracy,latency_ms)",
+    )
+    s.add_argument("--sampler", default="nsga2", choices=SAMPLERS, help="(default: nsga2)")
+    s.add_argument("--device", default="cpu", help="target device for latency: cpu, cuda, cuda:N")
+    s.add_argument("--batch", type=int, default=1, help="images per timed forward (default: 1)")
+    s.add_argument("--max-latency-ms", type=float, help="constraint: latency at most this")
+    s.add_argument("--min-accuracy", type=float, help="constraint: accuracy at least this")
+    s.add_argument("--max-macs", type=float, help="constraint: MACs per image at most this")
+    s.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+
+    st = sub.add_parser("studies", help="list the studies of a results database")
+    st.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
+    )
+
+
+def cmd_search(args) -> int:
+    from vitpareto.search._checkpoint import load_supernet
+    from vitpareto.search._study import SearchConfig, search
+
+    config = SearchConfig(
+        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+        sampler=args.sampler,
+        seed=args.seed,
+        device=args.device,
+        latency_batch=args.batch,
+        max_latency_ms=args.max_latency_ms,
+        min_accuracy=args.min_accuracy,
+        max_macs=args.max_macs,
+    )
+    net = load_supernet(args.supernet)
+    study = search(net, args.storage, args.study, args.trials, config)
+    front = study.best_trials
+    print(
+        f"study {args.study!r} in {args.storage}: {len(study.trials)} trials, {len(front)} on the front"
+    )
+    for t in sorted(front, key=lambda t: t.values[0]):
+        vals = ", ".join(f"{o} {v:.4g}" for o, v in zip(config.objectives, t.values, strict=True))
+        print(f"  trial {t.number}: {vals}")
+    return 0
+
+
+def cmd_studies(args) -> int:
+    import optuna
+
+    from vitpareto.search._study import open_storage
+
+    storage = open_storage(args.storage, create=False)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    if not summaries:
+        print(f"no studies in {args.storage}", file=sys.stderr)
+        return 0
+    for s in summaries:
+        attrs = s.user_attrs
+        print(
+            f"{s.study_name}\t{s.n_trials} trials\t{attrs.get('model', {}).get('name', '?')}"
+            f"\t{attrs.get('dataset', '?')}\t{','.join(attrs.get('objectives', []))}"
+        )
+    return 0

@@ -1,0 +1,133 @@
+"""The local search: trials stored in a real SQLite database, resumed after SIGKILL, refused
+for another supernet, constraints respected."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from vitpareto.search._checkpoint import load_supernet
+from vitpareto.search._study import SearchConfig, search
+from vitpareto.search._train import SupernetTrainer, TrainConfig
+from vitpareto.spaces import Candidate, VitParetoError
+
+CONFIG = dict(latency_repeats=3)
+
+
+def _train(path, seed):
+    trainer = SupernetTrainer.create(
+        "test_vit",
+        "digits",
+        TrainConfig(epochs=1, batch_size=128, random_candidates=1, seed=seed),
+        model_kwargs=dict(img_size=32, patch_size=16),
+    )
+    trainer.fit(path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nets")
+    return _train(d / "a.pt", 0), _train(d / "b.pt", 1)
+
+
+def _complete(url, name):
+    study = optuna.load_study(study_name=name, storage=url)
+    return study.get_trials(states=(TrialState.COMPLETE,))
+
+
+def test_trials_stored_and_resumed(nets, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    net = load_supernet(nets[0])
+    config = SearchConfig(max_latency_ms=1e9, min_accuracy=0.3, **CONFIG)
+    study = search(net, url, "s", 5, config, progress=False)
+    first = [(t.number, t.values) for t in _complete(url, "s")]
+    assert len(first) == 5
+    attrs = study.user_attrs
+    assert attrs["supernet_sha256"] == net.sha256 and attrs["dataset"] == "digits"
+    assert attrs["objectives"] == ["accuracy", "latency_ms"] and "cpu" in attrs["target"]
+    for t in _complete(url, "s"):
+        c = Candidate.from_dict(t.user_attrs["candidate"]).validate(net.elastic.spec)
+        assert net.space.decode(t.params) == c
+        assert t.values == [t.user_attrs["accuracy"], t.user_attrs["latency_ms"]]
+        for key in ("macs", "params", "latency_iqr_ms", "exit_accuracy", "device_fingerprint"):
+            assert key in t.user_attrs
+        assert t.user_attrs["fidelity"] == "shared"
+    # feasible front members respect the constraint; Optuna's own front is what we report
+    for t in study.best_trials:
+        assert t.user_attrs["accuracy"] >= 0.3
+    # the same command again continues to the new count, keeping what was done
+    search(net, url, "s", 7, config, progress=False)
+    again = _complete(url, "s")
+    assert len(again) == 7 and [(t.number, t.values) for t in again[:5]] == first
+
+
+def test_another_supernet_is_refused(nets, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    search(load_supernet(nets[0]), url, "s", 2, SearchConfig(**CONFIG), progress=False)
+    with pytest.raises(VitParetoError, match="another supernet sha256"):
+        search(load_supernet(nets[1]), url, "s", 4, SearchConfig(**CONFIG), progress=False)
+    assert len(_complete(url, "s")) == 2
+
+
+def test_bad_storage_and_options(nets, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes")
+    net = load_supernet(nets[0])
+    with pytest.raises(VitParetoError, match="not an SQLite database"):
+        search(net, f"sqlite:///{text}", "s", 2, SearchConfig(**CONFIG), progress=False)
+    assert text.read_text() == "my notes"
+    with pytest.raises(VitParetoError, match="unknown objective"):
+        SearchConfig(objectives=("speed",))
+    with pytest.raises(VitParetoError, match="cannot be opened"):
+        search(net, "nosuchdb://x", "s", 2, SearchConfig(**CONFIG), progress=False)
+
+
+def test_sigkill_mid_search_loses_nothing(nets, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vitpareto.search.cli",
+        "search",
+        "--supernet",
+        str(nets[0]),
+        "--storage",
+        url,
+        "--study",
+        "k",
+        "--trials",
+        "8",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        done = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                done = _complete(url, "k")
+            except KeyError:  # the study is not created yet
+                continue
+            if len(done) >= 3:
+                break
+        assert proc.poll() is None, "the search ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = {t.number: t.values for t in _complete(url, "k")}
+    assert len(kept) >= 3
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    after = _complete(url, "k")
+    assert len(after) == 8
+    assert all(kept[n] == t.values for t in after if (n := t.number) in kept)
