@@ -38,6 +38,27 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-macs", type=float, help="constraint: MACs per image at most this")
     s.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
 
+    q = sub.add_parser(
+        "query",
+        help="trials of a study as a table, CSV or JSON; the Pareto front; filters",
+        description="Print the completed trials of a study: objective values, metrics, knobs "
+        "and the candidate. --where takes a pandas expression over the columns "
+        "(e.g. 'latency_ms < 5 and accuracy > 0.9'); knob columns are parameter names with "
+        "'.' as '_' (heads_b3). In Python: vitpareto.search.load_trials(storage, study).",
+    )
+    q.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
+    )
+    q.add_argument("--study", required=True, help="study name")
+    q.add_argument("--pareto", action="store_true", help="only the non-dominated feasible trials")
+    q.add_argument("--where", help="filter, a pandas expression over the columns")
+    q.add_argument(
+        "--sort", help="columns to sort by, comma-separated; -col for descending (--sort=-accuracy)"
+    )
+    q.add_argument("--limit", type=int, help="at most this many rows")
+    q.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    q.add_argument("--columns", help="comma-separated columns to show (default: the main ones)")
+
     st = sub.add_parser("studies", help="list the studies of a results database")
     st.add_argument(
         "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
@@ -86,4 +107,47 @@ def cmd_studies(args) -> int:
             f"{s.study_name}\t{s.n_trials} trials\t{attrs.get('model', {}).get('name', '?')}"
             f"\t{attrs.get('dataset', '?')}\t{','.join(attrs.get('objectives', []))}"
         )
+    return 0
+
+
+MAIN_COLUMNS = [
+    "trial",
+    "accuracy",
+    "latency_ms",
+    "speedup",
+    "macs",
+    "params",
+    "fidelity",
+    "pareto",
+]
+
+
+def cmd_query(args) -> int:
+    from vitpareto.search._query import load_trials, select
+
+    df = load_trials(args.storage, args.study)
+    if df.empty:
+        print(f"study {args.study!r} has no completed trials", file=sys.stderr)
+        return 0
+    if args.pareto:
+        df = df[df["pareto"]]
+    df = select(df, args.where, args.sort, args.limit)
+    if args.columns:
+        cols = [c.strip() for c in args.columns.split(",") if c.strip()]
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            from vitpareto.spaces import VitParetoError
+
+            raise VitParetoError(f"--columns: no column {', '.join(missing)}")
+    elif args.format == "table":
+        cols = [c for c in MAIN_COLUMNS if c in df.columns]
+    else:
+        cols = list(df.columns)
+    df = df[cols]
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(df.to_json(orient="records", indent=1))
+    else:
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0

@@ -242,6 +242,7 @@ COMMANDS = {
     "finetune": _cli_train.cmd_finetune,
     "search": _cli_search.cmd_search,
     "studies": _cli_search.cmd_studies,
+    "query": _cli_search.cmd_query,
     "demo": cmd_demo,
     "space": cmd_space,
     "cost": cmd_cost,

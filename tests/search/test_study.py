@@ -131,3 +131,50 @@ def test_sigkill_mid_search_loses_nothing(nets, tmp_path):
     after = _complete(url, "k")
     assert len(after) == 8
     assert all(kept[n] == t.values for t in after if (n := t.number) in kept)
+
+
+def test_query_front_filters_and_formats(nets, tmp_path):
+    import csv
+    import io
+    import json as _json
+
+    from tests.search.test_cli import vitpareto
+    from vitpareto.search import load_trials
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = search(load_supernet(nets[0]), url, "q", 6, SearchConfig(**CONFIG), progress=False)
+    df = load_trials(url, "q")
+    assert len(df) == 6 and {"accuracy", "latency_ms", "macs", "heads_b0"} <= set(df.columns)
+    assert set(df.loc[df["pareto"], "trial"]) == {t.number for t in study.best_trials}
+
+    out = vitpareto("query", "--storage", url, "--study", "q", "--pareto", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert {r["trial"] for r in _json.loads(out.stdout)} == {t.number for t in study.best_trials}
+    cut = float(df["latency_ms"].median())
+    out = vitpareto(
+        "query",
+        "--storage",
+        url,
+        "--study",
+        "q",
+        "--where",
+        f"latency_ms <= {cut}",
+        "--sort=-accuracy",
+        "--format",
+        "csv",
+    )
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) == int((df["latency_ms"] <= cut).sum())
+    accs = [float(r["accuracy"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+
+    for args, message in [
+        (["--study", "nope"], "no study 'nope'"),
+        (["--study", "q", "--where", "latency_ms <<< 3"], "cannot be evaluated"),
+        (["--study", "q", "--sort", "speed"], "no column speed"),
+    ]:
+        out = vitpareto("query", "--storage", url, *args)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    assert len(_complete(url, "q")) == 6

@@ -1,0 +1,82 @@
+"""Reading a results database: trials as a pandas DataFrame, filtered, sorted, the front.
+
+``load_trials(storage, study)`` is the notebook API: one row per completed trial with its
+objective values, scalar metrics (accuracy, latency_ms, macs, params, ...), the searched
+knobs (``heads_b3``: parameter names with ``.`` turned into ``_`` so that ``--where`` can
+name them), the candidate as JSON, and ``pareto`` (True for Optuna's own ``best_trials``:
+non-dominated among the feasible trials).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vitpareto.spaces import VitParetoError
+
+
+def load_study(storage: str, name: str):
+    """An existing study, or one clear error naming the studies that exist."""
+    import optuna
+
+    from vitpareto.search._study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = open_storage(storage, create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        raise VitParetoError(
+            f"no study {name!r} in {storage}; studies there: {', '.join(names) or 'none'}"
+        ) from None
+
+
+def load_trials(storage: str, study: str):
+    """Completed trials of ``study`` as a DataFrame (see the module docstring)."""
+    import pandas as pd
+    from optuna.trial import TrialState
+
+    st = load_study(storage, study)
+    objectives = st.user_attrs.get("objectives") or [f"value{i}" for i in range(len(st.directions))]
+    front = {t.number for t in st.best_trials}
+    rows: list[dict[str, Any]] = []
+    for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        row: dict[str, Any] = {"trial": t.number}
+        for k, v in t.user_attrs.items():
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                row[k] = v
+        row.update(dict(zip(objectives, t.values, strict=True)))
+        row.update({k.replace(".", "_"): v for k, v in t.params.items()})
+        row["candidate"] = json.dumps(t.user_attrs.get("candidate"))
+        row["pareto"] = t.number in front
+        row["seconds"] = (t.datetime_complete - t.datetime_start).total_seconds()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def select(df, where: str | None = None, sort: str | None = None, limit: int | None = None):
+    """Rows matching a pandas ``where`` expression, sorted by ``sort`` (comma-separated
+    columns, ``-col`` for descending), at most ``limit`` of them."""
+    if where:
+        try:
+            df = df.query(where, engine="python")
+        except Exception as e:  # pandas raises many types for a malformed expression
+            raise VitParetoError(
+                f"--where {where!r} cannot be evaluated ({type(e).__name__}: {e}); columns: "
+                f"{', '.join(df.columns)}"
+            ) from None
+    if sort:
+        keys = [k.strip() for k in sort.split(",") if k.strip()]
+        cols = [k.lstrip("-") for k in keys]
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise VitParetoError(
+                f"--sort: no column {', '.join(missing)}; columns: {', '.join(df.columns)}"
+            )
+        df = df.sort_values(cols, ascending=[not k.startswith("-") for k in keys])
+    if limit is not None:
+        if limit < 1:
+            raise VitParetoError(f"--limit must be at least 1, got {limit}")
+        df = df.head(limit)
+    return df
