@@ -47,6 +47,25 @@ class Supernet:
     meta: dict[str, Any] = field(default_factory=dict)  # init, step, epoch, config, metrics
     train_state: dict[str, Any] = field(default_factory=dict)  # optimizer and schedule
 
+    def load_data(self, batch_size: int = 64, seed: int = 0, workers: int = 0):
+        """The dataset the supernet was trained on, at its image size; refused when the
+        data on disk now has other classes (its labels would mean something else)."""
+        from vitpareto.evaluators import load_data
+
+        data = load_data(
+            self.data["spec"],
+            self.elastic.spec.img_size,
+            batch_size=batch_size,
+            seed=seed,
+            num_workers=workers,
+        )
+        if list(data.classes) != list(self.data["classes"]):
+            raise VitParetoError(
+                f"dataset {self.data['spec']!r} now has classes {data.classes[:5]}..., the "
+                f"supernet was trained on {self.data['classes'][:5]}...; it needs the same data"
+            )
+        return data
+
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> str:
     """Write ``payload`` (with the weights' SHA-256 added) atomically; return the hash."""

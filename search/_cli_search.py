@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from vitpareto.search._study import DEFAULT_STORAGE, DIRECTIONS, SAMPLERS
+from vitpareto.spaces import VitParetoError
 
 
 def add_parsers(sub) -> None:
@@ -136,8 +137,6 @@ def cmd_query(args) -> int:
         cols = [c.strip() for c in args.columns.split(",") if c.strip()]
         missing = [c for c in cols if c not in df.columns]
         if missing:
-            from vitpareto.spaces import VitParetoError
-
             raise VitParetoError(f"--columns: no column {', '.join(missing)}")
     elif args.format == "table":
         cols = [c for c in MAIN_COLUMNS if c in df.columns]

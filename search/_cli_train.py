@@ -9,18 +9,31 @@ from pathlib import Path
 
 from vitpareto.spaces import VitParetoError
 
-# command-line option -> TrainConfig field, for the options that set training hyperparameters
-_TRAIN_OPTIONS = {
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "warmup_epochs": "warmup_epochs",
-    "label_smoothing": "label_smoothing",
-    "random_candidates": "random_candidates",
-    "distill": "distill",
-    "seed": "seed",
-}
+# options that set TrainConfig fields of the same name
+_TRAIN_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "random_candidates",
+    "distill",
+    "seed",
+)
+# everything a checkpoint fixes: refused beside --resume
+_RUN_SETTINGS = (
+    *_TRAIN_OPTIONS,
+    "model",
+    "img_size",
+    "patch_size",
+    "num_classes",
+    "dataset",
+    "space",
+    "pretrained",
+    "checkpoint",
+    "plain",
+)
 
 
 def add_parsers(sub) -> None:
@@ -147,17 +160,13 @@ def cmd_train(args) -> int:
     from vitpareto.search._train import SupernetTrainer, TrainConfig
 
     _setup_threads(args)
-    given = {f: getattr(args, o) for o, f in _TRAIN_OPTIONS.items() if getattr(args, o) is not None}
+    given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.resume:
-        extra = (
-            [
-                f"--{k.replace('_', '-')}"
-                for k in (*_TRAIN_OPTIONS, "model", "dataset", "space", "checkpoint", "img_size")
-                if getattr(args, k) not in (None, False)
-            ]
-            + (["--pretrained"] if args.pretrained else [])
-            + (["--plain"] if args.plain else [])
-        )
+        extra = [
+            f"--{k.replace('_', '-')}"
+            for k in _RUN_SETTINGS
+            if getattr(args, k) not in (None, False)
+        ]
         if extra:
             raise VitParetoError(
                 f"--resume takes every setting from the checkpoint; drop {', '.join(extra)}"

@@ -35,7 +35,7 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
 
 
 def write_dir_atomic(path: str | os.PathLike, files: dict[str, Any], force: bool = False) -> Path:
-    """Write ``files`` (name -> bytes, str, or a callable taking the destination path) into a
+    """Write ``files`` (name -> text, or a callable that writes the destination path) into a
     fresh directory that replaces ``path`` in one rename."""
     path = check_writable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +46,6 @@ def write_dir_atomic(path: str | os.PathLike, files: dict[str, Any], force: bool
             dest.parent.mkdir(parents=True, exist_ok=True)
             if callable(content):
                 content(dest)
-            elif isinstance(content, bytes):
-                dest.write_bytes(content)
             else:
                 dest.write_text(content)
         old = None

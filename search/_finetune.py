@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vitpareto.evaluators import AccuracyEvaluator, count_params, load_data, resolve_device
+from vitpareto.evaluators import AccuracyEvaluator, count_params, resolve_device
 from vitpareto.search._checkpoint import Supernet
 from vitpareto.search._export import model_files, write_dir_atomic
 from vitpareto.search._train import Recipe, adamw, lr_factor, mixed_loss
@@ -117,13 +117,7 @@ def finetune(
     spec = elastic.spec
     candidate = candidate.validate(spec)
     if data is None:
-        data = load_data(
-            supernet.data["spec"],
-            spec.img_size,
-            batch_size=c.batch_size,
-            seed=c.seed,
-            num_workers=workers,
-        )
+        data = supernet.load_data(c.batch_size, c.seed, workers)
     ev = AccuracyEvaluator(data.val, device=dev, progress=False)
     before = ev(elastic, candidate)
     student = elastic.extract(candidate)

@@ -177,7 +177,7 @@ def search(
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator, LatencyEvaluator, load_data
+    from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator, LatencyEvaluator
 
     if trials < 1:
         raise VitParetoError(f"--trials must be at least 1, got {trials}")
@@ -187,7 +187,7 @@ def search(
         return study
     elastic = supernet.elastic.eval()
     space = supernet.space
-    data = load_data(supernet.data["spec"], elastic.spec.img_size, batch_size=128)
+    data = supernet.load_data(batch_size=128)
     evaluators = [
         CostEvaluator(),
         AccuracyEvaluator(

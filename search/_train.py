@@ -195,6 +195,7 @@ class SupernetTrainer:
         self.sha256: str | None = None
         exits = sorted(int(b) for b in elastic.exit_heads)
         self.teacher = Candidate.full(elastic.spec).replace(exits=tuple(exits))
+        self.smallest = self.space.smallest()
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -250,18 +251,7 @@ class SupernetTrainer:
         model, space, data, optimizer, schedule and history (the run continues exactly)."""
         net = load_supernet(path)
         config = TrainConfig.from_dict(net.meta["config"])
-        data = load_data(
-            net.data["spec"],
-            net.elastic.spec.img_size,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            num_workers=workers,
-        )
-        if list(data.classes) != list(net.data["classes"]):
-            raise VitParetoError(
-                f"dataset {net.data['spec']!r} now has classes {data.classes[:5]}..., the "
-                f"checkpoint was trained on {net.data['classes'][:5]}...; resume needs the same data"
-            )
+        data = net.load_data(config.batch_size, config.seed, workers)
         trainer = cls(
             net.elastic,
             net.space,
@@ -283,7 +273,7 @@ class SupernetTrainer:
     def _students(self, rng: random.Random) -> list[Candidate]:
         if not self.config.sandwich:
             return []
-        return [self.space.smallest()] + [
+        return [self.smallest] + [
             self.space.sample(rng) for _ in range(self.config.random_candidates)
         ]
 
@@ -368,7 +358,7 @@ class SupernetTrainer:
         """Validation accuracy of the full and the smallest candidate on the shared weights."""
         ev = AccuracyEvaluator(self.data.val, device=self.device, progress=False)
         full = ev(self.elastic, Candidate.full(self.elastic.spec))["accuracy"]
-        small = ev(self.elastic, self.space.smallest().replace(exits=()))["accuracy"]
+        small = ev(self.elastic, self.smallest.replace(exits=()))["accuracy"]
         return {"full_accuracy": full, "smallest_accuracy": small}
 
     def payload(self) -> dict[str, Any]:
