@@ -34,7 +34,7 @@ from vitpareto.evaluators import (  # noqa: E402
     time_interleaved,
 )
 from vitpareto.evaluators._predictor import measure_candidates, sample_candidates  # noqa: E402
-from vitpareto.search._demo import showcase  # noqa: E402
+from vitpareto.search._showcase import showcase  # noqa: E402
 from vitpareto.spaces import ElasticViT, JointSpace, create_model  # noqa: E402
 
 

@@ -46,6 +46,7 @@ class Supernet:
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)  # init, step, epoch, config, metrics
     train_state: dict[str, Any] = field(default_factory=dict)  # optimizer and schedule
+    path: Path | None = None  # the checkpoint file it was loaded from
 
     def load_data(self, batch_size: int = 64, seed: int = 0, workers: int = 0):
         """The dataset the supernet was trained on, at its image size; refused when the
@@ -132,4 +133,5 @@ def load_supernet(path: str | os.PathLike, device: str = "cpu") -> Supernet:
         sha256=ckpt["sha256"],
         meta={k: ckpt[k] for k in ("init", "step", "epoch", "config", "metrics") if k in ckpt},
         train_state={k: ckpt[k] for k in ("optimizer", "scheduler") if k in ckpt},
+        path=Path(path),
     )

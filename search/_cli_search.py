@@ -38,6 +38,32 @@ def add_parsers(sub) -> None:
     s.add_argument("--min-accuracy", type=float, help="constraint: accuracy at least this")
     s.add_argument("--max-macs", type=float, help="constraint: MACs per image at most this")
     s.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    s.add_argument(
+        "--latency",
+        default="measured",
+        choices=["measured", "predicted"],
+        help="measure every trial's latency, or predict it from the latency table (built once "
+        "per device, model, batch and space) and measure only the front's (default: measured)",
+    )
+    s.add_argument(
+        "--finetune-front",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the search, fine-tune each front model this many steps and re-score it "
+        "into the study NAME/front (default: 0, off)",
+    )
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes on this machine; latency is still measured one model at a "
+        "time (default: 1)",
+    )
+    s.add_argument(
+        "--artifacts", type=Path, help="where fine-tuned weights go (default: beside the database)"
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     q = sub.add_parser(
         "query",
@@ -60,6 +86,45 @@ def add_parsers(sub) -> None:
     q.add_argument("--format", default="table", choices=["table", "csv", "json"])
     q.add_argument("--columns", help="comma-separated columns to show (default: the main ones)")
 
+    e = sub.add_parser(
+        "export",
+        help="export the Pareto front (or chosen trials) as standalone models",
+        description="Write one directory per model under --out (trial_N): safetensors "
+        "weights, config.json, candidate.json, metrics.json, a model card (README.md), and "
+        "model.pt2 (torch.export) and model.onnx, which load without vitpareto. Reload with "
+        "vitpareto.load(dir). Trials scored on the shared weights need the supernet "
+        "(--supernet, default: the path the search recorded); fine-tuned ones (study "
+        "NAME/front) carry their own weights.",
+        epilog="example: vitpareto export --study digits --pareto --out results/digits-front",
+    )
+    e.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
+    )
+    e.add_argument("--study", required=True, help="study name (NAME/front for fine-tuned models)")
+    e.add_argument("--pareto", action="store_true", help="export every trial on the front")
+    e.add_argument(
+        "--trial", type=int, action="append", metavar="N", help="export trial N (repeatable)"
+    )
+    e.add_argument("--out", type=Path, required=True, help="directory to write the models into")
+    e.add_argument("--supernet", type=Path, help="supernet checkpoint (default: the searched one)")
+    e.add_argument("--force", action="store_true", help="replace model directories that exist")
+    e.add_argument(
+        "--no-portable", action="store_true", help="skip model.pt2 and model.onnx (faster)"
+    )
+
+    r = sub.add_parser(
+        "report",
+        help="an HTML report and PNG plots of a study",
+        description="Write report.html (interactive Pareto plot: every trial and the front, "
+        "details on hover; the hypervolume; the front as a table), front.png and knobs.png "
+        "(each knob against each objective) into --out.",
+    )
+    r.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
+    )
+    r.add_argument("--study", required=True, help="study name")
+    r.add_argument("--out", type=Path, required=True, help="directory for the report files")
+
     st = sub.add_parser("studies", help="list the studies of a results database")
     st.add_argument(
         "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
@@ -68,6 +133,7 @@ def add_parsers(sub) -> None:
 
 def cmd_search(args) -> int:
     from vitpareto.search._checkpoint import load_supernet
+    from vitpareto.search._front import needed, rescore_front
     from vitpareto.search._study import SearchConfig, search
 
     config = SearchConfig(
@@ -79,17 +145,48 @@ def cmd_search(args) -> int:
         max_latency_ms=args.max_latency_ms,
         min_accuracy=args.min_accuracy,
         max_macs=args.max_macs,
+        latency=args.latency,
     )
+    if args.finetune_front < 0:
+        raise VitParetoError(f"--finetune-front must be 0 or more steps, got {args.finetune_front}")
     net = load_supernet(args.supernet)
-    study = search(net, args.storage, args.study, args.trials, config)
-    front = study.best_trials
-    print(
-        f"study {args.study!r} in {args.storage}: {len(study.trials)} trials, {len(front)} on the front"
+    progress = not args.no_progress
+    study = search(
+        net, args.storage, args.study, args.trials, config, progress=progress, jobs=args.jobs
     )
-    for t in sorted(front, key=lambda t: t.values[0]):
-        vals = ", ".join(f"{o} {v:.4g}" for o, v in zip(config.objectives, t.values, strict=True))
-        print(f"  trial {t.number}: {vals}")
+    print_front(study)
+    if needed(config, args.finetune_front):
+        front = rescore_front(
+            net,
+            args.storage,
+            args.study,
+            config,
+            steps=args.finetune_front,
+            artifacts=args.artifacts,
+            progress=progress,
+        )
+        print()
+        print_front(front)
     return 0
+
+
+def print_front(study, file=None) -> None:
+    """The front of a study as a table, with its hypervolume and reference point."""
+    from vitpareto.search._pareto import describe_reference
+    from vitpareto.search._query import front_hypervolume_of, trials_frame
+
+    df = trials_frame(study)
+    n = 0 if df.empty else len(df)
+    print(f"study {study.study_name!r}: {n} completed trials", file=file)
+    if df.empty:
+        return
+    front = df[df["pareto"]].sort_values("accuracy" if "accuracy" in df else "trial")
+    hv, ref = front_hypervolume_of(study, df)
+    cols = [c for c in MAIN_COLUMNS if c in front.columns and c != "pareto"]
+    print(
+        f"front: {len(front)} trials, hypervolume {hv:.4f} ({describe_reference(ref)})", file=file
+    )
+    print(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=file)
 
 
 def cmd_studies(args) -> int:
@@ -113,6 +210,7 @@ def cmd_studies(args) -> int:
 
 MAIN_COLUMNS = [
     "trial",
+    "source_trial",
     "accuracy",
     "latency_ms",
     "speedup",
@@ -124,9 +222,11 @@ MAIN_COLUMNS = [
 
 
 def cmd_query(args) -> int:
-    from vitpareto.search._query import load_trials, select
+    from vitpareto.search._pareto import describe_reference
+    from vitpareto.search._query import front_hypervolume_of, load_study, select, trials_frame
 
-    df = load_trials(args.storage, args.study)
+    study = load_study(args.storage, args.study)
+    df = full = trials_frame(study)
     if df.empty:
         print(f"study {args.study!r} has no completed trials", file=sys.stderr)
         return 0
@@ -149,4 +249,41 @@ def cmd_query(args) -> int:
         print(df.to_json(orient="records", indent=1))
     else:
         print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        hv, ref = front_hypervolume_of(study, full)
+        print(
+            f"front: {int(full['pareto'].sum())} of {len(full)} trials, hypervolume {hv:.4f} "
+            f"({describe_reference(ref)})"
+        )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vitpareto.search._checkpoint import load_supernet
+    from vitpareto.search._export_trials import export_trials, pick_trials
+    from vitpareto.search._query import load_study
+
+    study = load_study(args.storage, args.study)
+    trials = pick_trials(study, args.trial, args.pareto)
+    supernet = None
+    if any("weights_artifact" not in t.user_attrs for t in trials):
+        path = args.supernet or study.user_attrs.get("supernet_path")
+        if not path:
+            raise VitParetoError("pass --supernet CKPT (the study did not record its path)")
+        supernet = load_supernet(path)
+    paths = export_trials(
+        study, trials, args.out, supernet, force=args.force, portable=not args.no_portable
+    )
+    for t, p in zip(trials, paths, strict=True):
+        acc = t.user_attrs.get("accuracy")
+        print(f"trial {t.number} (accuracy {acc:.4f}) -> {p}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from vitpareto.search._query import load_study
+    from vitpareto.search._report import write_report
+
+    study = load_study(args.storage, args.study)
+    paths = write_report(study, args.out)
+    print(f"report: {paths['html']}\nplots:  {paths['front']}, {paths['knobs']}")
     return 0

@@ -102,7 +102,13 @@ def add_parsers(sub) -> None:
         "config.json, metrics.json) to --out.",
     )
     f.add_argument("--supernet", type=Path, required=True, help="checkpoint from `vitpareto train`")
-    f.add_argument("--candidate", required=True, help="candidate as JSON text or a .json file")
+    which = f.add_mutually_exclusive_group(required=True)
+    which.add_argument("--candidate", help="candidate as JSON text or a .json file")
+    which.add_argument("--trial", type=int, metavar="N", help="the candidate of trial N of --study")
+    f.add_argument("--study", help="study of --trial")
+    f.add_argument(
+        "--storage", default="sqlite:///results/vitpareto.db", help="results database of --study"
+    )
     f.add_argument("--out", type=Path, required=True, help="model directory to write")
     f.add_argument("--force", action="store_true", help="replace --out if it exists")
     f.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
@@ -113,6 +119,18 @@ def add_parsers(sub) -> None:
     )
     f.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     _device_args(f)
+
+
+def _trial_candidate(storage: str, study: str | None, number: int):
+    """The candidate a search trial stored."""
+    from vitpareto.search._export_trials import pick_trials
+    from vitpareto.search._query import load_study
+    from vitpareto.spaces import Candidate
+
+    if not study:
+        raise VitParetoError("--trial needs --study (and --storage unless the default)")
+    (trial,) = pick_trials(load_study(storage, study), [number], pareto=False)
+    return Candidate.from_dict(trial.user_attrs["candidate"])
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
@@ -253,7 +271,11 @@ def cmd_finetune(args) -> int:
         seed=args.seed,
     )
     supernet = load_supernet(args.supernet)
-    candidate = read_candidate(args.candidate).validate(supernet.elastic.spec)
+    if args.trial is not None:
+        candidate = _trial_candidate(args.storage, args.study, args.trial)
+    else:
+        candidate = read_candidate(args.candidate)
+    candidate = candidate.validate(supernet.elastic.spec)
     result = finetune(supernet, candidate, config, device=args.device, workers=args.workers)
     save_finetuned(args.out, result, supernet, force=args.force)
     m = result.metrics

@@ -1,130 +1,93 @@
-"""The compression showcase: one real architecture cut by each knob, measured side by side."""
+"""``vitpareto demo``: the whole pipeline on digits, on a laptop, in minutes.
+
+Trains a small supernet (timm ``test_vit`` at 32 px) on scikit-learn's bundled digits,
+searches it with latency measured on this machine, fine-tunes and re-scores the front,
+prints it, writes the report and exports the front's models, all under one directory.
+Each step reuses what a previous run left there, so running it again is quick.
+"""
 
 from __future__ import annotations
 
-import copy
-import sys
-from dataclasses import dataclass
+import time
+from pathlib import Path
 
-import torch
-import torch.nn as nn
-
-from vitpareto.evaluators import analytic_macs, count_params, exit_head_macs, mac_profile
-from vitpareto.evaluators._timing import speedup, summarize, time_interleaved
-from vitpareto.spaces import Candidate, ElasticViT, describe
+MODEL = dict(model="test_vit", model_kwargs={"img_size": 32, "patch_size": 8})
 
 
-def showcase(model: nn.Module) -> dict[str, Candidate]:
-    """One candidate per knob (and two joint ones), scaled to the model's shape."""
-    s = describe(model)
-    d = s.depth
-    evit = {round(d / 4): 0.7, round(d / 2): 0.7, round(3 * d / 4): 0.7}
-    bigger = [p for p in s.valid_patch_sizes() if p > s.patch_size]
-    half_mlp = [m // 2 for m in s.mlp_hidden]
-    cands = {
-        "full": Candidate.full(s),
-        "tokens: EViT keep 0.7 x3": Candidate.make(s, keep=evit, fuse=True),
-        "heads: half": Candidate.make(s, heads=max(1, s.num_heads // 2)),
-        "q/k dim: half": Candidate.make(s, qk_dim=max(1, s.head_dim // 2)),
-        "mlp: half": Candidate.make(s, mlp=half_mlp),
-        "depth: last quarter off": Candidate.make(
-            s, heads={b: 0 for b in range(d - d // 4, d)}, mlp={b: 0 for b in range(d - d // 4, d)}
-        ),
-        f"exit after block {d // 2 - 1} (all leave)": Candidate.make(
-            s, exits=(d // 2 - 1,), exit_threshold=0.9
-        ),
-        "joint: heads 3/4, mlp 3/4, keep 0.7": Candidate.make(
-            s,
-            heads=max(1, (3 * s.num_heads) // 4),
-            mlp=[3 * m // 4 for m in s.mlp_hidden],
-            keep=evit,
-        ),
+def run_demo(
+    out: str | Path = "results/demo",
+    trials: int = 48,
+    epochs: int = 10,
+    finetune_steps: int = 60,
+    threads: int | None = None,
+) -> dict[str, Path]:
+    """Run the pipeline into ``out``; return where each result is."""
+    import torch
+
+    from vitpareto.search._checkpoint import load_supernet
+    from vitpareto.search._cli_search import print_front
+    from vitpareto.search._export_trials import export_trials, pick_trials
+    from vitpareto.search._front import rescore_front
+    from vitpareto.search._report import write_report
+    from vitpareto.search._study import SearchConfig, search
+    from vitpareto.search._train import SupernetTrainer, TrainConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt, db = out / "supernet.pt", out / "results.db"
+    storage = f"sqlite:///{db}"
+    start = time.perf_counter()
+
+    def step(text: str) -> None:
+        print(f"\n[{time.perf_counter() - start:5.0f} s] {text}", flush=True)
+
+    step(f"1/5 supernet: {MODEL['model']} on digits, {epochs} epochs -> {ckpt}")
+    if ckpt.exists():
+        trainer = SupernetTrainer.resume(ckpt)
+    else:
+        config = TrainConfig(epochs=epochs, batch_size=16)
+        trainer = SupernetTrainer.create(dataset="digits", config=config, **MODEL)
+    if trainer.epoch < trainer.config.epochs:
+        last = trainer.fit(ckpt)
+    else:
+        last = trainer.history[-1] if trainer.history else {}
+    print(
+        f"full model accuracy {last.get('full_accuracy', float('nan')):.3f}, smallest candidate "
+        f"{last.get('smallest_accuracy', float('nan')):.3f} (validation set, shared weights)"
+    )
+
+    step(f"2/5 search: {trials} trials, NSGA-II, latency measured here -> {db}")
+    supernet = load_supernet(ckpt)
+    config = SearchConfig(latency_batch=64)
+    study = search(supernet, storage, "demo", trials, config)
+    print_front(study)
+
+    step(f"3/5 front: each model fine-tuned {finetune_steps} steps, re-scored -> study demo/front")
+    front = rescore_front(supernet, storage, "demo", config, steps=finetune_steps)
+    print_front(front)
+
+    step(f"4/5 report -> {out / 'report'}")
+    paths = write_report(study, out / "report", rescored=front)
+
+    step(f"5/5 export of the fine-tuned front -> {out / 'models'}")
+    exported = export_trials(front, pick_trials(front, None, True), out / "models", force=True)
+
+    step("done. Where everything is:")
+    where = {
+        "supernet": ckpt,
+        "results database": db,
+        "report": paths["html"],
+        "plots": paths["front"].parent,
+        "models": out / "models",
     }
-    if bigger:
-        cands[f"patch: {min(bigger)} px"] = Candidate.make(s, patch_size=min(bigger))
-    return cands
-
-
-@dataclass
-class Row:
-    name: str
-    params: int
-    macs: int
-    mac_ratio: float
-    median_ms: float
-    iqr_ms: float
-    speedup: float
-
-
-def measure(
-    model: nn.Module,
-    batch: int = 8,
-    repeats: int = 15,
-    device: str = "cpu",
-    candidates: dict[str, Candidate] | None = None,
-    progress: bool = True,
-) -> list[Row]:
-    """Compress ``model`` with each candidate and time all of them interleaved on ``device``."""
-    from tqdm import tqdm
-
-    model = model.eval()
-    s = describe(model)
-    cands = candidates or showcase(model)
-    full_macs = analytic_macs(s)
-    # the untouched timm model is the reference every speedup is measured against
-    fns = {"original (timm)": model.to(device)}
-    macs, params = {"original (timm)": full_macs}, {"original (timm)": count_params(model)}
-    elastic = ElasticViT(copy.deepcopy(model)).eval()
-    for name, c in cands.items():
-        m = elastic.extract(c).eval().to(device)
-        if c.exits:  # a sample that leaves at the first exit runs only the blocks before it
-            fns[name] = lambda x, m=m: m.forward_exit(x, 0)
-            macs[name] = mac_profile(s, c)[c.exits[0]] + exit_head_macs(s)
-        else:
-            fns[name] = m
-            macs[name] = analytic_macs(s, c)
-        params[name] = count_params(m)
-    x = torch.randn(batch, 3, *s.img_size, device=device)
-    bar = tqdm(
-        total=repeats, desc="timing rounds", disable=not progress, file=sys.stderr, leave=False
+    for k, v in where.items():
+        print(f"  {k:17} {v}")
+    print(
+        f"  {len(exported)} models, each with model.safetensors, model.pt2, model.onnx and a "
+        "model card (README.md)\n\nnext: vitpareto query --storage "
+        f'{storage} --study demo/front --pareto\n      python -c "import vitpareto; '
+        f"print(vitpareto.load('{exported[0]}'))\""
     )
-    times = time_interleaved(fns, x, repeats=repeats, progress=lambda r: bar.update(1))
-    bar.close()
-    ref = times["original (timm)"]
-    rows = []
-    for name in fns:
-        t = summarize(times[name])
-        rows.append(
-            Row(
-                name,
-                params[name],
-                macs[name],
-                full_macs / macs[name],
-                t.median_ms,
-                t.iqr_ms,
-                speedup(ref, times[name]),
-            )
-        )
-    return rows
-
-
-def format_table(rows: list[Row]) -> str:
-    head = ("candidate", "params (M)", "GMACs", "MAC ratio", "median ms", "IQR ms", "speedup")
-    body = [
-        (
-            r.name,
-            f"{r.params / 1e6:.2f}",
-            f"{r.macs / 1e9:.3f}",
-            f"{r.mac_ratio:.2f}x",
-            f"{r.median_ms:.1f}",
-            f"{r.iqr_ms:.1f}",
-            f"{r.speedup:.2f}x",
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
-    line = lambda cells: "  ".join(  # noqa: E731
-        str(c).ljust(w) if i == 0 else str(c).rjust(w)
-        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-    )
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+    return where

@@ -34,11 +34,30 @@ def load_study(storage: str, name: str):
 
 def load_trials(storage: str, study: str):
     """Completed trials of ``study`` as a DataFrame (see the module docstring)."""
+    return trials_frame(load_study(storage, study))
+
+
+def objectives_of(st) -> list[str]:
+    """The objective names a study was created with."""
+    return st.user_attrs.get("objectives") or [f"value{i}" for i in range(len(st.directions))]
+
+
+def front_hypervolume_of(st, df=None, ref=None):
+    """Hypervolume of a study's front and its reference point (see ``_pareto``)."""
+    from vitpareto.search._pareto import front_hypervolume
+
+    df = trials_frame(st) if df is None else df
+    if df.empty:
+        return 0.0, {}
+    return front_hypervolume(df, objectives_of(st), ref, st.user_attrs.get("full"))
+
+
+def trials_frame(st):
+    """Completed trials of a loaded study as a DataFrame."""
     import pandas as pd
     from optuna.trial import TrialState
 
-    st = load_study(storage, study)
-    objectives = st.user_attrs.get("objectives") or [f"value{i}" for i in range(len(st.directions))]
+    objectives = objectives_of(st)
     front = {t.number for t in st.best_trials}
     rows: list[dict[str, Any]] = []
     for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -50,6 +69,7 @@ def load_trials(storage: str, study: str):
         row.update({k.replace(".", "_"): v for k, v in t.params.items()})
         row["candidate"] = json.dumps(t.user_attrs.get("candidate"))
         row["pareto"] = t.number in front
+        row["feasible"] = all(v <= 0 for v in t.constraints.values())
         row["seconds"] = (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append(row)
     return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ marked failed by Optuna's heartbeat and retried.
 from __future__ import annotations
 
 import json
-import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ DIRECTIONS = {
     "params": "minimize",
 }
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
-HEARTBEAT_S = 30
+HEARTBEAT_S = 10
 
 
 @dataclass
@@ -45,6 +45,7 @@ class SearchConfig:
     max_latency_ms: float | None = None
     min_accuracy: float | None = None
     max_macs: float | None = None
+    latency: str = "measured"  # or "predicted": from the latency table, re-measured on the front
 
     def __post_init__(self):
         self.objectives = tuple(self.objectives)
@@ -57,6 +58,10 @@ class SearchConfig:
         if self.sampler not in SAMPLERS:
             raise VitParetoError(
                 f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}"
+            )
+        if self.latency not in ("measured", "predicted"):
+            raise VitParetoError(
+                f"unknown latency source {self.latency!r}; choose measured or predicted"
             )
 
     def violations(self, m: dict[str, Any]) -> dict[str, float]:
@@ -98,7 +103,7 @@ def open_storage(url: str, create: bool = True):
         return optuna.storages.RDBStorage(
             url,
             heartbeat_interval=HEARTBEAT_S,
-            grace_period=2 * HEARTBEAT_S,
+            grace_period=3 * HEARTBEAT_S,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=2
             ),
@@ -124,16 +129,22 @@ def _sampler(config: SearchConfig, space):
 
 def study_attrs(supernet, config: SearchConfig) -> dict[str, Any]:
     """What a study records about itself (and checks when resumed)."""
-    from vitpareto.evaluators import device_fingerprint
+    from vitpareto.evaluators import analytic_macs, count_params, device_fingerprint
+    from vitpareto.spaces import Candidate
 
+    spec = supernet.elastic.spec
+    full = supernet.elastic.extract(Candidate.full(spec))
     return {
         "model": {"name": supernet.model_name, "kwargs": supernet.model_kwargs},
         "dataset": supernet.data["spec"],
+        "classes": list(supernet.data["classes"]),
+        "supernet_path": str(supernet.path) if supernet.path else None,
         "supernet_sha256": supernet.sha256,
         "space": supernet.space.to_dict(),
         "objectives": list(config.objectives),
         "target": device_fingerprint(config.device),
         "config": asdict(config),
+        "full": {"macs": int(analytic_macs(spec)), "params": count_params(full)},
     }
 
 
@@ -170,52 +181,198 @@ def open_study(storage_url: str, name: str, supernet, config: SearchConfig):
     return study
 
 
-def search(
-    supernet, storage_url: str, name: str, trials: int, config: SearchConfig, progress: bool = True
-):
-    """Run (or resume) a search until ``trials`` trials are complete; return the study."""
+def evaluators(supernet, config: SearchConfig, lock: str | None = None) -> list:
+    """Cost, accuracy on the shared weights, and latency (measured, or from the latency
+    table); ``lock`` serialises latency measurements across processes on one machine."""
+    from vitpareto.evaluators import (
+        AccuracyEvaluator,
+        CostEvaluator,
+        LatencyEvaluator,
+        LatencyPredictor,
+        PredictedLatencyEvaluator,
+    )
+
+    data = supernet.load_data(batch_size=128)
+    acc = AccuracyEvaluator(
+        data.val, device=config.device, max_batches=config.max_batches, progress=False
+    )
+    if config.latency == "predicted":
+        table = LatencyPredictor.cached(
+            supernet.elastic, supernet.space, config.device, config.latency_batch
+        )
+        latency = PredictedLatencyEvaluator(table)
+    else:
+        latency = LatencyEvaluator(
+            device=config.device, batch_size=config.latency_batch, repeats=config.latency_repeats
+        )
+        if lock:
+            latency = _Locked(latency, lock)
+    return [CostEvaluator(), acc, latency]
+
+
+class _Locked:
+    """An evaluator run under an exclusive file lock: one latency measurement at a time."""
+
+    def __init__(self, evaluator, path: str):
+        self.evaluator, self.path, self.name = evaluator, path, evaluator.name
+
+    def __call__(self, elastic, candidate, context=None):
+        import fcntl
+
+        with open(self.path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                return self.evaluator(elastic, candidate, context)
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def record(trial, candidate, metrics: dict[str, Any], config: SearchConfig, fidelity: str):
+    """Store a trial's candidate, metrics, fidelity and constraints; return its values."""
+    trial.set_user_attr("candidate", candidate.to_dict())
+    trial.set_user_attr("fidelity", fidelity)
+    for k, v in metrics.items():
+        trial.set_user_attr(k, json.loads(json.dumps(v, default=float)))
+    for key, value in config.violations(metrics).items():
+        trial.set_constraint(key, float(value))
+    return tuple(float(metrics[o]) for o in config.objectives)
+
+
+def optimize(study, supernet, trials: int, config: SearchConfig, lock=None, callbacks=()):
+    """Run trials on this process until ``trials`` are complete in the study."""
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator, LatencyEvaluator
+    elastic = supernet.elastic.eval()
+    evs = evaluators(supernet, config, lock)
+
+    def objective(trial):
+        _claim(study, trial, trials)
+        candidate = supernet.space.suggest(trial)
+        metrics: dict[str, Any] = {}
+        seconds = {}
+        for ev in evs:
+            start = time.perf_counter()
+            metrics.update(ev(elastic, candidate, metrics))
+            seconds[ev.name] = time.perf_counter() - start
+        metrics["stage_seconds"] = seconds
+        return record(trial, candidate, metrics, config, "shared")
+
+    while True:  # trials that stood down (or were cut off) leave the count short: go on
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if done >= trials:
+            return
+        study.optimize(
+            objective,
+            n_trials=trials - done,
+            callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)), *callbacks],
+            gc_after_trial=False,
+        )
+
+
+def _claim(study, trial, trials: int) -> None:
+    """Go on only if this trial is needed to reach ``trials``: wait while trials started
+    earlier (by other workers) could complete the count, and stand down (pruned, so never
+    counted) once they have. Without it, workers finishing together overshoot the count."""
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    while True:
+        ts = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        complete = sum(t.state == TrialState.COMPLETE for t in ts)
+        ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in ts)
+        if complete >= trials:
+            raise optuna.TrialPruned(f"the study already has its {trials} trials")
+        if complete + ahead < trials:
+            return
+        time.sleep(0.5)
+        optuna.storages.fail_stale_trials(study)  # a crashed worker's trial stops blocking
+
+
+def search(
+    supernet,
+    storage_url: str,
+    name: str,
+    trials: int,
+    config: SearchConfig,
+    progress: bool = True,
+    jobs: int = 1,
+):
+    """Run (or resume) a search until ``trials`` trials are complete; return the study.
+
+    ``jobs`` > 1 runs that many worker processes on this machine against the same study
+    (accuracy in parallel, latency measured one candidate at a time); they need the
+    supernet as a file (``supernet.path``).
+    """
+    from vitpareto.search._progress import SearchProgress
 
     if trials < 1:
         raise VitParetoError(f"--trials must be at least 1, got {trials}")
+    if jobs < 1:
+        raise VitParetoError(f"--jobs must be at least 1, got {jobs}")
     study = open_study(storage_url, name, supernet, config)
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if done >= trials:
-        return study
-    elastic = supernet.elastic.eval()
-    space = supernet.space
-    data = supernet.load_data(batch_size=128)
-    evaluators = [
-        CostEvaluator(),
-        AccuracyEvaluator(
-            data.val, device=config.device, max_batches=config.max_batches, progress=False
-        ),
-        LatencyEvaluator(
-            device=config.device, batch_size=config.latency_batch, repeats=config.latency_repeats
-        ),
-    ]
+    full = dict(study.user_attrs.get("full") or {})
+    if "latency_ms" not in full:  # the hypervolume's reference, fixed for the whole study
+        from vitpareto.spaces import Candidate
 
-    def objective(trial):
-        candidate = space.suggest(trial)
-        metrics: dict[str, Any] = {}
-        for ev in evaluators:
-            metrics.update(ev(elastic, candidate, metrics))
-        trial.set_user_attr("candidate", candidate.to_dict())
-        trial.set_user_attr("fidelity", "shared")
-        for k, v in metrics.items():
-            trial.set_user_attr(k, json.loads(json.dumps(v, default=float)))
-        for key, value in config.violations(metrics).items():
-            trial.set_constraint(key, float(value))
-        return tuple(float(metrics[o]) for o in config.objectives)
-
-    study.optimize(
-        objective,
-        n_trials=trials - done,
-        callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))],
-        show_progress_bar=progress and sys.stderr.isatty(),
-        gc_after_trial=False,
-    )
+        latency = evaluators(supernet, config)[-1]
+        full["latency_ms"] = latency(
+            supernet.elastic.eval(), Candidate.full(supernet.elastic.spec)
+        )["latency_ms"]
+        study.set_user_attr("full", full)
+    with SearchProgress(study, trials, config.objectives, enabled=progress) as bar:
+        if jobs == 1:
+            optimize(study, supernet, trials, config, callbacks=[bar.callback])
+        else:
+            _parallel(supernet, storage_url, name, trials, config, jobs, bar)
     return study
+
+
+def _parallel(supernet, storage_url, name, trials, config, jobs, bar):
+    """``jobs`` worker processes on one study; the torch threads are split between them."""
+    import multiprocessing as mp
+    import os
+    import tempfile
+
+    if getattr(supernet, "path", None) is None:
+        raise VitParetoError("--jobs needs the supernet as a checkpoint file")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    lock = os.path.join(tempfile.gettempdir(), f"vitpareto-latency-{config.device}.lock")
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(str(supernet.path), storage_url, name, trials, config, threads, lock),
+        )
+        for _ in range(jobs)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=1.0 / len(procs))
+            bar.refresh()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise VitParetoError(f"{len(failed)} of {jobs} search workers failed (exit {failed})")
+
+
+def _worker(path, storage_url, name, trials, config, threads, lock):
+    import optuna
+    import torch
+
+    from vitpareto.search._checkpoint import load_supernet
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    supernet = load_supernet(path)
+    study = open_study(storage_url, name, supernet, config)
+    optimize(study, supernet, trials, config, lock=lock)

@@ -25,8 +25,26 @@ def _parser() -> argparse.ArgumentParser:
     _cli_train.add_parsers(sub)
     _cli_search.add_parsers(sub)
 
-    d = sub.add_parser(
+    e2e = sub.add_parser(
         "demo",
+        help="the whole pipeline on digits in minutes: train, search, front, report, export",
+        description="On scikit-learn's digits (bundled, no download): train a small supernet, "
+        "search it (latency measured on this machine), re-score the front after fine-tuning, "
+        "print the front, write the report and export the front's models, all under --out. "
+        "Running it again reuses what is already there.",
+    )
+    e2e.add_argument(
+        "--out", type=Path, default=Path("results/demo"), help="(default: results/demo)"
+    )
+    e2e.add_argument("--trials", type=int, default=48, help="search trials (default: 48)")
+    e2e.add_argument("--epochs", type=int, default=10, help="supernet epochs (default: 10)")
+    e2e.add_argument(
+        "--finetune-front", type=int, default=60, metavar="STEPS", help="(default: 60)"
+    )
+    e2e.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+
+    d = sub.add_parser(
+        "showcase",
         help="compress a real ViT with one candidate per knob and measure the speedups",
         description="Cut a timm ViT (random weights: latency does not depend on weight values) "
         "with one candidate per compression knob, and print parameters, MACs and the speedup "
@@ -115,10 +133,19 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def cmd_demo(args) -> int:
+    from vitpareto.search._demo import run_demo
+
+    for name in ("trials", "epochs", "threads"):
+        _positive(name, getattr(args, name))
+    run_demo(args.out, args.trials, args.epochs, args.finetune_front, args.threads)
+    return 0
+
+
+def cmd_showcase(args) -> int:
     import torch
 
     from vitpareto.evaluators._timing import resolve_device
-    from vitpareto.search._demo import format_table, measure
+    from vitpareto.search._showcase import format_table, measure
 
     for name in ("batch", "repeats", "threads"):
         _positive(name, getattr(args, name))
@@ -127,7 +154,7 @@ def cmd_demo(args) -> int:
         torch.set_num_threads(args.threads)
     model = _model(args)
     print(
-        f"vitpareto demo: {args.model}, batch {args.batch}, {args.repeats} interleaved rounds on "
+        f"vitpareto showcase: {args.model}, batch {args.batch}, {args.repeats} interleaved rounds on "
         f"{device} ({torch.get_num_threads()} threads)",
         flush=True,
     )
@@ -244,6 +271,9 @@ COMMANDS = {
     "studies": _cli_search.cmd_studies,
     "query": _cli_search.cmd_query,
     "demo": cmd_demo,
+    "showcase": cmd_showcase,
+    "export": _cli_search.cmd_export,
+    "report": _cli_search.cmd_report,
     "space": cmd_space,
     "cost": cmd_cost,
     "latency": cmd_latency,

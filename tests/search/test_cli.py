@@ -24,13 +24,13 @@ def vitpareto(*args, cwd=None):
 def test_help_lists_commands():
     out = vitpareto("--help")
     assert out.returncode == 0
-    for command in ("demo", "space", "cost"):
+    for command in ("demo", "showcase", "space", "cost", "search", "export", "report"):
         assert command in out.stdout
-    assert vitpareto("demo", "--help").returncode == 0
+    assert vitpareto("showcase", "--help").returncode == 0
 
 
-def test_demo_prints_a_measured_table():
-    out = vitpareto("demo", *SMALL, "--batch", "2", "--repeats", "3")
+def test_showcase_prints_a_measured_table():
+    out = vitpareto("showcase", *SMALL, "--batch", "2", "--repeats", "3")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("candidate"))
@@ -111,9 +111,9 @@ def test_space_written_and_read_back(tmp_path):
             "checkpoint 'nowhere.pth' does not exist",
         ),
         (["space", *SMALL, "--out", "space.txt"], "must end in .yaml, .yml or .json"),
-        (["demo", *SMALL, "--batch", "0"], "--batch must be at least 1"),
-        (["demo", *SMALL, "--device", "cuda:0"], "no CUDA GPU"),
-        (["demo", *SMALL, "--device", "tpu"], "device 'tpu'"),
+        (["showcase", *SMALL, "--batch", "0"], "--batch must be at least 1"),
+        (["showcase", *SMALL, "--device", "cuda:0"], "no CUDA GPU"),
+        (["showcase", *SMALL, "--device", "tpu"], "device 'tpu'"),
         (["latency", *SMALL, "--device", "cuda"], "no CUDA GPU"),
         (["latency", *SMALL, "--batch", "0"], "--batch must be at least 1"),
         (["latency", *SMALL, "--predict", "--space", "nospace.yaml"], "nospace.yaml"),

@@ -1,0 +1,223 @@
+"""Exporting trials of a study as standalone model directories.
+
+Each directory holds the recipe (``config.json``: timm model and options, candidate,
+classes), the weights (``model.safetensors``), ``candidate.json``, ``metrics.json`` (the
+trial's stored metrics), a model card (``README.md``), and two files that load without
+vitpareto: ``model.pt2`` (``torch.export``) and ``model.onnx``. Weights come from the
+supernet for trials scored on the shared weights, and from the artifact store for
+fine-tuned ones (``NAME/front`` studies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitpareto.search._export import model_files, write_dir_atomic
+from vitpareto.spaces import Candidate, ElasticViT, VitParetoError, create_model
+
+
+def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
+    """The completed trials to export: the front, and/or the numbers asked for."""
+    from optuna.trial import TrialState
+
+    complete = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    if not trials and not pareto:
+        raise VitParetoError("say what to export: --pareto, or --trial N (repeatable)")
+    chosen = {t.number: t for t in study.best_trials} if pareto else {}
+    for n in trials or []:
+        if n not in complete:
+            raise VitParetoError(
+                f"study {study.study_name!r} has no completed trial {n}; "
+                f"`vitpareto query --study {study.study_name}` lists them"
+            )
+        chosen[n] = complete[n]
+    if not chosen:
+        raise VitParetoError(f"study {study.study_name!r} has no trial on its front yet")
+    return [chosen[n] for n in sorted(chosen)]
+
+
+def build_model(study, trial, supernet=None):
+    """The trial's compressed model: fine-tuned weights when it has them, else cut from
+    the supernet (which must be the one the study searched)."""
+    from vitpareto.search._front import load_weights
+
+    cand = Candidate.from_dict(trial.user_attrs["candidate"])
+    if "weights_artifact" in trial.user_attrs:
+        model_cfg = study.user_attrs["model"]
+        vit = create_model(model_cfg["name"], **model_cfg["kwargs"])
+        model = ElasticViT(vit, importance="identity", exit_blocks=cand.exits).extract(cand)
+        state = load_weights(trial.user_attrs["artifacts"], trial.user_attrs["weights_artifact"])
+        model.load_state_dict(state)
+        return model.eval()
+    if supernet is None:
+        raise VitParetoError("this trial's weights are the supernet's: pass --supernet CKPT")
+    if supernet.sha256 != study.user_attrs.get("supernet_sha256"):
+        raise VitParetoError(
+            f"--supernet {str(supernet.path)!r} is not the supernet study "
+            f"{study.study_name!r} searched (SHA-256 differs)"
+        )
+    return supernet.elastic.extract(cand).eval()
+
+
+def export_trials(
+    study,
+    trials: list,
+    out: str | os.PathLike,
+    supernet=None,
+    force: bool = False,
+    portable: bool = True,
+    progress: bool = True,
+) -> list[Path]:
+    """Write one model directory per trial under ``out`` (``trial_N``); return their paths.
+
+    Every directory is checked before any is written, so an existing one stops the export
+    before anything changes (unless ``force``)."""
+    import sys
+
+    from tqdm import tqdm
+
+    from vitpareto.search._export import check_writable
+
+    out = Path(out)
+    dirs = [check_writable(out / f"trial_{t.number}", force) for t in trials]
+    attrs = study.user_attrs
+    written = []
+    for t, d in tqdm(
+        list(zip(trials, dirs, strict=True)),
+        desc="export",
+        unit="model",
+        disable=not progress,
+        file=sys.stderr,
+    ):
+        model = build_model(study, t, supernet)
+        metrics = {k: v for k, v in t.user_attrs.items() if k not in ("artifacts",)}
+        metrics.update(study=study.study_name, trial=t.number, values=list(t.values))
+        files = model_files(
+            model,
+            attrs["model"]["name"],
+            attrs["model"]["kwargs"],
+            attrs.get("classes") or _classes(supernet, model),
+            metrics,
+            attrs.get("supernet_sha256"),
+        )
+        files["candidate.json"] = json.dumps(t.user_attrs["candidate"], indent=2) + "\n"
+        files["README.md"] = model_card(study, t, model)
+        if portable:
+            example = torch.randn(2, 3, *image_size(model))  # 2: batch 1 would be specialised
+            files["model.pt2"] = lambda dest, m=model, x=example: export_pt2(m, x, dest)
+            files["model.onnx"] = lambda dest, m=model, x=example: export_onnx(m, x, dest)
+        written.append(write_dir_atomic(d, files, force=force))
+    return written
+
+
+def _classes(supernet, model) -> list[str]:
+    if supernet is not None:
+        return list(supernet.data["classes"])
+    return [str(i) for i in range(model.head.out_features)]
+
+
+def export_pt2(model, example: torch.Tensor, dest) -> None:
+    """``torch.export`` of the static forward, batch size free (1 and up)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(dest))
+
+
+def export_onnx(model, example: torch.Tensor, dest) -> None:
+    """ONNX (opset 17) of the static forward; input ``images``, output ``logits``."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(dest),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def model_card(study, trial, model) -> str:
+    """README.md of an exported model: what it is, how it scored, how to load it."""
+    a, m, c = study.user_attrs, trial.user_attrs, trial.user_attrs["candidate"]
+    h, w = image_size(model)
+    target = a.get("target") or {}
+    hardware = f"{target.get('gpu') or target.get('cpu', '?')} ({target.get('device', '?')})"
+    rows = [
+        ("accuracy", _fmt(m.get("accuracy"))),
+        ("accuracy of the final head alone", _fmt(m.get("final_accuracy"))),
+        ("accuracy on the shared weights", _fmt(m.get("shared_accuracy"))),
+        (f"latency (ms per batch of {m.get('batch_size', '?')})", _fmt(m.get("latency_ms"))),
+        ("speedup over the full model", _fmt(m.get("speedup"))),
+        ("MACs per image", f"{int(m['macs']):,}" if "macs" in m else "-"),
+        ("parameters", f"{int(m['params']):,}" if "params" in m else "-"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    exits = (
+        f"Early exits after blocks {list(c['exits'])} (threshold {c['exit_threshold']}): "
+        "`vitpareto.load(dir).forward_dynamic(x)` lets confident samples leave early; the "
+        "`.pt2` and `.onnx` files run the static forward (every block, the final head), "
+        "whose accuracy is the final head's above."
+        if c.get("exits")
+        else "No early exits: every format runs the same forward."
+    )
+    return f"""# {a["model"]["name"]}, compressed (study `{study.study_name}`, trial {trial.number})
+
+A standalone Vision Transformer cut from a vitpareto supernet: {len(c["heads"])} blocks,
+{h} x {w} px input, patch {c["patch_size"]}, dataset `{a.get("dataset")}`.
+Fidelity: `{m.get("fidelity")}` (`shared`: scored on the supernet's weights;
+`finetuned`: distilled from the supernet's full model, then scored).
+
+| metric | value |
+|---|---|
+{table}
+
+Latency on {hardware}, torch {target.get("torch", "?")}
+({"predicted from the latency table" if m.get("latency_predicted") else "measured"}).
+
+## The candidate
+
+| knob | per block |
+|---|---|
+| heads | {list(c["heads"])} |
+| q/k channels per head | {list(c["qk_dim"])} |
+| MLP channels | {list(c["mlp"])} |
+| token keep ratio | {list(c["keep"])} |
+
+{exits}
+
+## Loading
+
+```python
+import vitpareto                       # pip install vitpareto
+model = vitpareto.load("this/directory")
+
+import torch                           # torch alone
+model = torch.export.load("model.pt2").module()
+
+import onnxruntime as ort              # no torch at all
+session = ort.InferenceSession("model.onnx")
+logits = session.run(None, {{"images": images_nchw_float32}})[0]
+```
+
+Inputs: float32 images, N x 3 x {h} x {w}, normalised as in
+training. Supernet SHA-256: `{a.get("supernet_sha256")}`.
+"""
+
+
+def image_size(model) -> tuple[int, int]:
+    """Input height and width of a compressed model."""
+    return tuple(model.vit.patch_embed.img_size)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,164 @@
+"""The search's second stage: the front re-scored at a higher fidelity, stored apart.
+
+Every trial of a search is scored cheaply (accuracy on the shared weights; latency
+measured, or predicted from the latency table). Optuna cannot report intermediate values
+for several objectives and Ray's ASHA takes one metric, so the fidelities are staged:
+once the search is done, each trial on its front is fine-tuned (``steps`` > 0) and its
+latency measured for real where it was predicted. The results go into a study of their
+own, ``NAME/front``, one trial per re-scored candidate with the same parameters, its
+``fidelity`` (``finetuned`` or ``shared``), ``source_trial`` and the low-fidelity figures
+kept as ``shared_accuracy`` / ``predicted_latency_ms``. Query, export and report read it
+like any study; fine-tuned weights are kept in an Optuna artifact store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from vitpareto.spaces import Candidate, VitParetoError
+
+SUFFIX = "/front"
+
+
+def default_artifacts(storage_url: str) -> Path:
+    """Where fine-tuned weights go: beside an SQLite database, else ``results/artifacts``."""
+    if storage_url.startswith("sqlite:///"):
+        return Path(storage_url.removeprefix("sqlite:///")).parent / "artifacts"
+    return Path("results/artifacts")
+
+
+def needed(config, steps: int) -> bool:
+    """Whether the front has anything to gain from a second stage."""
+    return steps > 0 or config.latency == "predicted"
+
+
+def rescore_front(
+    supernet,
+    storage_url: str,
+    name: str,
+    config,
+    steps: int = 0,
+    artifacts: str | Path | None = None,
+    progress: bool = True,
+):
+    """Re-score the front of study ``name`` into ``name + '/front'``; return that study.
+
+    Resumable: candidates already re-scored are skipped, so a cut-off stage (or a front
+    that grew with more trials) is completed by running it again.
+    """
+    import optuna
+    from optuna.trial import TrialState, create_trial
+    from tqdm import tqdm
+
+    from vitpareto.evaluators import AccuracyEvaluator, LatencyEvaluator
+    from vitpareto.search._finetune import FinetuneConfig, finetune
+    from vitpareto.search._query import load_study
+    from vitpareto.search._study import open_storage
+
+    src = load_study(storage_url, name)
+    store = open_storage(storage_url)
+    attrs = {
+        **src.user_attrs,
+        "source_study": name,
+        "finetune_steps": steps,
+        "latency_source": "measured",
+    }
+    dst = optuna.create_study(
+        study_name=name + SUFFIX, storage=store, directions=src.directions, load_if_exists=True
+    )
+    if dst.user_attrs and dst.user_attrs.get("finetune_steps") != steps:
+        raise VitParetoError(
+            f"study {name + SUFFIX!r} was fine-tuned with {dst.user_attrs.get('finetune_steps')} "
+            f"steps, not {steps}; pass the same --finetune-front or search another --study"
+        )
+    if not dst.user_attrs:
+        for k, v in attrs.items():
+            dst.set_user_attr(k, v)
+    done = {
+        t.user_attrs.get("source_trial")
+        for t in dst.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    todo = [t for t in src.best_trials if t.number not in done]
+    if not todo:
+        return dst
+    store_dir = Path(artifacts) if artifacts else default_artifacts(storage_url)
+    data = supernet.load_data(batch_size=128, seed=config.seed)
+    acc = AccuracyEvaluator(data.val, device=config.device, progress=False)
+    latency = LatencyEvaluator(
+        device=config.device, batch_size=config.latency_batch, repeats=config.latency_repeats
+    )
+    elastic = supernet.elastic.eval()
+    bar = tqdm(todo, desc=f"front of {name}", unit="model", disable=not progress, file=sys.stderr)
+    for t in bar:
+        cand = Candidate.from_dict(t.user_attrs["candidate"])
+        metrics: dict[str, Any] = dict(t.user_attrs)
+        metrics.update(source_trial=t.number, shared_accuracy=t.user_attrs["accuracy"])
+        fidelity = "shared"
+        if steps:
+            ft = finetune(
+                supernet,
+                cand,
+                FinetuneConfig(steps=steps, seed=config.seed),
+                device=config.device,
+                progress=False,
+                data=data,
+            )
+            metrics.update(acc.score(ft.model, elastic.spec))
+            metrics["weights_artifact"] = _store_weights(store_dir, ft.model)
+            metrics["artifacts"] = str(store_dir)
+            fidelity = "finetuned"
+        if t.user_attrs.get("latency_predicted"):
+            metrics["predicted_latency_ms"] = t.user_attrs["latency_ms"]
+            metrics.update(latency(elastic, cand, metrics))
+            metrics["latency_predicted"] = False
+        metrics["fidelity"] = fidelity
+        user_attrs = {k: json.loads(json.dumps(v, default=float)) for k, v in metrics.items()}
+        constraints = {f"constraints:{k}": float(v) for k, v in config.violations(metrics).items()}
+        dst.add_trial(
+            create_trial(
+                params=t.params,
+                distributions=t.distributions,
+                values=[float(metrics[o]) for o in src.user_attrs["objectives"]],
+                user_attrs=user_attrs,
+                system_attrs=constraints,
+            )
+        )
+        bar.set_postfix(trial=t.number, accuracy=f"{metrics['accuracy']:.3f}")
+    return dst
+
+
+def _store_weights(store_dir: Path, model) -> str:
+    """Write a model's weights (safetensors) into the artifact store; return its id."""
+    from optuna.artifacts import FileSystemArtifactStore
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = save(state, metadata={"format": "pt"})
+    artifact_id = hashlib.sha256(blob).hexdigest()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    FileSystemArtifactStore(str(store_dir)).write(artifact_id, io.BytesIO(blob))
+    return artifact_id
+
+
+def load_weights(store_dir: str | Path, artifact_id: str) -> dict:
+    """The state dict a re-scored trial stored, checked against its id."""
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna.artifacts.exceptions import ArtifactNotFound
+    from safetensors.torch import load
+
+    try:
+        with FileSystemArtifactStore(str(store_dir)).open_reader(artifact_id) as f:
+            blob = f.read()
+    except ArtifactNotFound:
+        raise VitParetoError(
+            f"fine-tuned weights {artifact_id[:12]} are missing from {str(store_dir)!r}; "
+            "pass --artifacts where they are, or run the search with --finetune-front again"
+        ) from None
+    if hashlib.sha256(blob).hexdigest() != artifact_id:
+        raise VitParetoError(f"fine-tuned weights {artifact_id[:12]} in {store_dir} are damaged")
+    return load(blob)

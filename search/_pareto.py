@@ -1,0 +1,87 @@
+"""The Pareto front's hypervolume, with its reference point stated.
+
+Objectives are put in one scale before the volume is taken: accuracy as the error
+``1 - accuracy`` (reference: accuracy 0), and latency, MACs and parameters as a fraction
+of the full model's (reference: the full model). The hypervolume is then the share of the
+box "accuracy 0..1 x 0..full model cost" that the front dominates: 0 for a front no better
+than the full model at chance accuracy, 1 for a perfect model that costs nothing. Fronts
+compare only under the same reference; ``reference`` in ``front_hypervolume`` fixes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vitpareto.spaces import VitParetoError
+
+
+def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
+    """Volume dominated by ``points`` (rows, every objective minimised) inside ``ref``."""
+    points = np.asarray(points, dtype=float)
+    ref = np.asarray(ref, dtype=float)
+    if points.ndim != 2 or points.shape[1] != ref.shape[0]:
+        raise ValueError(f"points of shape {points.shape} do not match reference {ref.shape}")
+    pts = points[np.all(points < ref, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    if pts.shape[1] == 1:
+        return float(ref[0] - pts[:, 0].min())
+    pts = pts[np.argsort(pts[:, -1], kind="stable")]
+    volume = 0.0
+    for i in range(len(pts)):  # slices along the last objective, exact
+        upper = pts[i + 1, -1] if i + 1 < len(pts) else ref[-1]
+        if upper > pts[i, -1]:
+            volume += (upper - pts[i, -1]) * hypervolume(pts[: i + 1, :-1], ref[:-1])
+    return volume
+
+
+def reference(df, objectives: list[str], full: dict[str, Any] | None = None) -> dict[str, float]:
+    """The full model's cost per objective (accuracy's reference is 0): from ``full`` (what
+    the study measured when it began), else for latency the median over trials of the full
+    model timed beside each candidate, else the largest value seen."""
+    ref: dict[str, float] = {}
+    for o in objectives:
+        if o == "accuracy":
+            ref[o] = 0.0
+        elif full and o in full:
+            ref[o] = float(full[o])
+        elif o == "latency_ms" and "speedup" in df:
+            ref[o] = float((df["latency_ms"] * df["speedup"]).median())
+        else:
+            ref[o] = float(df[o].max())
+    return ref
+
+
+def normalized(df, objectives: list[str], ref: dict[str, float]) -> np.ndarray:
+    """Rows of minimised objectives in the reference's units (see the module docstring)."""
+    cols = []
+    for o in objectives:
+        if o == "accuracy":
+            cols.append(1.0 - df[o].to_numpy(dtype=float))
+        else:
+            if ref[o] <= 0:
+                raise VitParetoError(f"the reference for {o} must be positive, got {ref[o]}")
+            cols.append(df[o].to_numpy(dtype=float) / ref[o])
+    return np.stack(cols, axis=1) if cols else np.empty((len(df), 0))
+
+
+def front_hypervolume(
+    df, objectives: list[str], ref: dict[str, float] | None = None, full=None
+) -> tuple[float, dict[str, float]]:
+    """Hypervolume of the rows of ``df`` marked ``pareto`` (all rows if there is no such
+    column) and the reference it was taken against."""
+    ref = ref or reference(df, objectives, full)
+    rows = df[df["pareto"]] if "pareto" in df else df
+    if rows.empty:
+        return 0.0, ref
+    return hypervolume(normalized(rows, objectives, ref), np.ones(len(objectives))), ref
+
+
+def describe_reference(ref: dict[str, float]) -> str:
+    """The reference point in words, for every printed hypervolume."""
+    parts = []
+    for o, v in ref.items():
+        parts.append("accuracy 0" if o == "accuracy" else f"{o} {v:.4g} (full model)")
+    return "reference: " + ", ".join(parts)

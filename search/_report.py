@@ -1,0 +1,225 @@
+"""``vitpareto report``: an HTML page and PNG plots of a study.
+
+``report.html`` holds an interactive Pareto plot (every trial, the front joined, details
+on hover: the trial, its metrics and knobs), the hypervolume with its reference point, and
+the front as a table. The plotting library is embedded, so the page opens offline.
+``front.png`` is the same plot as an image; ``knobs.png`` plots each knob's summary
+(patch size, mean keep ratio, kept heads, MLP channels, exits) against each objective.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+from vitpareto.spaces import VitParetoError
+
+LABELS = {
+    "accuracy": "accuracy",
+    "latency_ms": "latency (ms)",
+    "macs": "MACs per image",
+    "params": "parameters",
+}
+
+
+def knob_summary(df):
+    """One column per knob, summed or averaged over blocks, from each trial's candidate."""
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for text in df["candidate"]:
+        c = json.loads(text)
+        rows.append(
+            {
+                "patch size": c["patch_size"],
+                "mean keep ratio": sum(c["keep"]) / len(c["keep"]),
+                "heads kept": sum(c["heads"]),
+                "q/k channels kept": sum(
+                    h * q for h, q in zip(c["heads"], c["qk_dim"], strict=True)
+                ),
+                "MLP channels kept": sum(c["mlp"]),
+                "exits": len(c["exits"]),
+            }
+        )
+    return pd.DataFrame(rows, index=df.index)
+
+
+def _axes(objectives: list[str]) -> tuple[str, str]:
+    """The two objectives plotted: accuracy against the first cost one, when present."""
+    x = next((o for o in objectives if o != "accuracy"), objectives[0])
+    y = "accuracy" if "accuracy" in objectives else objectives[-1]
+    return x, y
+
+
+def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path]:
+    """Write report.html, front.png and knobs.png into ``out``; return their paths.
+
+    ``rescored``: the study's ``NAME/front`` study, drawn over it (the front after the
+    second stage) and tabled; by default looked up in the same storage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitpareto.search._pareto import describe_reference
+    from vitpareto.search._query import front_hypervolume_of, objectives_of, trials_frame
+
+    df = trials_frame(study)
+    if df.empty:
+        raise VitParetoError(f"study {study.study_name!r} has no completed trials to report")
+    if rescored is None:
+        rescored = _rescored(study)
+    second = trials_frame(rescored) if rescored is not None else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    objectives = objectives_of(study)
+    x, y = _axes(objectives)
+    hv, ref = front_hypervolume_of(study, df)
+    front = df[df["pareto"]].sort_values(x)
+    paths = {"html": out / "report.html", "front": out / "front.png", "knobs": out / "knobs.png"}
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter(df[x], df[y], s=14, c="#9aa7b8", label=f"trials ({len(df)})")
+    bad = df[~df["feasible"]]
+    if not bad.empty:
+        ax.scatter(bad[x], bad[y], s=14, marker="x", c="#d62728", label="infeasible")
+    ax.plot(front[x], front[y], "-o", c="#1f77b4", ms=5, label=f"front ({len(front)})")
+    if second is not None and not second.empty:
+        f2 = second[second["pareto"]].sort_values(x)
+        ax.plot(f2[x], f2[y], "--D", c="#2ca02c", ms=5, label=f"front re-scored ({len(f2)})")
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.set_title(f"{study.study_name}: hypervolume {hv:.4f}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths["front"])
+    plt.close(fig)
+
+    knobs = knob_summary(df)
+    fig, axes = plt.subplots(
+        len(objectives),
+        len(knobs.columns),
+        figsize=(2.6 * len(knobs.columns), 2.4 * len(objectives)),
+    )
+    axes = [axes] if len(objectives) == 1 else axes
+    for r, o in enumerate(objectives):
+        for c, k in enumerate(knobs.columns):
+            a = axes[r][c]
+            a.scatter(knobs[k], df[o], s=8, c=df["pareto"].map({True: "#1f77b4", False: "#b8c2cf"}))
+            a.set_xlabel(k, fontsize=8)
+            a.set_ylabel(LABELS.get(o, o) if c == 0 else "", fontsize=8)
+            a.tick_params(labelsize=7)
+    fig.suptitle("knobs against objectives (blue: the front)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(paths["knobs"])
+    plt.close(fig)
+
+    page = _html(study, df, knobs, front, x, y, hv, describe_reference(ref), second)
+    paths["html"].write_text(page)
+    return paths
+
+
+def _rescored(study):
+    """The ``NAME/front`` study beside ``study``, if the second stage ran."""
+    import optuna
+
+    from vitpareto.search._front import SUFFIX
+
+    try:
+        return optuna.load_study(study_name=study.study_name + SUFFIX, storage=study._storage)
+    except KeyError:
+        return None
+
+
+def _html(study, df, knobs, front, x, y, hv, ref_text, second=None) -> str:
+    import plotly.graph_objects as go
+
+    cols = [c for c in ("accuracy", "latency_ms", "speedup", "macs", "params") if c in df]
+    hover = df[cols].join(knobs).round(4)
+    text = [
+        f"trial {t}<br>" + "<br>".join(f"{k}: {v}" for k, v in row.items())
+        for t, (_, row) in zip(df["trial"], hover.iterrows(), strict=True)
+    ]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=df[x],
+            y=df[y],
+            mode="markers",
+            name="trials",
+            marker=dict(color="#9aa7b8", size=7),
+            hovertext=text,
+            hoverinfo="text",
+        )
+    )
+    front_text = [text[i] for i in front.index]
+    fig.add_trace(
+        go.Scatter(
+            x=front[x],
+            y=front[y],
+            mode="lines+markers",
+            name="front",
+            marker=dict(color="#1f77b4", size=9),
+            hovertext=front_text,
+            hoverinfo="text",
+        )
+    )
+    table2 = ""
+    if second is not None and not second.empty:
+        f2 = second[second["pareto"]].sort_values(x)
+        k2 = knob_summary(f2)
+        fig.add_trace(
+            go.Scatter(
+                x=f2[x],
+                y=f2[y],
+                mode="lines+markers",
+                name="front re-scored",
+                marker=dict(color="#2ca02c", size=9, symbol="diamond"),
+                line=dict(dash="dash"),
+                hovertext=[
+                    f"source trial {s}<br>fidelity {fi}<br>accuracy {a:.4f}<br>{x} {v:.4g}"
+                    for s, fi, a, v in zip(
+                        f2["source_trial"], f2["fidelity"], f2["accuracy"], f2[x], strict=True
+                    )
+                ],
+                hoverinfo="text",
+            )
+        )
+        show2 = [c for c in ("source_trial", *cols, "shared_accuracy", "fidelity") if c in f2]
+        table2 = f"<h2>The front re-scored (study {html.escape(study.study_name)}/front)</h2>" + f2[
+            show2
+        ].join(k2).to_html(index=False, float_format=lambda v: f"{v:.4g}")
+    fig.update_layout(
+        xaxis_title=LABELS.get(x, x),
+        yaxis_title=LABELS.get(y, y),
+        template="plotly_white",
+        height=520,
+    )
+    plot = fig.to_html(full_html=False, include_plotlyjs=True)
+    show = [c for c in ("trial", *cols, "fidelity") if c in front]
+    table = front[show].join(knobs).to_html(index=False, float_format=lambda v: f"{v:.4g}")
+    a = study.user_attrs
+    model = a.get("model", {}).get("name", "?")
+    target = a.get("target") or {}
+    hw = target.get("gpu") or target.get("cpu", "?")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>vitpareto: {html.escape(study.study_name)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ddd;padding:3px 6px}}
+th{{background:#f3f5f8}}</style></head><body>
+<h1>Study {html.escape(study.study_name)}</h1>
+<p>{html.escape(model)} on {html.escape(str(a.get("dataset", "?")))}; latency target:
+{html.escape(str(hw))}. {len(df)} completed trials, {len(front)} on the front.</p>
+<p><b>Hypervolume {hv:.4f}</b> ({html.escape(ref_text)}; the share of the box between the
+reference and a perfect, free model that the front dominates).</p>
+{plot}
+<h2>The front</h2>
+<p>Plots as images: <a href="front.png">front.png</a>, <a href="knobs.png">knobs.png</a>.</p>
+{table}
+{table2}
+</body></html>
+"""

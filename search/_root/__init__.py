@@ -1,0 +1,21 @@
+"""vitpareto: Pareto-optimal compressed Vision Transformers.
+
+``vitpareto.load(dir)`` rebuilds an exported model; the rest lives in the subpackages
+``vitpareto.spaces`` (what is searched), ``vitpareto.evaluators`` (how a candidate is
+scored) and ``vitpareto.search`` (training, search, results, export).
+"""
+
+from __future__ import annotations
+
+import os
+
+__version__ = "0.1.0"
+__all__ = ["load"]
+
+
+def load(path: str | os.PathLike, device: str = "cpu"):
+    """The compressed model exported to directory ``path`` (``vitpareto export``), in eval
+    mode on ``device``: architecture from timm and the candidate, weights from safetensors."""
+    from vitpareto.search._export import load_model
+
+    return load_model(path, device=device)
