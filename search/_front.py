@@ -79,18 +79,26 @@ def rescore_front(
     if not dst.user_attrs:
         for k, v in attrs.items():
             dst.set_user_attr(k, v)
-    done = {
-        t.user_attrs.get("source_trial")
+    seen = {  # candidates already re-scored (samplers can suggest one candidate twice)
+        json.dumps(t.user_attrs["candidate"], sort_keys=True)
         for t in dst.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
-    todo = [t for t in src.best_trials if t.number not in done]
+    todo = []
+    for t in src.best_trials:
+        key = json.dumps(t.user_attrs["candidate"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            todo.append(t)
     if not todo:
         return dst
     store_dir = Path(artifacts) if artifacts else default_artifacts(storage_url)
     data = supernet.load_data(batch_size=128, seed=config.seed)
     acc = AccuracyEvaluator(data.val, device=config.device, progress=False)
     latency = LatencyEvaluator(
-        device=config.device, batch_size=config.latency_batch, repeats=config.latency_repeats
+        device=config.device,
+        batch_size=config.latency_batch,
+        repeats=config.latency_repeats,
+        threads=config.threads or src.user_attrs.get("config", {}).get("threads"),
     )
     elastic = supernet.elastic.eval()
     bar = tqdm(todo, desc=f"front of {name}", unit="model", disable=not progress, file=sys.stderr)

@@ -12,9 +12,10 @@ marked failed by Optuna's heartbeat and retried.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class SearchConfig:
     min_accuracy: float | None = None
     max_macs: float | None = None
     latency: str = "measured"  # or "predicted": from the latency table, re-measured on the front
+    threads: int | None = None  # CPU threads latency is measured with (None: this process's)
 
     def __post_init__(self):
         self.objectives = tuple(self.objectives)
@@ -197,34 +199,47 @@ def evaluators(supernet, config: SearchConfig, lock: str | None = None) -> list:
         data.val, device=config.device, max_batches=config.max_batches, progress=False
     )
     if config.latency == "predicted":
-        table = LatencyPredictor.cached(
-            supernet.elastic, supernet.space, config.device, config.latency_batch
-        )
-        latency = PredictedLatencyEvaluator(table)
-    else:
-        latency = LatencyEvaluator(
-            device=config.device, batch_size=config.latency_batch, repeats=config.latency_repeats
-        )
-        if lock:
-            latency = _Locked(latency, lock)
-    return [CostEvaluator(), acc, latency]
+        with _threads(config.threads):  # the table is keyed by the threads it was timed with
+            table = LatencyPredictor.cached(
+                supernet.elastic, supernet.space, config.device, config.latency_batch
+            )
+        return [CostEvaluator(), acc, PredictedLatencyEvaluator(table)]
+    latency = LatencyEvaluator(
+        device=config.device, batch_size=config.latency_batch, repeats=config.latency_repeats
+    )
+    return [CostEvaluator(), acc, _Target(latency, config.threads, lock)]
 
 
-class _Locked:
-    """An evaluator run under an exclusive file lock: one latency measurement at a time."""
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Torch's CPU threads set to ``n`` (when given) inside the block, restored after."""
+    import torch
 
-    def __init__(self, evaluator, path: str):
-        self.evaluator, self.path, self.name = evaluator, path, evaluator.name
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Target:
+    """Latency measured as on the target: with its thread count, and under an exclusive
+    file lock (``lock``) so that workers on one machine measure one model at a time."""
+
+    def __init__(self, evaluator, threads: int | None, lock: str | None):
+        self.evaluator, self.threads, self.lock = evaluator, threads, lock
+        self.name = evaluator.name
 
     def __call__(self, elastic, candidate, context=None):
-        import fcntl
+        with _threads(self.threads), contextlib.ExitStack() as stack:
+            if self.lock:
+                import fcntl
 
-        with open(self.path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                return self.evaluator(elastic, candidate, context)
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                f = stack.enter_context(open(self.lock, "a"))
+                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            return self.evaluator(elastic, candidate, context)
 
 
 def record(trial, candidate, metrics: dict[str, Any], config: SearchConfig, fidelity: str):
@@ -312,6 +327,10 @@ def search(
         raise VitParetoError(f"--trials must be at least 1, got {trials}")
     if jobs < 1:
         raise VitParetoError(f"--jobs must be at least 1, got {jobs}")
+    if config.threads is None:
+        import torch
+
+        config = replace(config, threads=torch.get_num_threads())
     study = open_study(storage_url, name, supernet, config)
     full = dict(study.user_attrs.get("full") or {})
     if "latency_ms" not in full:  # the hypervolume's reference, fixed for the whole study

@@ -126,7 +126,9 @@ def test_front_finetuned_and_remeasured_into_its_own_study(searched, tmp_path):
     assert front.study_name == "p/front"
     src = {t.number: t for t in study.best_trials}
     got = front.get_trials(states=(TrialState.COMPLETE,))
-    assert sorted(t.user_attrs["source_trial"] for t in got) == sorted(src)
+    distinct = {json.dumps(t.user_attrs["candidate"], sort_keys=True) for t in src.values()}
+    assert len(got) == len(distinct)  # each candidate on the front once
+    assert {t.user_attrs["source_trial"] for t in got} <= set(src)
     for t in got:
         s = src[t.user_attrs["source_trial"]]
         assert t.params == s.params and t.user_attrs["fidelity"] == "finetuned"
@@ -191,3 +193,35 @@ def test_finetune_a_trial_by_number(searched, tmp_path):
     assert metrics["shared_accuracy"] == t.user_attrs["accuracy"]
     out = cli(*args, "--trial", "42", "--out", str(tmp_path / "m2"))
     assert out.returncode == 2 and "no completed trial 42" in out.stderr
+
+
+def test_optuna_dashboard_reads_the_database_unchanged(searched):
+    import io
+
+    from optuna_dashboard import wsgi
+
+    _, url = searched
+    app = wsgi(optuna.storages.RDBStorage(url))
+
+    def get(path):
+        status = {}
+        env = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr,
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+        }
+        body = b"".join(app(env, lambda s, h, e=None: status.update(s=s)))
+        assert status["s"].startswith("200"), status
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    sid = next(s["study_id"] for s in studies if s["study_name"] == "s")
+    study = get(f"/api/studies/{sid}")
+    assert len(study["trials"]) == len(_study(url, "s").trials)
+    keys = {a["key"] for a in study["trials"][0]["user_attrs"]}
+    assert {"candidate", "accuracy", "latency_ms", "fidelity"} <= keys
