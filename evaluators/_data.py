@@ -57,6 +57,10 @@ class Data:
         return len(self.classes)
 
 
+DEFAULT_MEAN = (0.5, 0.5, 0.5)  # every dataset is normalised so unless told otherwise
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
 def load_data(
     spec: str,
     img_size: int | tuple[int, int],
@@ -65,8 +69,8 @@ def load_data(
     val_fraction: float = 0.2,
     num_workers: int = 0,
     download: bool = False,
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    mean: tuple[float, float, float] = DEFAULT_MEAN,
+    std: tuple[float, float, float] = DEFAULT_STD,
     limit: int | None = None,
 ) -> Data:
     """Build train and validation loaders for ``spec`` (see ``SPEC_FORMS``).

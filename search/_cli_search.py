@@ -39,6 +39,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-macs", type=float, help="constraint: MACs per image at most this")
     s.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
     s.add_argument(
+        "--population", type=int, default=10, help="NSGA-II generation size (default: 10)"
+    )
+    s.add_argument(
         "--latency",
         default="measured",
         choices=["measured", "predicted"],
@@ -109,6 +112,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--supernet", type=Path, help="supernet checkpoint (default: the searched one)")
     e.add_argument("--force", action="store_true", help="replace model directories that exist")
     e.add_argument(
+        "--artifacts", type=Path, help="artifact store of fine-tuned weights, if it was moved"
+    )
+    e.add_argument(
         "--no-portable", action="store_true", help="skip model.pt2 and model.onnx (faster)"
     )
 
@@ -139,6 +145,7 @@ def cmd_search(args) -> int:
     config = SearchConfig(
         objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
         sampler=args.sampler,
+        population=args.population,
         seed=args.seed,
         device=args.device,
         latency_batch=args.batch,
@@ -147,8 +154,13 @@ def cmd_search(args) -> int:
         max_macs=args.max_macs,
         latency=args.latency,
     )
+    from vitpareto.evaluators import resolve_device
+
     if args.finetune_front < 0:
         raise VitParetoError(f"--finetune-front must be 0 or more steps, got {args.finetune_front}")
+    if args.batch < 1:
+        raise VitParetoError(f"--batch must be at least 1, got {args.batch}")
+    resolve_device(args.device)  # an unknown or absent device is refused before any work
     net = load_supernet(args.supernet)
     progress = not args.no_progress
     study = search(
@@ -229,6 +241,8 @@ def cmd_query(args) -> int:
     df = full = trials_frame(study)
     if df.empty:
         print(f"study {args.study!r} has no completed trials", file=sys.stderr)
+        if args.format == "json":
+            print("[]")
         return 0
     if args.pareto:
         df = df[df["pareto"]]
@@ -271,7 +285,13 @@ def cmd_export(args) -> int:
             raise VitParetoError("pass --supernet CKPT (the study did not record its path)")
         supernet = load_supernet(path)
     paths = export_trials(
-        study, trials, args.out, supernet, force=args.force, portable=not args.no_portable
+        study,
+        trials,
+        args.out,
+        supernet,
+        force=args.force,
+        portable=not args.no_portable,
+        artifacts=args.artifacts,
     )
     for t, p in zip(trials, paths, strict=True):
         acc = t.user_attrs.get("accuracy")
@@ -283,6 +303,8 @@ def cmd_report(args) -> int:
     from vitpareto.search._query import load_study
     from vitpareto.search._report import write_report
 
+    if args.out.exists() and not args.out.is_dir():
+        raise VitParetoError(f"--out {str(args.out)!r} is a file, not a directory")
     study = load_study(args.storage, args.study)
     paths = write_report(study, args.out)
     print(f"report: {paths['html']}\nplots:  {paths['front']}, {paths['knobs']}")

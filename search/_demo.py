@@ -27,7 +27,7 @@ def run_demo(
     from vitpareto.search._checkpoint import load_supernet
     from vitpareto.search._cli_search import print_front
     from vitpareto.search._export_trials import export_trials, pick_trials
-    from vitpareto.search._front import rescore_front
+    from vitpareto.search._front import needed, rescore_front
     from vitpareto.search._report import write_report
     from vitpareto.search._study import SearchConfig, search
     from vitpareto.search._train import SupernetTrainer, TrainConfig
@@ -65,14 +65,18 @@ def run_demo(
     print_front(study)
 
     step(f"3/5 front: each model fine-tuned {finetune_steps} steps, re-scored -> study demo/front")
-    front = rescore_front(supernet, storage, "demo", config, steps=finetune_steps)
-    print_front(front)
+    front = study  # with nothing to re-score (no fine-tuning), the search's own front
+    if needed(config, finetune_steps):
+        front = rescore_front(supernet, storage, "demo", config, steps=finetune_steps)
+        print_front(front)
 
     step(f"4/5 report -> {out / 'report'}")
-    paths = write_report(study, out / "report", rescored=front)
+    paths = write_report(study, out / "report", rescored=front if front is not study else None)
 
     step(f"5/5 export of the fine-tuned front -> {out / 'models'}")
-    exported = export_trials(front, pick_trials(front, None, True), out / "models", force=True)
+    exported = export_trials(
+        front, pick_trials(front, None, True), out / "models", supernet=supernet, force=True
+    )
 
     step("done. Where everything is:")
     where = {

@@ -38,8 +38,13 @@ def write_dir_atomic(path: str | os.PathLike, files: dict[str, Any], force: bool
     """Write ``files`` (name -> text, or a callable that writes the destination path) into a
     fresh directory that replaces ``path`` in one rename."""
     path = check_writable(path, force)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise VitParetoError(f"{str(path.parent)!r} is a file, not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the model is not
     try:
         for name, content in files.items():
             dest = tmp / name
@@ -68,6 +73,7 @@ def model_files(
     classes: list[str],
     metrics: dict[str, Any],
     supernet_sha256: str | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The files of a model directory, ready for ``write_dir_atomic``."""
     from safetensors.torch import save_file
@@ -80,6 +86,8 @@ def model_files(
         "classes": list(classes),
         "supernet_sha256": supernet_sha256,
     }
+    if preprocessing:
+        config["preprocessing"] = preprocessing
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return {
         CONFIG: json.dumps(config, indent=2) + "\n",

@@ -42,9 +42,9 @@ def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
     return [chosen[n] for n in sorted(chosen)]
 
 
-def build_model(study, trial, supernet=None):
-    """The trial's compressed model: fine-tuned weights when it has them, else cut from
-    the supernet (which must be the one the study searched)."""
+def build_model(study, trial, supernet=None, artifacts=None):
+    """The trial's compressed model: fine-tuned weights when it has them (from ``artifacts``,
+    else where they were stored), else cut from the supernet (the one the study searched)."""
     from vitpareto.search._front import load_weights
 
     cand = Candidate.from_dict(trial.user_attrs["candidate"])
@@ -52,7 +52,8 @@ def build_model(study, trial, supernet=None):
         model_cfg = study.user_attrs["model"]
         vit = create_model(model_cfg["name"], **model_cfg["kwargs"])
         model = ElasticViT(vit, importance="identity", exit_blocks=cand.exits).extract(cand)
-        state = load_weights(trial.user_attrs["artifacts"], trial.user_attrs["weights_artifact"])
+        store = artifacts or trial.user_attrs["artifacts"]
+        state = load_weights(store, trial.user_attrs["weights_artifact"])
         model.load_state_dict(state)
         return model.eval()
     if supernet is None:
@@ -73,11 +74,12 @@ def export_trials(
     force: bool = False,
     portable: bool = True,
     progress: bool = True,
+    artifacts: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Write one model directory per trial under ``out`` (``trial_N``); return their paths.
 
-    Every directory is checked before any is written, so an existing one stops the export
-    before anything changes (unless ``force``)."""
+    Every directory is checked and every model built before any is written, so a missing
+    file or an existing directory stops the export before anything changes."""
     import sys
 
     from tqdm import tqdm
@@ -85,17 +87,19 @@ def export_trials(
     from vitpareto.search._export import check_writable
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VitParetoError(f"--out {str(out)!r} is a file, not a directory")
     dirs = [check_writable(out / f"trial_{t.number}", force) for t in trials]
+    models = [build_model(study, t, supernet, artifacts) for t in trials]
     attrs = study.user_attrs
     written = []
-    for t, d in tqdm(
-        list(zip(trials, dirs, strict=True)),
+    for t, d, model in tqdm(
+        list(zip(trials, dirs, models, strict=True)),
         desc="export",
         unit="model",
         disable=not progress,
         file=sys.stderr,
     ):
-        model = build_model(study, t, supernet)
         metrics = {k: v for k, v in t.user_attrs.items() if k not in ("artifacts",)}
         metrics.update(study=study.study_name, trial=t.number, values=list(t.values))
         files = model_files(
@@ -105,6 +109,7 @@ def export_trials(
             attrs.get("classes") or _classes(supernet, model),
             metrics,
             attrs.get("supernet_sha256"),
+            preprocessing(model),
         )
         files["candidate.json"] = json.dumps(t.user_attrs["candidate"], indent=2) + "\n"
         files["README.md"] = model_card(study, t, model)
@@ -150,14 +155,22 @@ def model_card(study, trial, model) -> str:
     """README.md of an exported model: what it is, how it scored, how to load it."""
     a, m, c = study.user_attrs, trial.user_attrs, trial.user_attrs["candidate"]
     h, w = image_size(model)
+    pre = preprocessing(model)
+    batch = m.get("batch_size") or (a.get("config") or {}).get("latency_batch", "?")
+    segments = m.get("exit_latency_ms")
+    static_ms = segments[-1] if segments else m.get("latency_ms")
     target = a.get("target") or {}
     hardware = f"{target.get('gpu') or target.get('cpu', '?')} ({target.get('device', '?')})"
     rows = [
         ("accuracy", _fmt(m.get("accuracy"))),
         ("accuracy of the final head alone", _fmt(m.get("final_accuracy"))),
         ("accuracy on the shared weights", _fmt(m.get("shared_accuracy"))),
-        (f"latency (ms per batch of {m.get('batch_size', '?')})", _fmt(m.get("latency_ms"))),
-        ("speedup over the full model", _fmt(m.get("speedup"))),
+        (f"latency, static forward (ms per batch of {batch})", _fmt(static_ms)),
+        (
+            f"latency, expected with early exits (ms per batch of {batch})",
+            _fmt(m.get("latency_ms")) if segments else "-",
+        ),
+        ("speedup over the full model (as searched)", _fmt(m.get("speedup"))),
         ("MACs per image", f"{int(m['macs']):,}" if "macs" in m else "-"),
         ("parameters", f"{int(m['params']):,}" if "params" in m else "-"),
     ]
@@ -170,7 +183,8 @@ def model_card(study, trial, model) -> str:
         if c.get("exits")
         else "No early exits: every format runs the same forward."
     )
-    return f"""# {a["model"]["name"]}, compressed (study `{study.study_name}`, trial {trial.number})
+    source = f", from trial {m['source_trial']}" if "source_trial" in m else ""
+    return f"""# {a["model"]["name"]}, compressed (study `{study.study_name}`, trial {trial.number}{source})
 
 A standalone Vision Transformer cut from a vitpareto supernet: {len(c["heads"])} blocks,
 {h} x {w} px input, patch {c["patch_size"]}, dataset `{a.get("dataset")}`.
@@ -209,9 +223,18 @@ session = ort.InferenceSession("model.onnx")
 logits = session.run(None, {{"images": images_nchw_float32}})[0]
 ```
 
-Inputs: float32 images, N x 3 x {h} x {w}, normalised as in
-training. Supernet SHA-256: `{a.get("supernet_sha256")}`.
+Inputs: float32 images, N x 3 x {h} x {w}: pixel values scaled to 0..1, resized
+(bilinear) to {h} x {w}, then normalised with mean {pre["mean"]} and std {pre["std"]}
+(also in `config.json`, under `preprocessing`). Outputs: logits over the classes listed in
+`config.json`. Supernet SHA-256: `{a.get("supernet_sha256")}`.
 """
+
+
+def preprocessing(model) -> dict[str, Any]:
+    """What the model expects of its input (vitpareto's datasets all normalise so)."""
+    from vitpareto.evaluators._data import DEFAULT_MEAN, DEFAULT_STD
+
+    return {"image_size": list(image_size(model)), "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
 
 
 def image_size(model) -> tuple[int, int]:

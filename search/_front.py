@@ -91,8 +91,10 @@ def rescore_front(
             todo.append(t)
     if not todo:
         return dst
-    store_dir = Path(artifacts) if artifacts else default_artifacts(storage_url)
-    data = supernet.load_data(batch_size=128, seed=config.seed)
+    store_dir = (Path(artifacts) if artifacts else default_artifacts(storage_url)).resolve()
+    recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed)
+    # the supernet's own train/validation split, batched as the fine-tuning recipe says
+    data = supernet.load_data(batch_size=recipe.batch_size)
     acc = AccuracyEvaluator(data.val, device=config.device, progress=False)
     latency = LatencyEvaluator(
         device=config.device,
@@ -108,15 +110,17 @@ def rescore_front(
         metrics.update(source_trial=t.number, shared_accuracy=t.user_attrs["accuracy"])
         fidelity = "shared"
         if steps:
-            ft = finetune(
-                supernet,
-                cand,
-                FinetuneConfig(steps=steps, seed=config.seed),
-                device=config.device,
-                progress=False,
-                data=data,
-            )
+            ft = finetune(supernet, cand, recipe, device=config.device, progress=False, data=data)
             metrics.update(acc.score(ft.model, elastic.spec))
+            metrics["finetune"] = ft.metrics["finetune"]
+            segments = metrics.get("exit_latency_ms")
+            if segments and not t.user_attrs.get("latency_predicted"):
+                # exits: the expected latency follows where the fine-tuned model's samples leave
+                expected = sum(
+                    f * ms for f, ms in zip(metrics["exit_fraction"], segments, strict=True)
+                )
+                metrics["speedup"] = metrics["speedup"] * metrics["latency_ms"] / expected
+                metrics["latency_ms"] = expected
             metrics["weights_artifact"] = _store_weights(store_dir, ft.model)
             metrics["artifacts"] = str(store_dir)
             fidelity = "finetuned"
@@ -165,7 +169,7 @@ def load_weights(store_dir: str | Path, artifact_id: str) -> dict:
     except ArtifactNotFound:
         raise VitParetoError(
             f"fine-tuned weights {artifact_id[:12]} are missing from {str(store_dir)!r}; "
-            "pass --artifacts where they are, or run the search with --finetune-front again"
+            "pass --artifacts DIR where the artifact store is now"
         ) from None
     if hashlib.sha256(blob).hexdigest() != artifact_id:
         raise VitParetoError(f"fine-tuned weights {artifact_id[:12]} in {store_dir} are damaged")

@@ -23,7 +23,7 @@ def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
     ref = np.asarray(ref, dtype=float)
     if points.ndim != 2 or points.shape[1] != ref.shape[0]:
         raise ValueError(f"points of shape {points.shape} do not match reference {ref.shape}")
-    pts = points[np.all(points < ref, axis=1)]
+    pts = nondominated(points[np.all(points < ref, axis=1)])
     if len(pts) == 0:
         return 0.0
     if pts.shape[1] == 1:
@@ -35,6 +35,17 @@ def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
         if upper > pts[i, -1]:
             volume += (upper - pts[i, -1]) * hypervolume(pts[: i + 1, :-1], ref[:-1])
     return volume
+
+
+def nondominated(points: np.ndarray) -> np.ndarray:
+    """The rows no other row dominates (all objectives minimised; duplicates kept once)."""
+    pts = np.unique(np.asarray(points, dtype=float), axis=0)
+    if len(pts) < 2:
+        return pts
+    le = np.all(pts[:, None, :] <= pts[None, :, :], axis=2)  # le[i, j]: i weakly dominates j
+    lt = np.any(pts[:, None, :] < pts[None, :, :], axis=2)
+    dominated = np.any(le & lt, axis=0)
+    return pts[~dominated]
 
 
 def reference(df, objectives: list[str], full: dict[str, Any] | None = None) -> dict[str, float]:

@@ -16,6 +16,7 @@ class SearchProgress:
         self.study, self.trials, self.objectives = study, trials, list(objectives)
         self.enabled = enabled
         self.bar = None
+        self._front, self._hv = None, 0.0
 
     def __enter__(self):
         from tqdm import tqdm
@@ -44,10 +45,11 @@ class SearchProgress:
         df = trials_frame(self.study)
         done = 0 if df.empty else len(df)
         failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-        hv, _ = front_hypervolume_of(self.study, df)
+        members = tuple(df.loc[df["pareto"], "trial"]) if not df.empty else ()
+        if members != self._front:  # the volume changes only with the front
+            self._front, self._hv = members, front_hypervolume_of(self.study, df)[0]
         self.bar.n = min(done, self.trials)
-        front = int(df["pareto"].sum()) if not df.empty else 0
-        post = {"front": front, "hv": f"{hv:.4f}"}
+        post = {"front": len(members), "hv": f"{self._hv:.4f}"}
         if failed:
             post["failed"] = failed
         self.bar.set_postfix(post, refresh=False)

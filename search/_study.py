@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +31,18 @@ DIRECTIONS = {
 }
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 HEARTBEAT_S = 10
+# what a resumed study must keep: trials scored otherwise would not compare
+SETTINGS = (
+    "device",
+    "latency_batch",
+    "latency_repeats",
+    "latency",
+    "threads",
+    "max_batches",
+    "max_latency_ms",
+    "min_accuracy",
+    "max_macs",
+)
 
 
 @dataclass
@@ -38,6 +51,8 @@ class SearchConfig:
 
     objectives: tuple[str, ...] = ("accuracy", "latency_ms")
     sampler: str = "nsga2"
+    population: int = 10  # NSGA-II's generation size: with Optuna's 50, a 100-trial search is
+    # two generations, no better than random search (benchmarks/RESULTS.md, bench_search)
     seed: int = 0
     device: str = "cpu"
     latency_batch: int = 1
@@ -61,6 +76,8 @@ class SearchConfig:
             raise VitParetoError(
                 f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}"
             )
+        if self.population < 2:
+            raise VitParetoError(f"--population must be at least 2, got {self.population}")
         if self.latency not in ("measured", "predicted"):
             raise VitParetoError(
                 f"unknown latency source {self.latency!r}; choose measured or predicted"
@@ -100,6 +117,13 @@ def open_storage(url: str, create: bool = True):
             raise VitParetoError(
                 f"storage {url!r}: no database at {str(path)!r}; run `vitpareto search` first"
             )
+        if path.is_file() and path.stat().st_size and not _has_optuna_tables(path):
+            raise VitParetoError(
+                f"storage {url!r}: {str(path)!r} is an SQLite database of another program "
+                "(no Optuna tables); give another path"
+            )
+        if not create and not path.stat().st_size:
+            raise VitParetoError(f"storage {url!r}: {str(path)!r} is empty; no studies in it")
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return optuna.storages.RDBStorage(
@@ -110,23 +134,37 @@ def open_storage(url: str, create: bool = True):
                 max_retry=2
             ),
         )
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as e:
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError, RuntimeError) as e:
         raise VitParetoError(
             f"storage {url!r} cannot be opened as a results database: {e}"
         ) from None
 
 
-def _sampler(config: SearchConfig, space):
-    """Optuna's sampler; NSGA-II and TPE read the constraints each trial sets."""
+def _has_optuna_tables(path: Path) -> bool:
+    """Whether an SQLite file holds an Optuna storage (checked read-only)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError:
+        return False
+    return {"studies", "alembic_version"} <= names
+
+
+def _sampler(config: SearchConfig, space, worker: int = 0):
+    """Optuna's sampler; NSGA-II and TPE read the constraints each trial sets. Each
+    worker draws its own random stream (one seed would make them suggest the same)."""
     import optuna
 
+    seed = config.seed + 1000 * worker
     if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=config.seed)
+        return optuna.samplers.NSGAIISampler(population_size=config.population, seed=seed)
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
-    return optuna.samplers.GridSampler(space.params(), seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.GridSampler(space.params(), seed=seed)
 
 
 def study_attrs(supernet, config: SearchConfig) -> dict[str, Any]:
@@ -140,7 +178,7 @@ def study_attrs(supernet, config: SearchConfig) -> dict[str, Any]:
         "model": {"name": supernet.model_name, "kwargs": supernet.model_kwargs},
         "dataset": supernet.data["spec"],
         "classes": list(supernet.data["classes"]),
-        "supernet_path": str(supernet.path) if supernet.path else None,
+        "supernet_path": str(Path(supernet.path).resolve()) if supernet.path else None,
         "supernet_sha256": supernet.sha256,
         "space": supernet.space.to_dict(),
         "objectives": list(config.objectives),
@@ -150,7 +188,7 @@ def study_attrs(supernet, config: SearchConfig) -> dict[str, Any]:
     }
 
 
-def open_study(storage_url: str, name: str, supernet, config: SearchConfig):
+def open_study(storage_url: str, name: str, supernet, config: SearchConfig, worker: int = 0):
     """Create the study, or resume it after checking it searched the same supernet and space."""
     import optuna
 
@@ -162,6 +200,10 @@ def open_study(storage_url: str, name: str, supernet, config: SearchConfig):
         existing = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         existing = None
+    if name.endswith("/front"):
+        raise VitParetoError(
+            "study names ending in /front hold a search's second stage; use another --study"
+        )
     if existing is not None:
         got = existing.user_attrs
         for key in ("supernet_sha256", "space", "objectives"):
@@ -170,11 +212,19 @@ def open_study(storage_url: str, name: str, supernet, config: SearchConfig):
                     f"study {name!r} in {storage_url} was searched with another {key.replace('_', ' ')} "
                     f"({str(got.get(key))[:70]}); use another --study to search this one"
                 )
+        was = got.get("config") or {}
+        for key in SETTINGS:
+            if key in was and was[key] != attrs["config"][key]:
+                raise VitParetoError(
+                    f"study {name!r} was searched with {key} {was[key]!r}, not "
+                    f"{attrs['config'][key]!r}: its trials would not compare; give the same "
+                    "settings to resume it, or use another --study"
+                )
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         directions=directions,
-        sampler=_sampler(config, supernet.space),
+        sampler=_sampler(config, supernet.space, worker),
         load_if_exists=True,
     )
     if existing is None:
@@ -194,7 +244,7 @@ def evaluators(supernet, config: SearchConfig, lock: str | None = None) -> list:
         PredictedLatencyEvaluator,
     )
 
-    data = supernet.load_data(batch_size=128)
+    data = supernet.load_data(batch_size=128)  # the split the supernet was trained with
     acc = AccuracyEvaluator(
         data.val, device=config.device, max_batches=config.max_batches, progress=False
     )
@@ -294,13 +344,16 @@ def _claim(study, trial, trials: int) -> None:
     import optuna
     from optuna.trial import TrialState
 
+    # a trial that never sends a heartbeat (started by hand with study.ask(), or killed
+    # before its first beat) is never failed by Optuna: stop waiting for it after this long
+    deadline = time.monotonic() + 4 * HEARTBEAT_S
     while True:
         ts = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         complete = sum(t.state == TrialState.COMPLETE for t in ts)
         ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in ts)
         if complete >= trials:
             raise optuna.TrialPruned(f"the study already has its {trials} trials")
-        if complete + ahead < trials:
+        if complete + ahead < trials or time.monotonic() > deadline:
             return
         time.sleep(0.5)
         optuna.storages.fail_stale_trials(study)  # a crashed worker's trial stops blocking
@@ -358,14 +411,16 @@ def _parallel(supernet, storage_url, name, trials, config, jobs, bar):
     if getattr(supernet, "path", None) is None:
         raise VitParetoError("--jobs needs the supernet as a checkpoint file")
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    lock = os.path.join(tempfile.gettempdir(), f"vitpareto-latency-{config.device}.lock")
+    lock = os.path.join(
+        tempfile.gettempdir(), f"vitpareto-{os.getuid()}-latency-{config.device}.lock"
+    )
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(
             target=_worker,
-            args=(str(supernet.path), storage_url, name, trials, config, threads, lock),
+            args=(str(supernet.path), storage_url, name, trials, config, threads, lock, i),
         )
-        for _ in range(jobs)
+        for i in range(jobs)
     ]
     for p in procs:
         p.start()
@@ -384,7 +439,7 @@ def _parallel(supernet, storage_url, name, trials, config, jobs, bar):
         raise VitParetoError(f"{len(failed)} of {jobs} search workers failed (exit {failed})")
 
 
-def _worker(path, storage_url, name, trials, config, threads, lock):
+def _worker(path, storage_url, name, trials, config, threads, lock, index):
     import optuna
     import torch
 
@@ -393,5 +448,8 @@ def _worker(path, storage_url, name, trials, config, threads, lock):
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     supernet = load_supernet(path)
-    study = open_study(storage_url, name, supernet, config)
-    optimize(study, supernet, trials, config, lock=lock)
+    study = open_study(storage_url, name, supernet, config, worker=index + 1)
+    try:
+        optimize(study, supernet, trials, config, lock=lock)
+    except KeyboardInterrupt:
+        sys.exit(130)

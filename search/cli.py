@@ -137,6 +137,8 @@ def cmd_demo(args) -> int:
 
     for name in ("trials", "epochs", "threads"):
         _positive(name, getattr(args, name))
+    if args.finetune_front < 0:
+        raise VitParetoError(f"--finetune-front must be 0 or more, got {args.finetune_front}")
     run_demo(args.out, args.trials, args.epochs, args.finetune_front, args.threads)
     return 0
 

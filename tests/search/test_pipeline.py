@@ -111,6 +111,12 @@ def test_export_mistakes_exit_2_and_change_nothing(searched, tmp_path):
         assert "Traceback" not in out.stderr
     assert (tmp_path / "trial_0" / "model.safetensors").read_bytes() == before
     assert not (tmp_path / "trial_1").exists()
+    assert (tmp_path / "trial_0").stat().st_mode & 0o044  # readable by others, as the umask says
+    (tmp_path / "file").write_text("x")
+    for cmd in ("export", "report"):
+        extra = ["--pareto"] if cmd == "export" else []
+        out = cli(cmd, "--storage", url, "--study", "s", *extra, "--out", str(tmp_path / "file"))
+        assert out.returncode == 2 and "is a file" in out.stderr, out.stderr
     out = cli("report", "--storage", f"sqlite:///{tmp_path / 'no.db'}", "--study", "s")
     assert out.returncode == 2 and "--out" in out.stderr
 
@@ -136,6 +142,9 @@ def test_front_finetuned_and_remeasured_into_its_own_study(searched, tmp_path):
         assert t.user_attrs["predicted_latency_ms"] == s.user_attrs["latency_ms"]
         assert t.user_attrs["latency_predicted"] is False and "latency_iqr_ms" in t.user_attrs
         assert t.values == [t.user_attrs["accuracy"], t.user_attrs["latency_ms"]]
+        if t.user_attrs["exit_latency_ms"]:  # expected latency from the fine-tuned exit mix
+            mix = zip(t.user_attrs["exit_fraction"], t.user_attrs["exit_latency_ms"], strict=True)
+            assert t.user_attrs["latency_ms"] == pytest.approx(sum(f * ms for f, ms in mix))
     # the stage resumes: nothing done twice; another step count is refused
     assert len(rescore_front(net, url2, "p", config, steps=5, progress=False).trials) == len(got)
     with pytest.raises(VitParetoError, match="fine-tuned with 5 steps"):
@@ -147,6 +156,14 @@ def test_front_finetuned_and_remeasured_into_its_own_study(searched, tmp_path):
     assert out.returncode == 0, out.stderr
     model = vitpareto.load(tmp_path / "m" / f"trial_{t.number}")
     assert _accuracy(model, net) == t.user_attrs["accuracy"]
+    # an artifact store that moved: a clear message, then --artifacts finds it
+    (tmp_path / "artifacts").rename(tmp_path / "moved")
+    args = ["export", "--storage", url2, "--study", "p/front", "--trial", str(t.number)]
+    out = cli(*args, "--no-portable", "--out", str(tmp_path / "m2"))
+    assert out.returncode == 2 and "pass --artifacts DIR" in out.stderr, out.stderr
+    assert not (tmp_path / "m2").exists()
+    out = cli(*args, "--artifacts", str(tmp_path / "moved"), "--out", str(tmp_path / "m2"))
+    assert out.returncode == 0, out.stderr
 
 
 def test_parallel_workers_reach_the_count_exactly(searched, tmp_path):
@@ -157,6 +174,8 @@ def test_parallel_workers_reach_the_count_exactly(searched, tmp_path):
     trials = _study(url, "j").get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 6
     assert all("candidate" in t.user_attrs and "latency_ms" in t.user_attrs for t in trials)
+    # each worker samples its own candidates (one seed for all would repeat them)
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
 
 
 def test_constraints_and_report(searched, tmp_path):

@@ -77,6 +77,31 @@ def test_another_supernet_is_refused(nets, tmp_path):
     assert len(_complete(url, "s")) == 2
 
 
+def test_resume_refuses_other_settings_and_foreign_databases(nets, tmp_path):
+    import sqlite3
+
+    from tests.search.test_cli import vitpareto
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    net = load_supernet(nets[0])
+    search(net, url, "s", 2, SearchConfig(**CONFIG), progress=False)
+    with pytest.raises(VitParetoError, match="latency_batch 1"):
+        search(net, url, "s", 4, SearchConfig(latency_batch=4, **CONFIG), progress=False)
+    assert len(_complete(url, "s")) == 2
+    # another program's SQLite database is refused, byte for byte untouched
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    before = other.read_bytes()
+    for args in (["query", "--study", "s"], ["studies"]):
+        out = vitpareto(*args, "--storage", f"sqlite:///{other}")
+        assert out.returncode == 2 and "another program" in out.stderr, out.stderr
+    assert other.read_bytes() == before
+    args = ["search", "--supernet", str(nets[0]), "--study", "s", "--storage", url]
+    out = vitpareto(*args, "--device", "tpu")
+    assert out.returncode == 2 and "tpu" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_bad_storage_and_options(nets, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("my notes")
