@@ -48,10 +48,14 @@ class Supernet:
     train_state: dict[str, Any] = field(default_factory=dict)  # optimizer and schedule
     path: Path | None = None  # the checkpoint file it was loaded from
 
-    def load_data(self, batch_size: int = 64, seed: int = 0, workers: int = 0):
-        """The dataset the supernet was trained on, at its image size; refused when the
-        data on disk now has other classes (its labels would mean something else)."""
+    def load_data(self, batch_size: int = 64, seed: int | None = None, workers: int = 0):
+        """The dataset the supernet was trained on, at its image size, split as in training
+        (``seed`` defaults to the training seed: another one would score accuracy on
+        training images); refused when the data on disk now has other classes."""
         from vitpareto.evaluators import load_data
+
+        if seed is None:
+            seed = int((self.meta.get("config") or {}).get("seed", 0))
 
         data = load_data(
             self.data["spec"],

@@ -117,7 +117,7 @@ def finetune(
     spec = elastic.spec
     candidate = candidate.validate(spec)
     if data is None:
-        data = supernet.load_data(c.batch_size, c.seed, workers)
+        data = supernet.load_data(c.batch_size, workers=workers)  # the training split
     ev = AccuracyEvaluator(data.val, device=dev, progress=False)
     before = ev(elastic, candidate)
     student = elastic.extract(candidate)

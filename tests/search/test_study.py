@@ -203,3 +203,18 @@ def test_query_front_filters_and_formats(nets, tmp_path):
         assert out.returncode == 2 and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
     assert len(_complete(url, "q")) == 6
+
+
+def test_scores_on_the_split_the_supernet_was_trained_with(nets):
+    import torch
+
+    from vitpareto.evaluators import load_data
+
+    net = load_supernet(nets[1])  # trained with seed 1
+
+    def images(loader):
+        return torch.cat([x for x, _ in loader])
+
+    ours = images(net.load_data(batch_size=128).val)
+    assert torch.equal(ours, images(load_data("digits", 32, batch_size=128, seed=1).val))
+    assert not torch.equal(ours, images(load_data("digits", 32, batch_size=128, seed=0).val))
