@@ -57,6 +57,12 @@ def add_parsers(sub) -> None:
         "into the study NAME/front (default: 0, off)",
     )
     s.add_argument(
+        "--finetune-lr",
+        type=float,
+        help="peak learning rate of --finetune-front (default: 5e-4; 1e-4 keeps the shared "
+        "weights of a well-trained supernet closer)",
+    )
+    s.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -176,6 +182,7 @@ def cmd_search(args) -> int:
             steps=args.finetune_front,
             artifacts=args.artifacts,
             progress=progress,
+            lr=args.finetune_lr,
         )
         print()
         print_front(front)

@@ -45,6 +45,7 @@ def rescore_front(
     steps: int = 0,
     artifacts: str | Path | None = None,
     progress: bool = True,
+    lr: float | None = None,
 ):
     """Re-score the front of study ``name`` into ``name + '/front'``; return that study.
 
@@ -71,6 +72,7 @@ def rescore_front(
     dst = optuna.create_study(
         study_name=name + SUFFIX, storage=store, directions=src.directions, load_if_exists=True
     )
+    attrs["finetune_lr"] = lr
     if dst.user_attrs and dst.user_attrs.get("finetune_steps") != steps:
         raise VitParetoError(
             f"study {name + SUFFIX!r} was fine-tuned with {dst.user_attrs.get('finetune_steps')} "
@@ -93,6 +95,8 @@ def rescore_front(
         return dst
     store_dir = (Path(artifacts) if artifacts else default_artifacts(storage_url)).resolve()
     recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed)
+    if lr is not None:
+        recipe = FinetuneConfig(steps=recipe.steps, seed=config.seed, lr=lr)
     # the supernet's own train/validation split, batched as the fine-tuning recipe says
     data = supernet.load_data(batch_size=recipe.batch_size)
     acc = AccuracyEvaluator(data.val, device=config.device, progress=False)
