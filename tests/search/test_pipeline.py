@@ -128,7 +128,7 @@ def test_front_finetuned_and_remeasured_into_its_own_study(searched, tmp_path):
     url2 = f"sqlite:///{tmp_path / 'p.db'}"
     study = search(net, url2, "p", 5, config, progress=False)
     assert all(t.user_attrs["latency_predicted"] for t in study.trials)
-    front = rescore_front(net, url2, "p", config, steps=5, progress=False)
+    front = rescore_front(net, url2, "p", config, steps=5, progress=False, lr=1e-4)
     assert front.study_name == "p/front"
     src = {t.number: t for t in study.best_trials}
     got = front.get_trials(states=(TrialState.COMPLETE,))
@@ -138,6 +138,7 @@ def test_front_finetuned_and_remeasured_into_its_own_study(searched, tmp_path):
     for t in got:
         s = src[t.user_attrs["source_trial"]]
         assert t.params == s.params and t.user_attrs["fidelity"] == "finetuned"
+        assert t.user_attrs["finetune"]["steps"] == 5 and t.user_attrs["finetune"]["lr"] == 1e-4
         assert t.user_attrs["shared_accuracy"] == s.user_attrs["accuracy"]
         assert t.user_attrs["predicted_latency_ms"] == s.user_attrs["latency_ms"]
         assert t.user_attrs["latency_predicted"] is False and "latency_iqr_ms" in t.user_attrs
