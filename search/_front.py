@@ -81,6 +81,7 @@ def rescore_front(
     if not dst.user_attrs:
         for k, v in attrs.items():
             dst.set_user_attr(k, v)
+    predicted = (src.user_attrs.get("config") or {}).get("latency") == "predicted"
     seen = {  # candidates already re-scored (samplers can suggest one candidate twice)
         json.dumps(t.user_attrs["candidate"], sort_keys=True)
         for t in dst.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -107,6 +108,12 @@ def rescore_front(
         threads=config.threads or src.user_attrs.get("config", {}).get("threads"),
     )
     elastic = supernet.elastic.eval()
+    full = dict(dst.user_attrs.get("full") or {})
+    if predicted and not full.get("latency_measured"):
+        # the hypervolume's reference in the units of this study: the full model, timed
+        full["latency_ms"] = latency(elastic, Candidate.full(elastic.spec))["latency_ms"]
+        full["latency_measured"] = True
+        dst.set_user_attr("full", full)
     bar = tqdm(todo, desc=f"front of {name}", unit="model", disable=not progress, file=sys.stderr)
     for t in bar:
         cand = Candidate.from_dict(t.user_attrs["candidate"])

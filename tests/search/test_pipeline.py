@@ -130,6 +130,9 @@ def test_front_finetuned_and_remeasured_into_its_own_study(searched, tmp_path):
     assert all(t.user_attrs["latency_predicted"] for t in study.trials)
     front = rescore_front(net, url2, "p", config, steps=5, progress=False, lr=1e-4)
     assert front.study_name == "p/front"
+    # its hypervolume reference is the full model timed, like its trials' latency
+    assert front.user_attrs["full"]["latency_measured"] is True
+    assert front.user_attrs["full"]["latency_ms"] != study.user_attrs["full"]["latency_ms"]
     src = {t.number: t for t in study.best_trials}
     got = front.get_trials(states=(TrialState.COMPLETE,))
     distinct = {json.dumps(t.user_attrs["candidate"], sort_keys=True) for t in src.values()}
