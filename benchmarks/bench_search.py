@@ -36,7 +36,7 @@ import torch
 from optuna.trial import TrialState
 
 from vitpareto.search._checkpoint import load_supernet
-from vitpareto.search._pareto import front_hypervolume, normalized
+from vitpareto.search._pareto import front_hypervolume
 from vitpareto.search._query import trials_frame
 from vitpareto.search._study import SearchConfig, search
 from vitpareto.spaces import Candidate
@@ -84,9 +84,9 @@ def part_a(args) -> None:
     net = load_supernet(args.supernet)
     # build the latency table (one thread, as every search uses) before the workers need it
     config = SearchConfig(latency="predicted", latency_batch=64, threads=1)
-    from vitpareto.search._study import evaluators
+    from vitpareto.search._study import latency_evaluator
 
-    evaluators(net, config)
+    latency_evaluator(net, config)
     jobs = [
         (str(args.supernet), args.storage, s, k, args.trials, args.val_batches, p)
         for k in SEEDS
@@ -98,20 +98,15 @@ def part_a(args) -> None:
 
 
 def hv_curve(study, ref) -> dict[int, float]:
-    """Hypervolume of the feasible non-dominated set among the first n trials."""
+    """Hypervolume of the feasible trials among the first n (dominated ones add nothing)."""
     df = trials_frame(study).sort_values("trial")
     objectives = study.user_attrs["objectives"]
     out = {}
     for n in CHECKPOINTS:
-        head = df.iloc[:n].copy()
-        if len(head) < n:
-            continue
-        pts = normalized(head, objectives, ref)
-        keep = np.ones(len(pts), dtype=bool)
-        for i in range(len(pts)):  # non-dominated rows
-            keep[i] = not np.any(np.all(pts <= pts[i], axis=1) & np.any(pts < pts[i], axis=1))
-        head["pareto"] = keep
-        out[n] = front_hypervolume(head, objectives, ref)[0]
+        if len(df) >= n:
+            head = df.iloc[:n]
+            head = head[head["feasible"]].drop(columns="pareto")
+            out[n] = front_hypervolume(head, objectives, ref)[0]
     return out
 
 

@@ -17,6 +17,7 @@ from vitpareto.evaluators._latency import (
     LatencyEvaluator,
     Measurement,
     dynamic_latency,
+    expected_latency,
     measure_pair,
 )
 from vitpareto.evaluators._predictor import LatencyPredictor, PredictedLatencyEvaluator
@@ -47,6 +48,7 @@ __all__ = [
     "dynamic_latency",
     "exit_head_macs",
     "exit_macs",
+    "expected_latency",
     "exit_metrics",
     "export_onnx",
     "load_data",

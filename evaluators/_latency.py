@@ -149,8 +149,15 @@ class LatencyEvaluator(Evaluator):
     def evaluate(
         self, elastic: ElasticViT, candidate: Candidate, context: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
+        try:
+            return self._measure(elastic, candidate, context)
+        finally:
+            torch.set_num_threads(before)  # the threads are the measurement's, not the caller's
+
+    def _measure(self, elastic, candidate, context):
         x = self._input(elastic)
         model = elastic.extract(candidate).eval().to(self.device)
         candidate_fn = prepare(model, x, self.runtime)
@@ -183,17 +190,23 @@ class LatencyEvaluator(Evaluator):
                 for j in range(len(candidate.exits))
             ]
             seg_ms = [m.median_ms for m in segments] + [main.median_ms]
-            fractions = (context or {}).get("exit_fraction") or [0.0] * len(segments) + [1.0]
-            if len(fractions) != len(seg_ms):
-                raise VitParetoError(
-                    f"exit_fraction has {len(fractions)} entries, expected {len(seg_ms)}"
-                )
-            expected = sum(f * t for f, t in zip(fractions, seg_ms, strict=True))
+            expected = expected_latency(seg_ms, (context or {}).get("exit_fraction"))
             out["exit_latency_ms"] = seg_ms
             out["latency_ms"] = expected
             out["speedup"] = main.reference_ms / expected
             out["latency_flagged"] = main.flagged or any(m.flagged for m in segments)
         return out
+
+
+def expected_latency(segments: list[float], fractions: list[float] | None) -> float:
+    """Milliseconds of a multi-exit model, each exit's prefix time weighted by the share of
+    samples leaving there (the last segment: the whole model); no shares: all run to the end."""
+    fractions = fractions or [0.0] * (len(segments) - 1) + [1.0]
+    if len(fractions) != len(segments):
+        raise VitParetoError(
+            f"exit_fraction has {len(fractions)} entries, expected {len(segments)}"
+        )
+    return sum(f * t for f, t in zip(fractions, segments, strict=True))
 
 
 class _ExitPrefix(torch.nn.Module):

@@ -347,9 +347,10 @@ class PredictedLatencyEvaluator(Evaluator):
     def evaluate(
         self, elastic: ElasticViT, candidate: Candidate, context: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        from vitpareto.evaluators._latency import expected_latency
+
         seg = self.predictor.predict_segments(candidate)
-        fractions = (context or {}).get("exit_fraction") or [0.0] * (len(seg) - 1) + [1.0]
-        expected = sum(f * t for f, t in zip(fractions, seg, strict=True))
+        expected = expected_latency(seg, (context or {}).get("exit_fraction"))
         reference = self.predictor.predict(Candidate.full(elastic.spec))
         return {
             "latency_ms": expected,

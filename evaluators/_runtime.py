@@ -34,16 +34,21 @@ def prepare(model: nn.Module, example: torch.Tensor, runtime: str = "eager") -> 
     raise VitParetoError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> None:
-    """Write ``model`` as an ONNX graph for inputs shaped like ``example``."""
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | os.PathLike, dynamic_batch: bool = False
+) -> None:
+    """Write ``model`` as an ONNX graph (opset 17; input ``images``, output ``logits``) for
+    inputs shaped like ``example``, or of any batch size with ``dynamic_batch``."""
+    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
+            model.eval(),
             (example,),
             str(path),
             input_names=["images"],
             output_names=["logits"],
+            dynamic_axes=axes,
             opset_version=17,
             dynamo=False,
         )

@@ -9,6 +9,11 @@ from vitpareto.search._study import DEFAULT_STORAGE, DIRECTIONS, SAMPLERS
 from vitpareto.spaces import VitParetoError
 
 
+def storage_arg(p, help: str = f"Optuna storage URL ({DEFAULT_STORAGE})") -> None:
+    """The results database option of every command that reads or writes one."""
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=help)
+
+
 def add_parsers(sub) -> None:
     s = sub.add_parser(
         "search",
@@ -21,9 +26,7 @@ def add_parsers(sub) -> None:
         epilog="example: vitpareto search --supernet results/digits.pt --study digits --trials 40",
     )
     s.add_argument("--supernet", type=Path, required=True, help="checkpoint from `vitpareto train`")
-    s.add_argument(
-        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
-    )
+    storage_arg(s)
     s.add_argument("--study", required=True, help="study name (one per search)")
     s.add_argument("--trials", type=int, default=40, help="completed trials to reach (default: 40)")
     s.add_argument(
@@ -82,9 +85,7 @@ def add_parsers(sub) -> None:
         "(e.g. 'latency_ms < 5 and accuracy > 0.9'); knob columns are parameter names with "
         "'.' as '_' (heads_b3). In Python: vitpareto.search.load_trials(storage, study).",
     )
-    q.add_argument(
-        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
-    )
+    storage_arg(q)
     q.add_argument("--study", required=True, help="study name")
     q.add_argument("--pareto", action="store_true", help="only the non-dominated feasible trials")
     q.add_argument("--where", help="filter, a pandas expression over the columns")
@@ -106,9 +107,7 @@ def add_parsers(sub) -> None:
         "NAME/front) carry their own weights.",
         epilog="example: vitpareto export --study digits --pareto --out results/digits-front",
     )
-    e.add_argument(
-        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
-    )
+    storage_arg(e)
     e.add_argument("--study", required=True, help="study name (NAME/front for fine-tuned models)")
     e.add_argument("--pareto", action="store_true", help="export every trial on the front")
     e.add_argument(
@@ -131,16 +130,12 @@ def add_parsers(sub) -> None:
         "details on hover; the hypervolume; the front as a table), front.png and knobs.png "
         "(each knob against each objective) into --out.",
     )
-    r.add_argument(
-        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
-    )
+    storage_arg(r)
     r.add_argument("--study", required=True, help="study name")
     r.add_argument("--out", type=Path, required=True, help="directory for the report files")
 
     st = sub.add_parser("studies", help="list the studies of a results database")
-    st.add_argument(
-        "--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL ({DEFAULT_STORAGE})"
-    )
+    storage_arg(st)
 
 
 def cmd_search(args) -> int:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from vitpareto.search._cli_search import storage_arg
 from vitpareto.spaces import VitParetoError
 
 # options that set TrainConfig fields of the same name
@@ -106,9 +107,7 @@ def add_parsers(sub) -> None:
     which.add_argument("--candidate", help="candidate as JSON text or a .json file")
     which.add_argument("--trial", type=int, metavar="N", help="the candidate of trial N of --study")
     f.add_argument("--study", help="study of --trial")
-    f.add_argument(
-        "--storage", default="sqlite:///results/vitpareto.db", help="results database of --study"
-    )
+    storage_arg(f, help="results database of --study")
     f.add_argument("--out", type=Path, required=True, help="model directory to write")
     f.add_argument("--force", action="store_true", help="replace --out if it exists")
     f.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")

@@ -124,21 +124,26 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> CompressedViT:
 
     path = Path(path)
     cfg = read_config(path)
-    candidate = Candidate.from_dict(cfg["candidate"])
-    vit = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
-    elastic = ElasticViT(vit, importance="identity", exit_blocks=candidate.exits)
-    model = elastic.extract(candidate)
     try:
         state = load_file(str(path / WEIGHTS))
     except FileNotFoundError:
         raise VitParetoError(f"{str(path)!r} has no {WEIGHTS}") from None
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise VitParetoError(f"{str(path / WEIGHTS)!r} is damaged: {e}") from None
+    model = rebuild(cfg["model"], Candidate.from_dict(cfg["candidate"]), state, str(path))
+    return model.to(device).eval()
+
+
+def rebuild(model_cfg: dict[str, Any], candidate: Candidate, state: dict, source: str):
+    """The compressed model a recipe describes (timm name and options, candidate), filled
+    strictly with ``state``: timm builds it, the candidate cuts it, the weights fill it."""
+    vit = create_model(model_cfg["name"], **model_cfg["kwargs"])
+    model = ElasticViT(vit, importance="identity", exit_blocks=candidate.exits).extract(candidate)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise VitParetoError(f"the weights in {str(path)!r} do not fit its config: {e}") from None
-    return model.to(device).eval()
+        raise VitParetoError(f"the weights in {source!r} do not fit its config: {e}") from None
+    return model.eval()
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:

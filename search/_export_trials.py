@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vitpareto.search._export import model_files, write_dir_atomic
-from vitpareto.spaces import Candidate, ElasticViT, VitParetoError, create_model
+from vitpareto.evaluators import export_onnx
+from vitpareto.search._export import model_files, rebuild, write_dir_atomic
+from vitpareto.spaces import Candidate, VitParetoError
 
 
 def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
@@ -49,13 +49,9 @@ def build_model(study, trial, supernet=None, artifacts=None):
 
     cand = Candidate.from_dict(trial.user_attrs["candidate"])
     if "weights_artifact" in trial.user_attrs:
-        model_cfg = study.user_attrs["model"]
-        vit = create_model(model_cfg["name"], **model_cfg["kwargs"])
-        model = ElasticViT(vit, importance="identity", exit_blocks=cand.exits).extract(cand)
         store = artifacts or trial.user_attrs["artifacts"]
         state = load_weights(store, trial.user_attrs["weights_artifact"])
-        model.load_state_dict(state)
-        return model.eval()
+        return rebuild(study.user_attrs["model"], cand, state, str(store))
     if supernet is None:
         raise VitParetoError("this trial's weights are the supernet's: pass --supernet CKPT")
     if supernet.sha256 != study.user_attrs.get("supernet_sha256"):
@@ -116,7 +112,9 @@ def export_trials(
         if portable:
             example = torch.randn(2, 3, *image_size(model))  # 2: batch 1 would be specialised
             files["model.pt2"] = lambda dest, m=model, x=example: export_pt2(m, x, dest)
-            files["model.onnx"] = lambda dest, m=model, x=example: export_onnx(m, x, dest)
+            files["model.onnx"] = lambda dest, m=model, x=example: export_onnx(
+                m, x, dest, dynamic_batch=True
+            )
         written.append(write_dir_atomic(d, files, force=force))
     return written
 
@@ -133,22 +131,6 @@ def export_pt2(model, example: torch.Tensor, dest) -> None:
     with torch.no_grad():
         ep = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
     torch.export.save(ep, str(dest))
-
-
-def export_onnx(model, example: torch.Tensor, dest) -> None:
-    """ONNX (opset 17) of the static forward; input ``images``, output ``logits``."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.eval(),
-            (example,),
-            str(dest),
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
 
 
 def model_card(study, trial, model) -> str:

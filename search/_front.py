@@ -56,7 +56,7 @@ def rescore_front(
     from optuna.trial import TrialState, create_trial
     from tqdm import tqdm
 
-    from vitpareto.evaluators import AccuracyEvaluator, LatencyEvaluator
+    from vitpareto.evaluators import AccuracyEvaluator, LatencyEvaluator, expected_latency
     from vitpareto.search._finetune import FinetuneConfig, finetune
     from vitpareto.search._query import load_study
     from vitpareto.search._study import open_storage
@@ -67,12 +67,12 @@ def rescore_front(
         **src.user_attrs,
         "source_study": name,
         "finetune_steps": steps,
+        "finetune_lr": lr,
         "latency_source": "measured",
     }
     dst = optuna.create_study(
         study_name=name + SUFFIX, storage=store, directions=src.directions, load_if_exists=True
     )
-    attrs["finetune_lr"] = lr
     if dst.user_attrs and dst.user_attrs.get("finetune_steps") != steps:
         raise VitParetoError(
             f"study {name + SUFFIX!r} was fine-tuned with {dst.user_attrs.get('finetune_steps')} "
@@ -95,9 +95,7 @@ def rescore_front(
     if not todo:
         return dst
     store_dir = (Path(artifacts) if artifacts else default_artifacts(storage_url)).resolve()
-    recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed)
-    if lr is not None:
-        recipe = FinetuneConfig(steps=recipe.steps, seed=config.seed, lr=lr)
+    recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed, **({"lr": lr} if lr else {}))
     # the supernet's own train/validation split, batched as the fine-tuning recipe says
     data = supernet.load_data(batch_size=recipe.batch_size)
     acc = AccuracyEvaluator(data.val, device=config.device, progress=False)
@@ -127,9 +125,7 @@ def rescore_front(
             segments = metrics.get("exit_latency_ms")
             if segments and not t.user_attrs.get("latency_predicted"):
                 # exits: the expected latency follows where the fine-tuned model's samples leave
-                expected = sum(
-                    f * ms for f, ms in zip(metrics["exit_fraction"], segments, strict=True)
-                )
+                expected = expected_latency(segments, metrics["exit_fraction"])
                 metrics["speedup"] = metrics["speedup"] * metrics["latency_ms"] / expected
                 metrics["latency_ms"] = expected
             metrics["weights_artifact"] = _store_weights(store_dir, ft.model)

@@ -118,7 +118,7 @@ def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path
     fig.savefig(paths["knobs"])
     plt.close(fig)
 
-    page = _html(study, df, knobs, front, x, y, hv, describe_reference(ref), second)
+    page = _html(study, df, front, x, y, hv, describe_reference(ref), second)
     paths["html"].write_text(page)
     return paths
 
@@ -135,64 +135,53 @@ def _rescored(study):
         return None
 
 
-def _html(study, df, knobs, front, x, y, hv, ref_text, second=None) -> str:
+def _html(study, df, front, x, y, hv, ref_text, second=None) -> str:
     import plotly.graph_objects as go
 
     cols = [c for c in ("accuracy", "latency_ms", "speedup", "macs", "params") if c in df]
-    hover = df[cols].join(knobs).round(4)
-    text = [
-        f"trial {t}<br>" + "<br>".join(f"{k}: {v}" for k, v in row.items())
-        for t, (_, row) in zip(df["trial"], hover.iterrows(), strict=True)
+
+    def hover(rows, label: str) -> list[str]:
+        shown = rows[[c for c in cols if c in rows]].join(knob_summary(rows)).round(4)
+        return [
+            f"{label} {t}<br>" + "<br>".join(f"{k}: {v}" for k, v in r.items())
+            for t, (_, r) in zip(rows[label.replace(" ", "_")], shown.iterrows(), strict=True)
+        ]
+
+    def table(rows, first: str, extra: tuple[str, ...] = ()) -> str:
+        show = [c for c in (first, *cols, *extra, "fidelity") if c in rows]
+        return (
+            rows[show]
+            .join(knob_summary(rows))
+            .to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        )
+
+    traces = [
+        (df, "trials", "markers", dict(color="#9aa7b8", size=7), None, "trial"),
+        (front, "front", "lines+markers", dict(color="#1f77b4", size=9), None, "trial"),
     ]
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=df[x],
-            y=df[y],
-            mode="markers",
-            name="trials",
-            marker=dict(color="#9aa7b8", size=7),
-            hovertext=text,
-            hoverinfo="text",
-        )
-    )
-    front_text = [text[i] for i in front.index]
-    fig.add_trace(
-        go.Scatter(
-            x=front[x],
-            y=front[y],
-            mode="lines+markers",
-            name="front",
-            marker=dict(color="#1f77b4", size=9),
-            hovertext=front_text,
-            hoverinfo="text",
-        )
-    )
     table2 = ""
     if second is not None and not second.empty:
         f2 = second[second["pareto"]].sort_values(x)
-        k2 = knob_summary(f2)
+        marker = dict(color="#2ca02c", size=9, symbol="diamond")
+        traces.append((f2, "front re-scored", "lines+markers", marker, "dash", "source trial"))
+        table2 = (
+            f"<h2>The front re-scored (study {html.escape(study.study_name)}/front)</h2>"
+            + table(f2, "source_trial", ("shared_accuracy",))
+        )
+    fig = go.Figure()
+    for rows, name, mode, marker, dash, label in traces:
         fig.add_trace(
             go.Scatter(
-                x=f2[x],
-                y=f2[y],
-                mode="lines+markers",
-                name="front re-scored",
-                marker=dict(color="#2ca02c", size=9, symbol="diamond"),
-                line=dict(dash="dash"),
-                hovertext=[
-                    f"source trial {s}<br>fidelity {fi}<br>accuracy {a:.4f}<br>{x} {v:.4g}"
-                    for s, fi, a, v in zip(
-                        f2["source_trial"], f2["fidelity"], f2["accuracy"], f2[x], strict=True
-                    )
-                ],
+                x=rows[x],
+                y=rows[y],
+                mode=mode,
+                name=name,
+                marker=marker,
+                line=dict(dash=dash) if dash else None,
+                hovertext=hover(rows, label),
                 hoverinfo="text",
             )
         )
-        show2 = [c for c in ("source_trial", *cols, "shared_accuracy", "fidelity") if c in f2]
-        table2 = f"<h2>The front re-scored (study {html.escape(study.study_name)}/front)</h2>" + f2[
-            show2
-        ].join(k2).to_html(index=False, float_format=lambda v: f"{v:.4g}")
     fig.update_layout(
         xaxis_title=LABELS.get(x, x),
         yaxis_title=LABELS.get(y, y),
@@ -200,8 +189,7 @@ def _html(study, df, knobs, front, x, y, hv, ref_text, second=None) -> str:
         height=520,
     )
     plot = fig.to_html(full_html=False, include_plotlyjs=True)
-    show = [c for c in ("trial", *cols, "fidelity") if c in front]
-    table = front[show].join(knobs).to_html(index=False, float_format=lambda v: f"{v:.4g}")
+    front_table = table(front, "trial")
     a = study.user_attrs
     model = a.get("model", {}).get("name", "?")
     target = a.get("target") or {}
@@ -219,7 +207,7 @@ reference and a perfect, free model that the front dominates).</p>
 {plot}
 <h2>The front</h2>
 <p>Plots as images: <a href="front.png">front.png</a>, <a href="knobs.png">knobs.png</a>.</p>
-{table}
+{front_table}
 {table2}
 </body></html>
 """

@@ -234,30 +234,38 @@ def open_study(storage_url: str, name: str, supernet, config: SearchConfig, work
 
 
 def evaluators(supernet, config: SearchConfig, lock: str | None = None) -> list:
-    """Cost, accuracy on the shared weights, and latency (measured, or from the latency
-    table); ``lock`` serialises latency measurements across processes on one machine."""
-    from vitpareto.evaluators import (
-        AccuracyEvaluator,
-        CostEvaluator,
-        LatencyEvaluator,
-        LatencyPredictor,
-        PredictedLatencyEvaluator,
-    )
+    """Cost, accuracy on the shared weights, and latency (see ``latency_evaluator``)."""
+    from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator
 
     data = supernet.load_data(batch_size=128)  # the split the supernet was trained with
     acc = AccuracyEvaluator(
         data.val, device=config.device, max_batches=config.max_batches, progress=False
     )
+    return [CostEvaluator(), acc, latency_evaluator(supernet, config, lock)]
+
+
+def latency_evaluator(supernet, config: SearchConfig, lock: str | None = None):
+    """Latency measured with the study's threads, or read from the latency table built with
+    them; ``lock`` serialises measurements across processes on one machine."""
+    from vitpareto.evaluators import (
+        LatencyEvaluator,
+        LatencyPredictor,
+        PredictedLatencyEvaluator,
+    )
+
     if config.latency == "predicted":
         with _threads(config.threads):  # the table is keyed by the threads it was timed with
             table = LatencyPredictor.cached(
                 supernet.elastic, supernet.space, config.device, config.latency_batch
             )
-        return [CostEvaluator(), acc, PredictedLatencyEvaluator(table)]
+        return PredictedLatencyEvaluator(table)
     latency = LatencyEvaluator(
-        device=config.device, batch_size=config.latency_batch, repeats=config.latency_repeats
+        device=config.device,
+        batch_size=config.latency_batch,
+        repeats=config.latency_repeats,
+        threads=config.threads,
     )
-    return [CostEvaluator(), acc, _Target(latency, config.threads, lock)]
+    return _Locked(latency, lock) if lock else latency
 
 
 @contextlib.contextmanager
@@ -274,21 +282,17 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-class _Target:
-    """Latency measured as on the target: with its thread count, and under an exclusive
-    file lock (``lock``) so that workers on one machine measure one model at a time."""
+class _Locked:
+    """An evaluator run under an exclusive file lock: one measurement at a time on a machine."""
 
-    def __init__(self, evaluator, threads: int | None, lock: str | None):
-        self.evaluator, self.threads, self.lock = evaluator, threads, lock
-        self.name = evaluator.name
+    def __init__(self, evaluator, path: str):
+        self.evaluator, self.path, self.name = evaluator, path, evaluator.name
 
     def __call__(self, elastic, candidate, context=None):
-        with _threads(self.threads), contextlib.ExitStack() as stack:
-            if self.lock:
-                import fcntl
+        import fcntl
 
-                f = stack.enter_context(open(self.lock, "a"))
-                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        with open(self.path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
             return self.evaluator(elastic, candidate, context)
 
 
@@ -303,13 +307,12 @@ def record(trial, candidate, metrics: dict[str, Any], config: SearchConfig, fide
     return tuple(float(metrics[o]) for o in config.objectives)
 
 
-def optimize(study, supernet, trials: int, config: SearchConfig, lock=None, callbacks=()):
-    """Run trials on this process until ``trials`` are complete in the study."""
+def optimize(study, supernet, trials: int, config: SearchConfig, evs: list, callbacks=()):
+    """Run trials on this process, scored by ``evs``, until ``trials`` are complete."""
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     elastic = supernet.elastic.eval()
-    evs = evaluators(supernet, config, lock)
 
     def objective(trial):
         _claim(study, trial, trials)
@@ -339,8 +342,6 @@ def _claim(study, trial, trials: int) -> None:
     """Go on only if this trial is needed to reach ``trials``: wait while trials started
     earlier (by other workers) could complete the count, and stand down (pruned, so never
     counted) once they have. Without it, workers finishing together overshoot the count."""
-    import time
-
     import optuna
     from optuna.trial import TrialState
 
@@ -385,18 +386,18 @@ def search(
 
         config = replace(config, threads=torch.get_num_threads())
     study = open_study(storage_url, name, supernet, config)
+    evs = evaluators(supernet, config) if jobs == 1 else [latency_evaluator(supernet, config)]
     full = dict(study.user_attrs.get("full") or {})
     if "latency_ms" not in full:  # the hypervolume's reference, fixed for the whole study
         from vitpareto.spaces import Candidate
 
-        latency = evaluators(supernet, config)[-1]
-        full["latency_ms"] = latency(
+        full["latency_ms"] = evs[-1](
             supernet.elastic.eval(), Candidate.full(supernet.elastic.spec)
         )["latency_ms"]
         study.set_user_attr("full", full)
     with SearchProgress(study, trials, config.objectives, enabled=progress) as bar:
         if jobs == 1:
-            optimize(study, supernet, trials, config, callbacks=[bar.callback])
+            optimize(study, supernet, trials, config, evs, callbacks=[bar.callback])
         else:
             _parallel(supernet, storage_url, name, trials, config, jobs, bar)
     return study
@@ -450,6 +451,6 @@ def _worker(path, storage_url, name, trials, config, threads, lock, index):
     supernet = load_supernet(path)
     study = open_study(storage_url, name, supernet, config, worker=index + 1)
     try:
-        optimize(study, supernet, trials, config, lock=lock)
+        optimize(study, supernet, trials, config, evaluators(supernet, config, lock))
     except KeyboardInterrupt:
         sys.exit(130)

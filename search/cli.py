@@ -229,11 +229,15 @@ def cmd_cost(args) -> int:
 def cmd_latency(args) -> int:
     import copy
 
+    import torch
+
     from vitpareto.evaluators import LatencyEvaluator, LatencyPredictor
     from vitpareto.spaces import ElasticViT, JointSpace
 
     for name in ("batch", "repeats", "threads"):
         _positive(name, getattr(args, name))
+    if args.threads:  # the measurement and the latency table's key both use them
+        torch.set_num_threads(args.threads)
     evaluator = LatencyEvaluator(
         device=args.device,
         batch_size=args.batch,
