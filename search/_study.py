@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,6 +33,10 @@ DIRECTIONS = {
 }
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 HEARTBEAT_S = 10
+# this process, as recorded by each trial it runs: concurrent searches on one study (other
+# processes, other machines) tell their trials apart by it
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+STARTED = time.time()
 # what a resumed study must keep: trials scored otherwise would not compare
 SETTINGS = (
     "device",
@@ -125,19 +131,29 @@ def open_storage(url: str, create: bool = True):
         if not create and not path.stat().st_size:
             raise VitParetoError(f"storage {url!r}: {str(path)!r} is empty; no studies in it")
         path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=3 * HEARTBEAT_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=2
-            ),
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError, RuntimeError) as e:
-        raise VitParetoError(
-            f"storage {url!r} cannot be opened as a results database: {e}"
-        ) from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=3 * HEARTBEAT_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=2
+                ),
+            )
+        except sqlalchemy.exc.IntegrityError:
+            # processes started together on a new database race to create its tables;
+            # the loser finds them made on its next try
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
+        except ImportError as e:
+            hint = "pip install 'vitpareto[postgres]'" if url.startswith("postgres") else str(e)
+            raise VitParetoError(f"storage {url!r} needs a database driver: {hint}") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as e:
+            raise VitParetoError(
+                f"storage {url!r} cannot be opened as a results database: {e}"
+            ) from None
 
 
 def _has_optuna_tables(path: Path) -> bool:
@@ -152,12 +168,13 @@ def _has_optuna_tables(path: Path) -> bool:
     return {"studies", "alembic_version"} <= names
 
 
-def _sampler(config: SearchConfig, space, worker: int = 0):
+def _sampler(config: SearchConfig, space, worker: int = 0, salt: int = 0):
     """Optuna's sampler; NSGA-II and TPE read the constraints each trial sets. Each
-    worker draws its own random stream (one seed would make them suggest the same)."""
+    worker draws its own random stream (one seed would make them suggest the same), and so
+    does a process joining a study that has trials (``salt``: their count)."""
     import optuna
 
-    seed = config.seed + 1000 * worker
+    seed = config.seed + 1000 * worker + 7919 * salt
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=config.population, seed=seed)
     if config.sampler == "tpe":
@@ -224,7 +241,7 @@ def open_study(storage_url: str, name: str, supernet, config: SearchConfig, work
         study_name=name,
         storage=storage,
         directions=directions,
-        sampler=_sampler(config, supernet.space, worker),
+        sampler=_sampler(config, supernet.space, worker, len(existing.trials) if existing else 0),
         load_if_exists=True,
     )
     if existing is None:
@@ -316,7 +333,9 @@ def optimize(study, supernet, trials: int, config: SearchConfig, evs: list, call
 
     def objective(trial):
         _claim(study, trial, trials)
+        trial.set_user_attr("worker", WORKER)
         candidate = supernet.space.suggest(trial)
+        _unique(study, trial)
         metrics: dict[str, Any] = {}
         seconds = {}
         for ev in evs:
@@ -324,6 +343,7 @@ def optimize(study, supernet, trials: int, config: SearchConfig, evs: list, call
             metrics.update(ev(elastic, candidate, metrics))
             seconds[ev.name] = time.perf_counter() - start
         metrics["stage_seconds"] = seconds
+        _unique(study, trial)  # a twin may have been suggested while this one was scored
         return record(trial, candidate, metrics, config, "shared")
 
     while True:  # trials that stood down (or were cut off) leave the count short: go on
@@ -358,6 +378,24 @@ def _claim(study, trial, trials: int) -> None:
             return
         time.sleep(0.5)
         optuna.storages.fail_stale_trials(study)  # a crashed worker's trial stops blocking
+
+
+def _unique(study, trial) -> None:
+    """Stand down (pruned, never counted) when another process working on this study now
+    holds the same candidate in an earlier trial: concurrent searches (``--jobs``, several
+    machines on one PostgreSQL study) then never count one candidate twice. Repeats within
+    one process, and of trials from before it started, are the sampler's own business."""
+    import optuna
+    from optuna.trial import TrialState
+
+    mine = trial.params
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
+        if t.number >= trial.number or t.params != mine:
+            continue
+        other = t.user_attrs.get("worker")
+        since = t.state == TrialState.RUNNING or t.datetime_complete.timestamp() >= STARTED - 1
+        if other and other != WORKER and since:
+            raise optuna.TrialPruned(f"trial {t.number} of {other} has this candidate")
 
 
 def search(
