@@ -93,10 +93,10 @@ class RayCluster:
             cmd += [f"--temp-dir={self.root / 'ray'}"]
         else:
             cmd += [f"--address={self.address}"]
-        log = open(self.root / f"{name}.log", "w")
-        self.nodes[name] = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
+        with open(self.root / f"{name}.log", "w") as log:  # the child keeps its own copy
+            self.nodes[name] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
         self.wait_nodes(len(self.nodes))
 
     def alive(self) -> list[dict]:
