@@ -76,6 +76,32 @@ def add_parsers(sub) -> None:
         "--artifacts", type=Path, help="where fine-tuned weights go (default: beside the database)"
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = s.add_argument_group(
+        "Ray cluster",
+        "--backend ray runs the trials on a Ray cluster through Ray Tune's OptunaSearch, "
+        "into the same study and database (use PostgreSQL when several machines write it)",
+    )
+    r.add_argument("--backend", default="local", choices=["local", "ray"], help="(default: local)")
+    r.add_argument(
+        "--address",
+        help="Ray cluster to join: auto (the one started on this machine) or HOST:PORT "
+        "(default: start Ray on this machine)",
+    )
+    r.add_argument("--cpus-per-trial", type=float, default=1, help="(default: 1)")
+    r.add_argument("--gpus-per-trial", type=float, default=0, help="(default: 0)")
+    r.add_argument(
+        "--target",
+        metavar="NAME",
+        help="measure latency only on nodes started with --resources '{\"target:NAME\": 1}', "
+        "one model at a time each (default: where each trial runs)",
+    )
+    r.add_argument(
+        "--wait-for-target",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long for a node holding the target to join (default: 0, stop at once)",
+    )
 
     q = sub.add_parser(
         "query",
@@ -162,11 +188,32 @@ def cmd_search(args) -> int:
     if args.batch < 1:
         raise VitParetoError(f"--batch must be at least 1, got {args.batch}")
     resolve_device(args.device)  # an unknown or absent device is refused before any work
+    if args.backend == "local" and (args.target or args.address):
+        raise VitParetoError("--target and --address need --backend ray")
+    if args.backend == "ray" and args.jobs != 1:
+        raise VitParetoError("--jobs is for the local backend; Ray runs trials as its CPUs allow")
     net = load_supernet(args.supernet)
     progress = not args.no_progress
-    study = search(
-        net, args.storage, args.study, args.trials, config, progress=progress, jobs=args.jobs
-    )
+    if args.backend == "ray":
+        from vitpareto.search._ray import ray_search
+
+        study = ray_search(
+            net,
+            args.storage,
+            args.study,
+            args.trials,
+            config,
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            target=args.target,
+            wait_target=args.wait_for_target,
+            progress=progress,
+        )
+    else:
+        study = search(
+            net, args.storage, args.study, args.trials, config, progress=progress, jobs=args.jobs
+        )
     print_front(study)
     if needed(config, args.finetune_front):
         front = rescore_front(

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,7 @@ def start_postgres():
         out = subprocess.run([*as_user, *cmd], capture_output=True, text=True)
         if out.returncode:
             raise RuntimeError(f"{cmd[0]} failed: {out.stderr or out.stdout}")
+
     run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "vitpareto")
     opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=200"
     run(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(data / "log"), "-w", "start")
@@ -76,6 +78,8 @@ class RayCluster:
     def __init__(self, root: Path):
         self.root, self.port, self.nodes = root, free_port(), {}
         self.address = f"127.0.0.1:{self.port}"
+        # the cluster's own token: its nodes, this process and the drivers it starts share it
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
         self.env = {
             **os.environ,
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -89,7 +93,7 @@ class RayCluster:
         cmd = [ray_bin(), "start", "--block", "--node-ip-address=127.0.0.1"]
         cmd += [f"--num-cpus={cpus}", f"--resources={resources}", "--disable-usage-stats"]
         if head:
-            cmd += [f"--port={self.port}", "--include-dashboard=false"]
+            cmd += ["--head", f"--port={self.port}", "--include-dashboard=false"]
             cmd += [f"--temp-dir={self.root / 'ray'}"]
         else:
             cmd += [f"--address={self.address}"]
@@ -97,7 +101,19 @@ class RayCluster:
             self.nodes[name] = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
             )
+        self._wait_started(name)
         self.wait_nodes(len(self.nodes))
+
+    def _wait_started(self, name: str, timeout: float = 120) -> None:
+        log, proc = self.root / f"{name}.log", self.nodes[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray node {name} exited: {log.read_text()[-3000:]}")
+            if "Ray runtime started" in log.read_text():
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"ray node {name} did not start: {log.read_text()[-3000:]}")
 
     def alive(self) -> list[dict]:
         import ray
@@ -110,8 +126,6 @@ class RayCluster:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.nodes[next(iter(self.nodes))].poll() is not None:
-                raise RuntimeError((self.root / "head.log").read_text()[-3000:])
             try:
                 if not ray.is_initialized():
                     ray.init(address=self.address, logging_level="ERROR")

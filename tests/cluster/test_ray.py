@@ -1,0 +1,137 @@
+"""Search on a real Ray cluster: a head and workers started by `ray start` as processes of
+their own on loopback, the driver a separate `vitpareto search --backend ray` process. The
+trials land in one database; latency runs only on the node holding the target; a worker
+node or the driver killed mid-search loses no completed trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.cluster.servers import RayCluster
+from tests.cluster.test_postgres import search_cmd
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = RayCluster(tmp_path_factory.mktemp("ray"))
+    try:
+        c.start("head", cpus=1, head=True)
+        c.start("probe", cpus=1, resources='{"target:probe": 1}')
+        yield c
+    finally:
+        c.stop()
+
+
+def ray_cmd(net, url, study, trials, cluster, *extra):
+    return search_cmd(
+        net, url, study, trials, "--backend", "ray", "--address", cluster.address, *extra
+    )
+
+
+def complete(url, study):
+    try:
+        s = optuna.load_study(study_name=study, storage=url)
+    except KeyError:
+        return []
+    return s.get_trials(states=(TrialState.COMPLETE,))
+
+
+def node_of(cluster, resource):
+    return next(n["NodeID"] for n in cluster.alive() if resource in n["Resources"])
+
+
+def test_latency_only_on_the_target_node(net, cluster, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    out = subprocess.run(
+        ray_cmd(net, url, "t", 6, cluster, "--target", "probe"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = complete(url, "t")
+    assert len(done) == 6
+    probe = node_of(cluster, "target:probe")
+    assert {t.user_attrs["latency_node"] for t in done} == {probe}
+    live = {n["NodeID"] for n in cluster.alive()}
+    assert {t.user_attrs["trial_node"] for t in done} <= live
+    study = optuna.load_study(study_name="t", storage=url)
+    assert study.user_attrs["target_name"] == "probe"
+    assert "front:" in out.stdout  # the same front table as the local backend
+
+
+def test_a_target_no_node_holds_is_refused(net, cluster, tmp_path):
+    db = tmp_path / "r.db"
+    out = subprocess.run(
+        ray_cmd(net, f"sqlite:///{db}", "t", 4, cluster, "--target", "orin"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "target:orin" in out.stderr and "ray start" in out.stderr
+    assert not db.exists()  # nothing measured, nothing stored
+
+
+def _kill_when(url, study, n, proc, kill, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(complete(url, study)) >= n:
+            kill()
+            return {t.number: t.values for t in complete(url, study)}
+        time.sleep(0.3)
+    raise AssertionError(f"the search ended or stalled before {n} trials: {proc.poll()}")
+
+
+def test_a_killed_worker_node_loses_nothing(net, cluster, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    cluster.start("doomed", cpus=1)
+    doomed = {n["NodeID"] for n in cluster.alive()} - {
+        node_of(cluster, "target:probe"),
+        node_of(cluster, "node:__internal_head__"),
+    }
+    proc = subprocess.Popen(
+        ray_cmd(net, url, "k", 14, cluster),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        kept = _kill_when(url, "k", 3, proc, lambda: cluster.kill("doomed"))
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    done = complete(url, "k")
+    assert len(done) == 14
+    assert all(kept[t.number] == t.values for t in done if t.number in kept)
+    after_kill = [t for t in done if t.number not in kept]
+    assert not {t.user_attrs["trial_node"] for t in after_kill} & doomed
+
+
+def test_a_killed_driver_resumes(net, cluster, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    cmd = ray_cmd(net, url, "d", 10, cluster)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        kept = _kill_when(url, "d", 3, proc, lambda: os.kill(proc.pid, signal.SIGKILL))
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = complete(url, "d")
+    assert len(done) == 10
+    assert all(kept[t.number] == t.values for t in done if t.number in kept)
