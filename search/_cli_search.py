@@ -216,6 +216,19 @@ def cmd_search(args) -> int:
         )
     print_front(study)
     if needed(config, args.finetune_front):
+        scorer = None
+        if args.backend == "ray":
+            from functools import partial
+
+            from vitpareto.search._ray import RayScorer
+
+            scorer = partial(
+                RayScorer,
+                target=args.target,
+                cpus=args.cpus_per_trial,
+                gpus=args.gpus_per_trial,
+                address=args.address,
+            )
         front = rescore_front(
             net,
             args.storage,
@@ -225,6 +238,7 @@ def cmd_search(args) -> int:
             artifacts=args.artifacts,
             progress=progress,
             lr=args.finetune_lr,
+            scorer=scorer,
         )
         print()
         print_front(front)

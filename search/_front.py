@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +47,20 @@ def rescore_front(
     artifacts: str | Path | None = None,
     progress: bool = True,
     lr: float | None = None,
+    scorer=None,
 ):
     """Re-score the front of study ``name`` into ``name + '/front'``; return that study.
 
-    Resumable: candidates already re-scored are skipped, so a cut-off stage (or a front
-    that grew with more trials) is completed by running it again.
+    ``scorer(supernet, config, recipe)`` makes what does the work: ``LocalScorer`` (the
+    default) here, ``RayScorer`` across a Ray cluster. Resumable: candidates already
+    re-scored are skipped, so a cut-off stage (or a front that grew with more trials) is
+    completed by running it again.
     """
     import optuna
     from optuna.trial import TrialState, create_trial
     from tqdm import tqdm
 
-    from vitpareto.evaluators import AccuracyEvaluator, LatencyEvaluator, expected_latency
-    from vitpareto.search._finetune import FinetuneConfig, finetune
+    from vitpareto.search._finetune import FinetuneConfig
     from vitpareto.search._query import load_study
     from vitpareto.search._study import open_storage
 
@@ -96,46 +99,22 @@ def rescore_front(
         return dst
     store_dir = (Path(artifacts) if artifacts else default_artifacts(storage_url)).resolve()
     recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed, **({"lr": lr} if lr else {}))
-    # the supernet's own train/validation split, batched as the fine-tuning recipe says
-    data = supernet.load_data(batch_size=recipe.batch_size)
-    acc = AccuracyEvaluator(data.val, device=config.device, progress=False)
-    latency = LatencyEvaluator(
-        device=config.device,
-        batch_size=config.latency_batch,
-        repeats=config.latency_repeats,
-        threads=config.threads or src.user_attrs.get("config", {}).get("threads"),
-    )
-    elastic = supernet.elastic.eval()
+    threads = config.threads or src.user_attrs.get("config", {}).get("threads")
+    scorer = (scorer or LocalScorer)(supernet, replace(config, threads=threads), recipe)
     full = dict(dst.user_attrs.get("full") or {})
     if predicted and not full.get("latency_measured"):
         # the hypervolume's reference in the units of this study: the full model, timed
-        full["latency_ms"] = latency(elastic, Candidate.full(elastic.spec))["latency_ms"]
+        full["latency_ms"] = scorer.full_latency()
         full["latency_measured"] = True
         dst.set_user_attr("full", full)
-    bar = tqdm(todo, desc=f"front of {name}", unit="model", disable=not progress, file=sys.stderr)
-    for t in bar:
-        cand = Candidate.from_dict(t.user_attrs["candidate"])
-        metrics: dict[str, Any] = dict(t.user_attrs)
+    bar = tqdm(
+        total=len(todo), desc=f"front of {name}", unit="model", disable=not progress, file=sys.stderr
+    )
+    for t, metrics, blob in scorer(todo, steps):
         metrics.update(source_trial=t.number, shared_accuracy=t.user_attrs["accuracy"])
-        fidelity = "shared"
-        if steps:
-            ft = finetune(supernet, cand, recipe, device=config.device, progress=False, data=data)
-            metrics.update(acc.score(ft.model, elastic.spec))
-            metrics["finetune"] = ft.metrics["finetune"]
-            segments = metrics.get("exit_latency_ms")
-            if segments and not t.user_attrs.get("latency_predicted"):
-                # exits: the expected latency follows where the fine-tuned model's samples leave
-                expected = expected_latency(segments, metrics["exit_fraction"])
-                metrics["speedup"] = metrics["speedup"] * metrics["latency_ms"] / expected
-                metrics["latency_ms"] = expected
-            metrics["weights_artifact"] = _store_weights(store_dir, ft.model)
+        if blob is not None:
+            metrics["weights_artifact"] = _store_weights(store_dir, blob)
             metrics["artifacts"] = str(store_dir)
-            fidelity = "finetuned"
-        if t.user_attrs.get("latency_predicted"):
-            metrics["predicted_latency_ms"] = t.user_attrs["latency_ms"]
-            metrics.update(latency(elastic, cand, metrics))
-            metrics["latency_predicted"] = False
-        metrics["fidelity"] = fidelity
         user_attrs = {k: json.loads(json.dumps(v, default=float)) for k, v in metrics.items()}
         constraints = {f"constraints:{k}": float(v) for k, v in config.violations(metrics).items()}
         dst.add_trial(
@@ -147,17 +126,86 @@ def rescore_front(
                 system_attrs=constraints,
             )
         )
+        bar.update()
         bar.set_postfix(trial=t.number, accuracy=f"{metrics['accuracy']:.3f}")
+    bar.close()
     return dst
 
 
-def _store_weights(store_dir: Path, model) -> str:
-    """Write a model's weights (safetensors) into the artifact store; return its id."""
-    from optuna.artifacts import FileSystemArtifactStore
+def score(supernet, attrs: dict, steps: int, recipe, acc, data, device: str, latency=None):
+    """One front trial at the higher fidelity: fine-tuned ``steps`` (when > 0) and scored on
+    the whole validation set; its latency re-measured with ``latency`` where it was
+    predicted (``None``: the caller measures it). Returns its metrics and, when fine-tuned,
+    its weights (safetensors bytes)."""
+    from vitpareto.evaluators import expected_latency
+    from vitpareto.search._finetune import finetune
+
+    elastic = supernet.elastic.eval()
+    cand = Candidate.from_dict(attrs["candidate"])
+    metrics: dict[str, Any] = dict(attrs)
+    metrics["fidelity"], blob = "shared", None
+    if steps:
+        ft = finetune(supernet, cand, recipe, device=device, progress=False, data=data)
+        metrics.update(acc.score(ft.model, elastic.spec))
+        metrics["finetune"] = ft.metrics["finetune"]
+        segments = metrics.get("exit_latency_ms")
+        if segments and not attrs.get("latency_predicted"):
+            # exits: the expected latency follows where the fine-tuned model's samples leave
+            expected = expected_latency(segments, metrics["exit_fraction"])
+            metrics["speedup"] = metrics["speedup"] * metrics["latency_ms"] / expected
+            metrics["latency_ms"] = expected
+        metrics["fidelity"], blob = "finetuned", weights_blob(ft.model)
+    if latency is not None and attrs.get("latency_predicted"):
+        remeasured(metrics, latency(elastic, cand, metrics))
+    return metrics, blob
+
+
+def remeasured(metrics: dict, measured: dict) -> None:
+    """Replace a predicted latency by a measured one, keeping the prediction."""
+    metrics["predicted_latency_ms"] = metrics["latency_ms"]
+    metrics.update(measured)
+    metrics["latency_predicted"] = False
+
+
+class LocalScorer:
+    """Scores the front's trials one after another in this process."""
+
+    def __init__(self, supernet, config, recipe):
+        from vitpareto.evaluators import AccuracyEvaluator, LatencyEvaluator
+
+        self.supernet, self.config, self.recipe = supernet, config, recipe
+        # the supernet's own train/validation split, batched as the fine-tuning recipe says
+        self.data = supernet.load_data(batch_size=recipe.batch_size)
+        self.acc = AccuracyEvaluator(self.data.val, device=config.device, progress=False)
+        self.latency = LatencyEvaluator(
+            device=config.device,
+            batch_size=config.latency_batch,
+            repeats=config.latency_repeats,
+            threads=config.threads,
+        )
+
+    def full_latency(self) -> float:
+        elastic = self.supernet.elastic.eval()
+        return self.latency(elastic, Candidate.full(elastic.spec))["latency_ms"]
+
+    def __call__(self, todo, steps):
+        for t in todo:
+            args = (self.recipe, self.acc, self.data, self.config.device, self.latency)
+            yield (t, *score(self.supernet, dict(t.user_attrs), steps, *args))
+
+
+def weights_blob(model) -> bytes:
+    """A model's weights as safetensors bytes."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = save(state, metadata={"format": "pt"})
+    return save(state, metadata={"format": "pt"})
+
+
+def _store_weights(store_dir: Path, blob: bytes) -> str:
+    """Write weights (safetensors bytes) into the artifact store; return their id."""
+    from optuna.artifacts import FileSystemArtifactStore
+
     artifact_id = hashlib.sha256(blob).hexdigest()
     store_dir.mkdir(parents=True, exist_ok=True)
     FileSystemArtifactStore(str(store_dir)).write(artifact_id, io.BytesIO(blob))

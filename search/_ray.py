@@ -142,7 +142,7 @@ def _measure_task():
     import ray
 
     @ray.remote(num_cpus=0, max_retries=3)
-    def measure(holder, candidate, config, table=False):
+    def measure(holder, candidate, config, table=False, context=None):
         """Latency of one candidate (or the latency table) measured on this node."""
         from vitpareto.evaluators import LatencyPredictor
         from vitpareto.search._study import SearchConfig, latency_evaluator
@@ -153,11 +153,84 @@ def _measure_task():
             return LatencyPredictor.cached(
                 net.elastic, net.space, config.device, config.latency_batch
             )
-        metrics = latency_evaluator(net, config)(net.elastic.eval(), Candidate.from_dict(candidate))
+        cand = Candidate.from_dict(candidate)
+        metrics = latency_evaluator(net, config)(net.elastic.eval(), cand, context or {})
         metrics["latency_node"] = ray.get_runtime_context().get_node_id()
         return metrics
 
     return measure
+
+
+@functools.cache
+def _score_task():
+    import ray
+
+    @ray.remote(max_retries=2)
+    def rescore(holder, attrs, steps, recipe, config, here):
+        """One front trial fine-tuned and scored on this worker (see ``_front.score``)."""
+        from vitpareto.evaluators import AccuracyEvaluator, LatencyEvaluator
+        from vitpareto.search._finetune import FinetuneConfig
+        from vitpareto.search._front import score
+        from vitpareto.search._study import SearchConfig
+
+        net, config = _supernet(holder), SearchConfig(**config)
+        recipe = FinetuneConfig(**recipe)
+        key = ("front", net.sha256, recipe.batch_size, config.device)
+        if key not in _CACHE:
+            data = net.load_data(batch_size=recipe.batch_size)
+            _CACHE[key] = data, AccuracyEvaluator(data.val, device=config.device, progress=False)
+        data, acc = _CACHE[key]
+        latency = None
+        if here:
+            latency = LatencyEvaluator(
+                device=config.device,
+                batch_size=config.latency_batch,
+                repeats=config.latency_repeats,
+                threads=config.threads,
+            )
+        return score(net, attrs, steps, recipe, acc, data, config.device, latency)
+
+    return rescore
+
+
+class RayScorer:
+    """The front's second stage spread over a Ray cluster: one task per trial (fine-tuning
+    and accuracy, with ``cpus``/``gpus`` each), latency re-measured on the target."""
+
+    def __init__(self, supernet, config, recipe, target=None, cpus=1.0, gpus=0.0, address=None):
+        import ray
+
+        connect(address)
+        self.config, self.recipe, self.target = config, recipe, target
+        self.resources = {"num_cpus": cpus, "num_gpus": gpus}
+        self.holder = {"ref": ray.put(Path(supernet.path).read_bytes()), "sha256": supernet.sha256}
+        self.spec = supernet.elastic.spec
+
+    def _measure(self, candidate: dict, context=None) -> dict:
+        import ray
+
+        where = {"resources": {PREFIX + self.target: 1}} if self.target else self.resources
+        task = _measure_task().options(**where)
+        return ray.get(task.remote(self.holder, candidate, asdict(self.config), context=context))
+
+    def full_latency(self) -> float:
+        return self._measure(Candidate.full(self.spec).to_dict())["latency_ms"]
+
+    def __call__(self, todo, steps):
+        import ray
+
+        from vitpareto.search._front import remeasured
+
+        task = _score_task().options(**self.resources)
+        args = (steps, asdict(self.recipe), asdict(self.config), self.target is None)
+        pending = {task.remote(self.holder, dict(t.user_attrs), *args): t for t in todo}
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            t = pending.pop(ready)
+            metrics, blob = ray.get(ready)
+            if self.target and t.user_attrs.get("latency_predicted"):
+                remeasured(metrics, self._measure(t.user_attrs["candidate"], metrics))
+            yield t, metrics, blob
 
 
 # -- on the workers ----------------------------------------------------------------------------

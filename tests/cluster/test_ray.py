@@ -69,6 +69,23 @@ def test_latency_only_on_the_target_node(net, cluster, tmp_path):
     assert "front:" in out.stdout  # the same front table as the local backend
 
 
+def test_front_fine_tuned_on_the_cluster_and_timed_on_the_target(net, cluster, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    extra = ("--target", "probe", "--latency", "predicted", "--finetune-front", "3")
+    out = subprocess.run(
+        ray_cmd(net, url, "p", 5, cluster, *extra), capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    searched = complete(url, "p")
+    assert len(searched) == 5 and all(t.user_attrs["latency_predicted"] for t in searched)
+    front = complete(url, "p/front")
+    assert front and all(t.user_attrs["fidelity"] == "finetuned" for t in front)
+    probe = node_of(cluster, "target:probe")
+    assert {t.user_attrs["latency_node"] for t in front} == {probe}
+    assert all("predicted_latency_ms" in t.user_attrs for t in front)
+    assert all(t.user_attrs["weights_artifact"] for t in front)
+
+
 def test_a_target_no_node_holds_is_refused(net, cluster, tmp_path):
     db = tmp_path / "r.db"
     out = subprocess.run(
