@@ -198,12 +198,11 @@ class RayScorer:
     and accuracy, with ``cpus``/``gpus`` each), latency re-measured on the target."""
 
     def __init__(self, supernet, config, recipe, target=None, cpus=1.0, gpus=0.0, address=None):
-        import ray
 
         connect(address)
         self.config, self.recipe, self.target = config, recipe, target
         self.resources = {"num_cpus": cpus, "num_gpus": gpus}
-        self.holder = {"ref": ray.put(Path(supernet.path).read_bytes()), "sha256": supernet.sha256}
+        self.holder = _holder(supernet)
         self.spec = supernet.elastic.spec
 
     def _measure(self, candidate: dict, context=None) -> dict:
@@ -233,6 +232,15 @@ class RayScorer:
             yield t, metrics, blob
 
 
+def _holder(supernet) -> dict:
+    """What workers need to load the supernet: its bytes in the object store, its hash, and
+    the directory its dataset path is relative to."""
+    import ray
+
+    ref = ray.put(Path(supernet.path).read_bytes())
+    return {"ref": ref, "sha256": supernet.sha256, "cwd": os.getcwd()}
+
+
 # -- on the workers ----------------------------------------------------------------------------
 def _supernet(holder: dict):
     """The supernet of ``holder`` (an object-store reference and its SHA-256), loaded once
@@ -249,7 +257,13 @@ def _supernet(holder: dict):
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(ray.get(holder["ref"]))
             tmp.replace(path)
-        _CACHE[sha] = load_supernet(path)
+        net = load_supernet(path)
+        kind, _, where = net.data["spec"].partition(":")
+        if where and not Path(where).is_absolute():
+            # a dataset path relative to where the search was started (Tune moves each
+            # trial into a directory of its own)
+            net.data["spec"] = f"{kind}:{Path(holder['cwd']) / where}"
+        _CACHE[sha] = net
     return _CACHE[sha]
 
 
@@ -405,7 +419,7 @@ def ray_search(
     if target and "target_name" not in study.user_attrs:
         study.set_user_attr("target_name", target)
         study.set_user_attr("target", _comparable(fps[0]))
-    holder = {"ref": ray.put(Path(supernet.path).read_bytes()), "sha256": supernet.sha256}
+    holder = _holder(supernet)
     measure = _measure_task().options(
         resources={PREFIX + target: 1} if target else {}, num_cpus=0 if target else cpus_per_trial
     )
