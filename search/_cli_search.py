@@ -87,8 +87,20 @@ def add_parsers(sub) -> None:
         help="Ray cluster to join: auto (the one started on this machine) or HOST:PORT "
         "(default: start Ray on this machine)",
     )
-    r.add_argument("--cpus-per-trial", type=float, default=1, help="(default: 1)")
-    r.add_argument("--gpus-per-trial", type=float, default=0, help="(default: 0)")
+    r.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1,
+        metavar="N",
+        help="CPUs each trial holds (default: 1)",
+    )
+    r.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0,
+        metavar="N",
+        help="GPUs each trial holds (default: 0)",
+    )
     r.add_argument(
         "--target",
         metavar="NAME",

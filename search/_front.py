@@ -108,7 +108,11 @@ def rescore_front(
         full["latency_measured"] = True
         dst.set_user_attr("full", full)
     bar = tqdm(
-        total=len(todo), desc=f"front of {name}", unit="model", disable=not progress, file=sys.stderr
+        total=len(todo),
+        desc=f"front of {name}",
+        unit="model",
+        disable=not progress,
+        file=sys.stderr,
     )
     for t, metrics, blob in scorer(todo, steps):
         metrics.update(source_trial=t.number, shared_accuracy=t.user_attrs["accuracy"])
