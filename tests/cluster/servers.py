@@ -4,6 +4,7 @@ with `ray start` as processes of their own (a head, workers, a node holding a ta
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -77,6 +78,8 @@ class RayCluster:
 
     def __init__(self, root: Path):
         self.root, self.port, self.nodes = root, free_port(), {}
+        # Ray's sockets live under its temp dir, and a socket path is at most 107 bytes
+        self.temp = Path(tempfile.mkdtemp(prefix="vp-ray-", dir="/tmp"))
         self.address = f"127.0.0.1:{self.port}"
         # the cluster's own token: its nodes, this process and the drivers it starts share it
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
@@ -94,7 +97,7 @@ class RayCluster:
         cmd += [f"--num-cpus={cpus}", f"--resources={resources}", "--disable-usage-stats"]
         if head:
             cmd += ["--head", f"--port={self.port}", "--include-dashboard=false"]
-            cmd += [f"--temp-dir={self.root / 'ray'}"]
+            cmd += [f"--temp-dir={self.temp}"]
         else:
             cmd += [f"--address={self.address}"]
         with open(self.root / f"{name}.log", "w") as log:  # the child keeps its own copy
@@ -149,9 +152,11 @@ class RayCluster:
             ray.shutdown()
         for name in reversed(list(self.nodes)):
             proc = self.nodes.pop(name)
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            with contextlib.suppress(ProcessLookupError):  # a node that failed to start
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        shutil.rmtree(self.temp, ignore_errors=True)
