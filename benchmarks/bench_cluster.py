@@ -23,6 +23,7 @@ from datetime import date
 from pathlib import Path
 
 import optuna
+import ray
 import torch
 from optuna.trial import TrialState
 
@@ -48,8 +49,6 @@ def run(backend: str, workers: int, latency: str, args, url: str, name: str) -> 
     config = SearchConfig(latency=latency, max_batches=args.val_batches, threads=1)
     start = time.time()
     if backend == "ray":
-        import ray
-
         from vitpareto.search._ray import ray_search
 
         ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
@@ -147,9 +146,9 @@ Model of throughput on N worker nodes of w CPUs (one trial per CPU), from these 
 """ + "\n".join(db_rows)
     md = (
         f"## Cluster throughput (bench_cluster.py)\n\n"
-        f"{date.today()}, {platform.node() and 'this machine'}: {platform.processor() or platform.machine()}, "
+        f"{date.today()}, this machine: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}, torch "
-        f"{torch.__version__}, optuna {optuna.__version__}, ray {_ray_version()}. Supernet "
+        f"{torch.__version__}, optuna {optuna.__version__}, ray {ray.__version__}. Supernet "
         f"{args.supernet.name} (Fashion-MNIST, benchmarks/fmnist), {args.trials} trials per run, "
         f"accuracy on {args.val_batches} batches, latency at batch 1 on 1 thread.\n\n"
         + "\n".join(rows)
@@ -158,12 +157,6 @@ Model of throughput on N worker nodes of w CPUs (one trial per CPU), from these 
     )
     write_section("bench_cluster", md)
     print(md)
-
-
-def _ray_version() -> str:
-    import ray
-
-    return ray.__version__
 
 
 if __name__ == "__main__":

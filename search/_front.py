@@ -136,34 +136,6 @@ def rescore_front(
     return dst
 
 
-def score(supernet, attrs: dict, steps: int, recipe, acc, data, device: str, latency=None):
-    """One front trial at the higher fidelity: fine-tuned ``steps`` (when > 0) and scored on
-    the whole validation set; its latency re-measured with ``latency`` where it was
-    predicted (``None``: the caller measures it). Returns its metrics and, when fine-tuned,
-    its weights (safetensors bytes)."""
-    from vitpareto.evaluators import expected_latency
-    from vitpareto.search._finetune import finetune
-
-    elastic = supernet.elastic.eval()
-    cand = Candidate.from_dict(attrs["candidate"])
-    metrics: dict[str, Any] = dict(attrs)
-    metrics["fidelity"], blob = "shared", None
-    if steps:
-        ft = finetune(supernet, cand, recipe, device=device, progress=False, data=data)
-        metrics.update(acc.score(ft.model, elastic.spec))
-        metrics["finetune"] = ft.metrics["finetune"]
-        segments = metrics.get("exit_latency_ms")
-        if segments and not attrs.get("latency_predicted"):
-            # exits: the expected latency follows where the fine-tuned model's samples leave
-            expected = expected_latency(segments, metrics["exit_fraction"])
-            metrics["speedup"] = metrics["speedup"] * metrics["latency_ms"] / expected
-            metrics["latency_ms"] = expected
-        metrics["fidelity"], blob = "finetuned", weights_blob(ft.model)
-    if latency is not None and attrs.get("latency_predicted"):
-        remeasured(metrics, latency(elastic, cand, metrics))
-    return metrics, blob
-
-
 def remeasured(metrics: dict, measured: dict) -> None:
     """Replace a predicted latency by a measured one, keeping the prediction."""
     metrics["predicted_latency_ms"] = metrics["latency_ms"]
@@ -172,21 +144,18 @@ def remeasured(metrics: dict, measured: dict) -> None:
 
 
 class LocalScorer:
-    """Scores the front's trials one after another in this process."""
+    """Scores the front's trials one after another in this process; ``measure=False``
+    leaves re-measuring predicted latencies to the caller (a Ray task on the target)."""
 
-    def __init__(self, supernet, config, recipe):
-        from vitpareto.evaluators import AccuracyEvaluator, LatencyEvaluator
+    def __init__(self, supernet, config, recipe, measure: bool = True):
+        from vitpareto.evaluators import AccuracyEvaluator
+        from vitpareto.search._study import measured_latency
 
         self.supernet, self.config, self.recipe = supernet, config, recipe
         # the supernet's own train/validation split, batched as the fine-tuning recipe says
         self.data = supernet.load_data(batch_size=recipe.batch_size)
         self.acc = AccuracyEvaluator(self.data.val, device=config.device, progress=False)
-        self.latency = LatencyEvaluator(
-            device=config.device,
-            batch_size=config.latency_batch,
-            repeats=config.latency_repeats,
-            threads=config.threads,
-        )
+        self.latency = measured_latency(config) if measure else None
 
     def full_latency(self) -> float:
         elastic = self.supernet.elastic.eval()
@@ -194,8 +163,40 @@ class LocalScorer:
 
     def __call__(self, todo, steps):
         for t in todo:
-            args = (self.recipe, self.acc, self.data, self.config.device, self.latency)
-            yield (t, *score(self.supernet, dict(t.user_attrs), steps, *args))
+            yield (t, *self.score(dict(t.user_attrs), steps))
+
+    def score(self, attrs: dict, steps: int):
+        """One front trial at the higher fidelity: fine-tuned ``steps`` (when > 0) and
+        scored on the whole validation set, its predicted latency measured. Returns its
+        metrics and, when fine-tuned, its weights (safetensors bytes)."""
+        from vitpareto.evaluators import expected_latency
+        from vitpareto.search._finetune import finetune
+
+        elastic = self.supernet.elastic.eval()
+        cand = Candidate.from_dict(attrs["candidate"])
+        metrics: dict[str, Any] = dict(attrs)
+        metrics["fidelity"], blob = "shared", None
+        if steps:
+            ft = finetune(
+                self.supernet,
+                cand,
+                self.recipe,
+                device=self.config.device,
+                progress=False,
+                data=self.data,
+            )
+            metrics.update(self.acc.score(ft.model, elastic.spec))
+            metrics["finetune"] = ft.metrics["finetune"]
+            segments = metrics.get("exit_latency_ms")
+            if segments and not attrs.get("latency_predicted"):
+                # exits: the expected latency follows where the fine-tuned model's samples leave
+                expected = expected_latency(segments, metrics["exit_fraction"])
+                metrics["speedup"] = metrics["speedup"] * metrics["latency_ms"] / expected
+                metrics["latency_ms"] = expected
+            metrics["fidelity"], blob = "finetuned", weights_blob(ft.model)
+        if self.latency is not None and attrs.get("latency_predicted"):
+            remeasured(metrics, self.latency(elastic, cand, metrics))
+        return metrics, blob
 
 
 def weights_blob(model) -> bytes:

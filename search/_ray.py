@@ -31,7 +31,7 @@ from typing import Any
 from vitpareto.spaces import Candidate, VitParetoError
 
 PREFIX = "target:"
-_CACHE: dict[str, Any] = {}  # per worker process: supernets by SHA-256, data by spec
+_CACHE: dict[Any, Any] = {}  # per worker process: supernets, evaluators, front scorers
 
 
 def connect(address: str | None) -> None:
@@ -145,7 +145,7 @@ def _measure_task():
     def measure(holder, candidate, config, table=False, context=None):
         """Latency of one candidate (or the latency table) measured on this node."""
         from vitpareto.evaluators import LatencyPredictor
-        from vitpareto.search._study import SearchConfig, latency_evaluator
+        from vitpareto.search._study import SearchConfig, measured_latency
 
         net = _supernet(holder)
         config = SearchConfig(**config)
@@ -154,7 +154,7 @@ def _measure_task():
                 net.elastic, net.space, config.device, config.latency_batch
             )
         cand = Candidate.from_dict(candidate)
-        metrics = latency_evaluator(net, config)(net.elastic.eval(), cand, context or {})
+        metrics = measured_latency(config)(net.elastic.eval(), cand, context or {})
         metrics["latency_node"] = ray.get_runtime_context().get_node_id()
         return metrics
 
@@ -167,28 +167,16 @@ def _score_task():
 
     @ray.remote(max_retries=2)
     def rescore(holder, attrs, steps, recipe, config, here):
-        """One front trial fine-tuned and scored on this worker (see ``_front.score``)."""
-        from vitpareto.evaluators import AccuracyEvaluator, LatencyEvaluator
+        """One front trial fine-tuned and scored on this worker (``LocalScorer.score``)."""
         from vitpareto.search._finetune import FinetuneConfig
-        from vitpareto.search._front import score
+        from vitpareto.search._front import LocalScorer
         from vitpareto.search._study import SearchConfig
 
-        net, config = _supernet(holder), SearchConfig(**config)
-        recipe = FinetuneConfig(**recipe)
-        key = ("front", net.sha256, recipe.batch_size, config.device)
+        key = ("front", holder["sha256"], json.dumps([recipe, config, here], sort_keys=True))
         if key not in _CACHE:
-            data = net.load_data(batch_size=recipe.batch_size)
-            _CACHE[key] = data, AccuracyEvaluator(data.val, device=config.device, progress=False)
-        data, acc = _CACHE[key]
-        latency = None
-        if here:
-            latency = LatencyEvaluator(
-                device=config.device,
-                batch_size=config.latency_batch,
-                repeats=config.latency_repeats,
-                threads=config.threads,
-            )
-        return score(net, attrs, steps, recipe, acc, data, config.device, latency)
+            recipe, config = FinetuneConfig(**recipe), SearchConfig(**config)
+            _CACHE[key] = LocalScorer(_supernet(holder), config, recipe, measure=here)
+        return _CACHE[key].score(attrs, steps)
 
     return rescore
 
@@ -198,7 +186,6 @@ class RayScorer:
     and accuracy, with ``cpus``/``gpus`` each), latency re-measured on the target."""
 
     def __init__(self, supernet, config, recipe, target=None, cpus=1.0, gpus=0.0, address=None):
-
         connect(address)
         self.config, self.recipe, self.target = config, recipe, target
         self.resources = {"num_cpus": cpus, "num_gpus": gpus}
@@ -267,25 +254,40 @@ def _supernet(holder: dict):
     return _CACHE[sha]
 
 
-def _evaluators(net, config, target: str | None, table):
-    """Cost and accuracy here; latency here (the trial's own CPUs), from the table, or in a
-    task on the target."""
-    from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator, PredictedLatencyEvaluator
-    from vitpareto.search._study import latency_evaluator
+class _OnTarget:
+    """Latency measured in a Ray task on a node holding ``target:NAME``, one model at a
+    time there (the node holds one unit)."""
 
-    key = ("acc", net.sha256, config.device, config.max_batches)
-    if key not in _CACHE:
-        data = net.load_data(batch_size=128)
-        _CACHE[key] = AccuracyEvaluator(
-            data.val, device=config.device, max_batches=config.max_batches, progress=False
+    name = "latency"
+
+    def __init__(self, holder: dict, target: str, config: dict):
+        self.holder, self.config = holder, config
+        # outside the trial's placement group: the target is another node's resource
+        self.task = _measure_task().options(
+            resources={PREFIX + target: 1}, scheduling_strategy="DEFAULT"
         )
-    if table is not None:
-        latency = PredictedLatencyEvaluator(table)
-    elif target is None:
-        latency = latency_evaluator(net, config)
-    else:
+
+    def __call__(self, elastic, candidate, context=None):
+        import ray
+
+        return ray.get(self.task.remote(self.holder, candidate.to_dict(), self.config))
+
+
+def _evaluators(net, ctx: dict) -> list:
+    """The search's evaluators, made once per worker process: latency here (on the trial's
+    own CPUs), from the latency table, or on the target."""
+    from vitpareto.evaluators import PredictedLatencyEvaluator
+    from vitpareto.search._study import SearchConfig, evaluators
+
+    key = ("evs", net.sha256, json.dumps([ctx["config"], ctx["target"]], sort_keys=True))
+    if key not in _CACHE:
         latency = None
-    return [CostEvaluator(), _CACHE[key], latency]
+        if ctx["table"] is not None:
+            latency = PredictedLatencyEvaluator(ctx["table"])
+        elif ctx["target"]:
+            latency = _OnTarget(ctx["holder"], ctx["target"], ctx["config"])
+        _CACHE[key] = evaluators(net, SearchConfig(**ctx["config"]), latency=latency)
+    return _CACHE[key]
 
 
 def _trial(params: dict, ctx: dict) -> None:
@@ -293,29 +295,12 @@ def _trial(params: dict, ctx: dict) -> None:
     import ray
     from ray import tune
 
-    from vitpareto.search._study import SearchConfig
+    from vitpareto.search._study import score_candidate
 
-    config = SearchConfig(**ctx["config"])
     net = _supernet(ctx["holder"])
-    elastic = net.elastic.eval()
-    candidate = net.space.decode(params)
-    metrics: dict[str, Any] = {}
-    seconds = {}
-    for ev in _evaluators(net, config, ctx["target"], ctx["table"]):
-        start = time.perf_counter()
-        if ev is None:  # measured on the target, one model at a time
-            # outside the trial's placement group: the target is another node's resource
-            ref = _measure_task().options(
-                resources={PREFIX + ctx["target"]: 1}, scheduling_strategy="DEFAULT"
-            )
-            metrics.update(ray.get(ref.remote(ctx["holder"], candidate.to_dict(), ctx["config"])))
-            seconds["latency"] = time.perf_counter() - start
-            continue
-        metrics.update(ev(elastic, candidate, metrics))
-        seconds[ev.name] = time.perf_counter() - start
-    metrics["stage_seconds"] = seconds
+    metrics = score_candidate(_evaluators(net, ctx), net.elastic.eval(), net.space.decode(params))
     metrics["trial_node"] = ray.get_runtime_context().get_node_id()
-    report = {o: float(metrics[o]) for o in config.objectives}
+    report = {o: float(metrics[o]) for o in ctx["config"]["objectives"]}
     tune.report({**report, "vitpareto": json.dumps(metrics, default=float)})
 
 
@@ -395,6 +380,7 @@ def ray_search(
     from optuna.trial import TrialState
     from ray import tune
 
+    from vitpareto.evaluators import PredictedLatencyEvaluator
     from vitpareto.search._progress import SearchProgress
     from vitpareto.search._study import HEARTBEAT_S, open_study
 
@@ -427,9 +413,15 @@ def ray_search(
     if config.latency == "predicted":
         table = ray.get(measure.remote(holder, {}, asdict(config), table=True))
     full = dict(study.user_attrs.get("full") or {})
-    if "latency_ms" not in full:  # the hypervolume's reference, measured where trials are
-        whole = Candidate.full(supernet.elastic.spec).to_dict()
-        full["latency_ms"] = ray.get(measure.remote(holder, whole, asdict(config)))["latency_ms"]
+    if "latency_ms" not in full:  # the hypervolume's reference, in the trials' own units
+        whole = Candidate.full(supernet.elastic.spec)
+        if table is not None:
+            full["latency_ms"] = PredictedLatencyEvaluator(table)(supernet.elastic, whole)[
+                "latency_ms"
+            ]
+        else:
+            got = ray.get(measure.remote(holder, whole.to_dict(), asdict(config)))
+            full["latency_ms"] = got["latency_ms"]
         study.set_user_attr("full", full)
     storage = study._storage
     ctx = {"holder": holder, "config": asdict(config), "target": target, "table": table}

@@ -250,25 +250,46 @@ def open_study(storage_url: str, name: str, supernet, config: SearchConfig, work
     return study
 
 
-def evaluators(supernet, config: SearchConfig, lock: str | None = None) -> list:
-    """Cost, accuracy on the shared weights, and latency (see ``latency_evaluator``)."""
+def evaluators(supernet, config: SearchConfig, lock: str | None = None, latency=None) -> list:
+    """Cost, accuracy on the shared weights, and latency (``latency``, by default
+    ``latency_evaluator``'s)."""
     from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator
 
     data = supernet.load_data(batch_size=128)  # the split the supernet was trained with
     acc = AccuracyEvaluator(
         data.val, device=config.device, max_batches=config.max_batches, progress=False
     )
-    return [CostEvaluator(), acc, latency_evaluator(supernet, config, lock)]
+    return [CostEvaluator(), acc, latency or latency_evaluator(supernet, config, lock)]
+
+
+def score_candidate(evs: list, elastic, candidate) -> dict[str, Any]:
+    """A candidate's metrics from each evaluator in turn, with the seconds each took."""
+    metrics: dict[str, Any] = {}
+    seconds = {}
+    for ev in evs:
+        start = time.perf_counter()
+        metrics.update(ev(elastic, candidate, metrics))
+        seconds[ev.name] = time.perf_counter() - start
+    metrics["stage_seconds"] = seconds
+    return metrics
+
+
+def measured_latency(config: SearchConfig):
+    """Latency measured for real, as the study measures it (device, batch, repeats, threads)."""
+    from vitpareto.evaluators import LatencyEvaluator
+
+    return LatencyEvaluator(
+        device=config.device,
+        batch_size=config.latency_batch,
+        repeats=config.latency_repeats,
+        threads=config.threads,
+    )
 
 
 def latency_evaluator(supernet, config: SearchConfig, lock: str | None = None):
     """Latency measured with the study's threads, or read from the latency table built with
     them; ``lock`` serialises measurements across processes on one machine."""
-    from vitpareto.evaluators import (
-        LatencyEvaluator,
-        LatencyPredictor,
-        PredictedLatencyEvaluator,
-    )
+    from vitpareto.evaluators import LatencyPredictor, PredictedLatencyEvaluator
 
     if config.latency == "predicted":
         with _threads(config.threads):  # the table is keyed by the threads it was timed with
@@ -276,12 +297,7 @@ def latency_evaluator(supernet, config: SearchConfig, lock: str | None = None):
                 supernet.elastic, supernet.space, config.device, config.latency_batch
             )
         return PredictedLatencyEvaluator(table)
-    latency = LatencyEvaluator(
-        device=config.device,
-        batch_size=config.latency_batch,
-        repeats=config.latency_repeats,
-        threads=config.threads,
-    )
+    latency = measured_latency(config)
     return _Locked(latency, lock) if lock else latency
 
 
@@ -336,13 +352,7 @@ def optimize(study, supernet, trials: int, config: SearchConfig, evs: list, call
         trial.set_user_attr("worker", WORKER)
         candidate = supernet.space.suggest(trial)
         _unique(study, trial)
-        metrics: dict[str, Any] = {}
-        seconds = {}
-        for ev in evs:
-            start = time.perf_counter()
-            metrics.update(ev(elastic, candidate, metrics))
-            seconds[ev.name] = time.perf_counter() - start
-        metrics["stage_seconds"] = seconds
+        metrics = score_candidate(evs, elastic, candidate)
         _unique(study, trial)  # a twin may have been suggested while this one was scored
         return record(trial, candidate, metrics, config, "shared")
 

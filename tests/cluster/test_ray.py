@@ -83,6 +83,8 @@ def test_front_fine_tuned_on_the_cluster_and_timed_on_the_target(net, cluster, t
     probe = node_of(cluster, "target:probe")
     assert {t.user_attrs["latency_node"] for t in front} == {probe}
     assert all("predicted_latency_ms" in t.user_attrs for t in front)
+    # timed for real: a measurement's spread, which no prediction has
+    assert all("latency_iqr_ms" in t.user_attrs for t in front)
     assert all(t.user_attrs["weights_artifact"] for t in front)
 
 
