@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from vitpareto.search._expr import parse_sort, parse_where
 from vitpareto.search._study import DEFAULT_STORAGE, DIRECTIONS, SAMPLERS
 from vitpareto.spaces import VitParetoError
 
@@ -119,14 +120,19 @@ def add_parsers(sub) -> None:
         "query",
         help="trials of a study as a table, CSV or JSON; the Pareto front; filters",
         description="Print the completed trials of a study: objective values, metrics, knobs "
-        "and the candidate. --where takes a pandas expression over the columns "
-        "(e.g. 'latency_ms < 5 and accuracy > 0.9'); knob columns are parameter names with "
-        "'.' as '_' (heads_b3). In Python: vitpareto.search.load_trials(storage, study).",
+        "and the candidate. --where takes a filter over the columns, e.g. "
+        "'latency_ms < 5 and accuracy > 0.9' or 'patch_size in [4, 8] and not pareto': "
+        "column names, numbers, 'strings', True/False, comparisons (chained too), and/or/not, "
+        "in [list] and arithmetic (+ - * / // % **); nothing else, and it is never run as "
+        "Python. Knob columns are parameter names with '.' as '_' (heads_b3). In Python: "
+        "vitpareto.search.load_trials(storage, study).",
     )
     storage_arg(q)
     q.add_argument("--study", required=True, help="study name")
     q.add_argument("--pareto", action="store_true", help="only the non-dominated feasible trials")
-    q.add_argument("--where", help="filter, a pandas expression over the columns")
+    q.add_argument(
+        "--where", help="filter over the columns, e.g. 'latency_ms < 5 and accuracy > 0.9'"
+    )
     q.add_argument(
         "--sort", help="columns to sort by, comma-separated; -col for descending (--sort=-accuracy)"
     )
@@ -312,6 +318,13 @@ def cmd_query(args) -> int:
     from vitpareto.search._pareto import describe_reference
     from vitpareto.search._query import front_hypervolume_of, load_study, select, trials_frame
 
+    # the filter's grammar is checked before the database is opened
+    if args.where is not None:
+        parse_where(args.where)
+    if args.sort is not None:
+        parse_sort(args.sort)
+    if args.limit is not None and args.limit < 1:
+        raise VitParetoError(f"--limit must be at least 1, got {args.limit}")
     study = load_study(args.storage, args.study)
     df = full = trials_frame(study)
     if df.empty:

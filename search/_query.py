@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from vitpareto.search import _expr
 from vitpareto.spaces import VitParetoError
 
 
@@ -76,27 +77,15 @@ def trials_frame(st):
 
 
 def select(df, where: str | None = None, sort: str | None = None, limit: int | None = None):
-    """Rows matching a pandas ``where`` expression, sorted by ``sort`` (comma-separated
-    columns, ``-col`` for descending), at most ``limit`` of them."""
-    if where:
-        try:
-            df = df.query(where, engine="python")
-        except Exception as e:  # pandas raises many types for a malformed expression
-            raise VitParetoError(
-                f"--where {where!r} cannot be evaluated ({type(e).__name__}: {e}); columns: "
-                f"{', '.join(df.columns)}"
-            ) from None
-    if sort:
-        keys = [k.strip() for k in sort.split(",") if k.strip()]
-        cols = [k.lstrip("-") for k in keys]
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise VitParetoError(
-                f"--sort: no column {', '.join(missing)}; columns: {', '.join(df.columns)}"
-            )
-        df = df.sort_values(cols, ascending=[not k.startswith("-") for k in keys])
+    """Rows matching the filter ``where`` (the grammar of ``_expr``: columns, literals,
+    comparisons, and/or/not, in [list], arithmetic; never evaluated as Python), sorted by
+    ``sort`` (comma-separated columns, ``-col`` for descending), at most ``limit`` of them."""
+    if limit is not None and limit < 1:
+        raise VitParetoError(f"--limit must be at least 1, got {limit}")
+    if where is not None:
+        df = _expr.where(df, where)
+    if sort is not None:
+        df = _expr.sort(df, sort)
     if limit is not None:
-        if limit < 1:
-            raise VitParetoError(f"--limit must be at least 1, got {limit}")
         df = df.head(limit)
     return df

@@ -196,7 +196,7 @@ def test_query_front_filters_and_formats(nets, tmp_path):
 
     for args, message in [
         (["--study", "nope"], "no study 'nope'"),
-        (["--study", "q", "--where", "latency_ms <<< 3"], "cannot be evaluated"),
+        (["--study", "q", "--where", "latency_ms <<< 3"], "not a valid expression"),
         (["--study", "q", "--sort", "speed"], "no column speed"),
     ]:
         out = vitpareto("query", "--storage", url, *args)
