@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from vitpareto.files import atomic_write
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -25,7 +25,4 @@ def write_section(key: str, markdown: str, path: Path = RESULTS) -> None:
         if pattern.search(text)
         else text.rstrip() + "\n\n" + block
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)

@@ -27,8 +27,8 @@ import ray
 import torch
 from optuna.trial import TrialState
 
-from vitpareto.search._checkpoint import load_supernet
-from vitpareto.search._study import SearchConfig, open_study, record, search
+from vitpareto.search import RayBackend, SearchConfig, load_supernet, search
+from vitpareto.search.explore import TrialLoop, open_study
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import write_section  # noqa: E402
@@ -49,11 +49,9 @@ def run(backend: str, workers: int, latency: str, args, url: str, name: str) -> 
     config = SearchConfig(latency=latency, max_batches=args.val_batches, threads=1)
     start = time.time()
     if backend == "ray":
-        from vitpareto.search._ray import ray_search
-
         ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
         ready = time.time()
-        study = ray_search(net, url, name, args.trials, config, progress=False)
+        study = search(net, url, name, args.trials, config, RayBackend(), progress=False)
         ray.shutdown()
     else:
         ready = time.time()
@@ -70,19 +68,28 @@ def run(backend: str, workers: int, latency: str, args, url: str, name: str) -> 
     }
 
 
-def db_cost(url: str, supernet, source) -> float:
-    """Seconds per trial the database costs the driver: ask, suggest, store the metrics
-    of a real trial, tell (what the Ray driver does for every trial), median of 40."""
+def db_cost(url: str, supernet, source, trials: int = 40) -> float:
+    """Seconds per trial the database costs the driver: the trial loop's start (the count,
+    ask, suggest, the duplicate check, the parameters written) and finish (the duplicate
+    check, the metrics of a real trial stored, tell), as the Ray driver runs it for every
+    trial; the median of ``trials``."""
     config = SearchConfig(latency="predicted", threads=1)
-    study = open_study(url, f"db-{time.time_ns()}", supernet, config)
-    attrs = {k: v for k, v in source.user_attrs.items() if k not in ("candidate", "fidelity")}
+    study, storage = open_study(url, f"db-{time.time_ns()}", supernet, config)
+    metrics = {
+        k: v
+        for k, v in source.user_attrs.items()
+        if k not in ("candidate", "fidelity", "worker", "trial_node")
+    }
+    loop = TrialLoop(study, storage, supernet.space, trials, config)
     times = []
-    for _ in range(40):
-        t0 = time.perf_counter()
-        trial = study.ask()
-        cand = supernet.space.suggest(trial)
-        study.tell(trial, record(trial, cand, attrs, config, "shared"))
-        times.append(time.perf_counter() - t0)
+    with loop.beat:
+        for _ in range(trials):
+            t0 = time.perf_counter()
+            started = loop.start()
+            if started is None:
+                break
+            loop.finish(started, metrics)
+            times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
@@ -138,8 +145,8 @@ Model of throughput on N worker nodes of w CPUs (one trial per CPU), from these 
 - t_latency = {t_lat:.3f} s: one latency measurement (median); with `--target` each target
   node measures one model at a time, so measured latency caps a search at
   {60 / t_lat:.0f} trials/min per target node whatever the number of workers.
-- t_db: the driver's database work per trial (ask, suggest, store the metrics, tell),
-  serial in the Ray driver:
+- t_db: the driver's database work per trial (the trial loop: count, ask, suggest,
+  duplicate checks, parameters and metrics stored, tell), serial in the Ray driver:
 
 | database | ms per trial | cap, trials/min |
 |---|---|---|

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _results import write_section  # noqa: E402
 
-from vitpareto.evaluators._timing import device_fingerprint, resolve_device  # noqa: E402
-from vitpareto.search._showcase import measure, showcase  # noqa: E402
+from vitpareto.evaluators import device_fingerprint, resolve_device  # noqa: E402
+from vitpareto.search.outputs import measure, showcase  # noqa: E402
 from vitpareto.spaces import create_model  # noqa: E402
 
 TARGETED = ("tokens", "heads", "mlp")  # the knobs the 0.85 target applies to

@@ -29,12 +29,13 @@ from scipy.stats import spearmanr  # noqa: E402
 from vitpareto.evaluators import (  # noqa: E402
     LatencyPredictor,
     device_fingerprint,
+    measure_candidates,
     prepare,
     resolve_device,
+    sample_candidates,
     time_interleaved,
 )
-from vitpareto.evaluators._predictor import measure_candidates, sample_candidates  # noqa: E402
-from vitpareto.search._showcase import showcase  # noqa: E402
+from vitpareto.search.outputs import showcase  # noqa: E402
 from vitpareto.spaces import ElasticViT, JointSpace, create_model  # noqa: E402
 
 

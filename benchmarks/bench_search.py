@@ -35,10 +35,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from vitpareto.search._checkpoint import load_supernet
-from vitpareto.search._pareto import front_hypervolume
-from vitpareto.search._query import trials_frame
-from vitpareto.search._study import SearchConfig, search
+from vitpareto.search import FinetuneConfig, SearchConfig, finetune, load_supernet, search
+from vitpareto.search.explore import front_hypervolume, latency_table
+from vitpareto.search.outputs import trials_frame
 from vitpareto.spaces import Candidate
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -84,9 +83,7 @@ def part_a(args) -> None:
     net = load_supernet(args.supernet)
     # build the latency table (one thread, as every search uses) before the workers need it
     config = SearchConfig(latency="predicted", latency_batch=64, threads=1)
-    from vitpareto.search._study import latency_evaluator
-
-    latency_evaluator(net, config)
+    latency_table(net, config)
     jobs = [
         (str(args.supernet), args.storage, s, k, args.trials, args.val_batches, p)
         for k in SEEDS
@@ -193,8 +190,6 @@ def part_b(args) -> None:
         rows[name] = {k: m[k] for k in ("accuracy", "latency_ms", "speedup")}
         print(f"[{i + 1}/{len(cands)}] {name}: {rows[name]}", flush=True)
     # the second stage's cost: fine-tuning two front models (200 steps)
-    from vitpareto.search._finetune import FinetuneConfig, finetune
-
     stages["fine-tune, 200 steps"] = []
     finetuned = []
     for t in st.best_trials[:2]:
@@ -239,8 +234,6 @@ def part_budget(args) -> None:
 def part_second(args) -> None:
     """Both sides through the second stage: the best searched model and the best uniform
     baseline at >= 2x measured speedup, each fine-tuned 200 steps and scored again."""
-    from vitpareto.search._finetune import FinetuneConfig, finetune
-
     torch.set_num_threads(args.threads)
     net = load_supernet(args.supernet)
     spec = net.elastic.spec

@@ -31,9 +31,14 @@ import timm
 import torch
 
 from vitpareto.evaluators import AccuracyEvaluator, analytic_macs, count_params, load_data
-from vitpareto.search._checkpoint import Supernet
-from vitpareto.search._finetune import FinetuneConfig, finetune, train_compressed
-from vitpareto.search._train import SupernetTrainer, TrainConfig
+from vitpareto.search.supernet import (
+    FinetuneConfig,
+    Supernet,
+    SupernetTrainer,
+    TrainConfig,
+    finetune,
+    train_compressed,
+)
 from vitpareto.spaces import Candidate, ElasticViT, JointSpace, describe
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,5 +1,6 @@
 """How a candidate is scored: accuracy (with early exits), latency on the target hardware
-(measured or predicted) and cost (MACs, parameters), behind one ``Evaluator`` interface."""
+(measured or predicted) and cost (MACs, parameters), behind one ``Evaluator`` interface;
+plus the datasets, the runtimes a model can be timed under, and interleaved timing."""
 
 from vitpareto.evaluators._accuracy import AccuracyEvaluator, exit_metrics
 from vitpareto.evaluators._base import Evaluator
@@ -12,33 +13,43 @@ from vitpareto.evaluators._cost import (
     mac_profile,
 )
 from vitpareto.evaluators._cost_eval import CostEvaluator
-from vitpareto.evaluators._data import FASHION_MNIST_DIR, Data, load_data
-from vitpareto.evaluators._latency import (
-    LatencyEvaluator,
-    Measurement,
-    dynamic_latency,
-    expected_latency,
-    measure_pair,
+from vitpareto.evaluators._data import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    Data,
+    load_data,
 )
-from vitpareto.evaluators._predictor import LatencyPredictor, PredictedLatencyEvaluator
+from vitpareto.evaluators._latency import LatencyEvaluator, dynamic_latency, expected_latency
+from vitpareto.evaluators._predictor import (
+    LatencyPredictor,
+    PredictedLatencyEvaluator,
+    measure_candidates,
+    sample_candidates,
+)
 from vitpareto.evaluators._runtime import RUNTIMES, export_onnx, prepare
 from vitpareto.evaluators._timing import (
     Timing,
     device_fingerprint,
     resolve_device,
+    speedup,
+    summarize,
     time_interleaved,
 )
 
 __all__ = [
+    "DEFAULT_MEAN",
+    "DEFAULT_STD",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
     "RUNTIMES",
     "AccuracyEvaluator",
     "CostEvaluator",
     "Data",
-    "FASHION_MNIST_DIR",
     "Evaluator",
     "LatencyEvaluator",
     "LatencyPredictor",
-    "Measurement",
     "PredictedLatencyEvaluator",
     "Timing",
     "analytic_macs",
@@ -48,13 +59,16 @@ __all__ = [
     "dynamic_latency",
     "exit_head_macs",
     "exit_macs",
-    "expected_latency",
     "exit_metrics",
+    "expected_latency",
     "export_onnx",
     "load_data",
     "mac_profile",
-    "measure_pair",
+    "measure_candidates",
     "prepare",
     "resolve_device",
+    "sample_candidates",
+    "speedup",
+    "summarize",
     "time_interleaved",
 ]

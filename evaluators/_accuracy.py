@@ -14,12 +14,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._cost import exit_macs
 from vitpareto.evaluators._timing import resolve_device
-from vitpareto.spaces import Candidate, CompressedViT, ElasticViT, VitParetoError, ViTSpec
-from vitpareto.spaces._exits import exit_assignment
+from vitpareto.spaces import (
+    Candidate,
+    CompressedViT,
+    ElasticViT,
+    VitParetoError,
+    ViTSpec,
+    exit_assignment,
+)
 
 # loaders with more batches than this show a progress bar unless told otherwise
 _PROGRESS_MIN_BATCHES = 20
@@ -151,8 +158,6 @@ class AccuracyEvaluator(Evaluator):
             show = total is not None and total > _PROGRESS_MIN_BATCHES
         batches = self.loader
         if show:
-            from tqdm.auto import tqdm
-
             batches = tqdm(batches, total=total, desc=self.name, leave=False, file=sys.stderr)
         try:
             for i, batch in enumerate(batches):

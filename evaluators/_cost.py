@@ -1,7 +1,7 @@
 """Cost of a model: multiply-accumulates (fvcore, attention included) and parameters.
 
-Convention (REFERENCES.md): one multiply-add is one MAC; a LayerNorm counts 5 x its
-elements, as fvcore counts it; the attention matmuls are counted (fvcore skips
+Convention (the papers' GMACs, which they call GFLOPs): one multiply-add is one MAC; a
+LayerNorm counts 5 x its elements, as fvcore counts it; the attention matmuls are counted (fvcore skips
 ``aten::scaled_dot_product_attention`` unless given the handle below); token selection
 (the class-attention row, ranking, gathering, fusing) is bookkeeping and left out, which
 reproduces EViT's published MACs.
@@ -16,14 +16,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from vitpareto.spaces import Candidate, describe, kept_tokens
-from vitpareto.spaces._errors import VitParetoError
-from vitpareto.spaces._ops import ClassAttention, TokenSelect
+with warnings.catch_warnings():  # fvcore calls torch.jit.script on import, which warns
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
+
+from vitpareto.errors import VitParetoError
+from vitpareto.spaces import Candidate, ClassAttention, TokenSelect, describe, token_counts
 
 
 def _sdpa_macs(inputs, outputs) -> int:
     """q [.., N, d] k [.., S, d] v [.., S, dv]: q.k^T then attn.v."""
-    from fvcore.nn.jit_handles import get_shape
 
     q, k, v = (get_shape(t) for t in inputs[:3])
     return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
@@ -48,7 +51,6 @@ def count_macs(
     ``include_selection`` also counts the token-selection bookkeeping that EViT's
     convention leaves out.
     """
-    from fvcore.nn import FlopCountAnalysis
 
     param = next(model.parameters())
     x = torch.zeros(1, *_image_shape(input_size), device=param.device, dtype=param.dtype)
@@ -104,21 +106,19 @@ def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
     if s.norm_pre:
         total += 5 * (n + npt) * D
     profile = []
-    for i in range(s.depth):
+    counts = token_counts(s, c)
+    for i, (n_attn, n_mlp) in enumerate(counts):
         h, dq, m = c.heads[i], c.qk_dim[i], c.mlp[i]
         if h > 0:
-            N = n + npt
+            N = n_attn
             total += 5 * N * D + N * D * h * (2 * dq + hd) + N * N * h * (dq + hd) + N * h * hd * D
             if s.qk_norm:
                 total += 2 * 5 * N * h * dq
-            k = kept_tokens(c.keep[i], n)
-            if k < n:
-                n = k + (1 if c.fuse else 0)
         if m > 0:
-            N = n + npt
-            total += 5 * N * D + 2 * N * D * m
+            total += 5 * n_mlp * D + 2 * n_mlp * D * m
         profile.append(total)
-    total += (5 * (n + npt) * D if s.final_norm else 0) + (5 * D if s.fc_norm else 0)
+    N = counts[-1][1]
+    total += (5 * N * D if s.final_norm else 0) + (5 * D if s.fc_norm else 0)
     total += D * s.num_classes * (2 if s.distilled else 1)
     profile.append(total)
     return profile

@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+from torchvision.datasets import ImageFolder
 
 from vitpareto.spaces import VitParetoError
 
@@ -40,7 +44,7 @@ SPEC_FORMS = (
     "digits, fashion-mnist, fashion-mnist:DIR, imagefolder:PATH, cifar10:PATH, cifar100:PATH"
 )
 # an in-memory split whose resized float32 copy would be larger than this is resized per item
-_EAGER_LIMIT_BYTES = 1 << 30
+EAGER_LIMIT_BYTES = 1 << 30
 
 
 @dataclass
@@ -72,6 +76,7 @@ def load_data(
     mean: tuple[float, float, float] = DEFAULT_MEAN,
     std: tuple[float, float, float] = DEFAULT_STD,
     limit: int | None = None,
+    memory_limit: int = EAGER_LIMIT_BYTES,
 ) -> Data:
     """Build train and validation loaders for ``spec`` (see ``SPEC_FORMS``).
 
@@ -80,7 +85,9 @@ def load_data(
     ``seed`` gives the same split (where the dataset has no official one, ``val_fraction``
     of it is held out, stratified by class) and the same training order; the validation
     loader is not shuffled. ``limit`` keeps a seeded random ``limit`` examples of each split.
-    ``download`` applies to CIFAR only.
+    ``download`` applies to CIFAR only. Bundled and IDX datasets are held in memory,
+    resized once, when that copy fits in ``memory_limit`` bytes; else each image is
+    resized when it is read.
     """
     size = _check_args(img_size, batch_size, val_fraction, num_workers, mean, std, limit)
     name, sep, arg = spec.partition(":")
@@ -90,9 +97,11 @@ def load_data(
     path = Path(arg.strip()).expanduser() if sep else None
     norm = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
     if name == "digits" and path is None:
-        train, val, classes = _digits(size, seed, val_fraction, norm, limit)
+        train, val, classes = _digits(size, seed, val_fraction, norm, limit, memory_limit)
     elif name == "fashion-mnist":
-        train, val, classes = _fashion_mnist(path or FASHION_MNIST_DIR, size, seed, norm, limit)
+        train, val, classes = _fashion_mnist(
+            path or FASHION_MNIST_DIR, size, seed, norm, limit, memory_limit
+        )
     elif name == "imagefolder" and path is not None:
         train, val, classes = _image_folder(path, size, seed, val_fraction, norm, limit)
     elif name in ("cifar10", "cifar100") and path is not None:
@@ -142,7 +151,6 @@ def _check_args(img_size, batch_size, val_fraction, num_workers, mean, std, limi
 
 def _split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic train/val indices; stratified by class whenever every class allows it."""
-    from sklearn.model_selection import train_test_split
 
     n = len(labels)
     if n < 2:
@@ -175,18 +183,18 @@ def _limited(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
 class _InMemoryImages(Dataset):
     """Images held as one tensor ``[N, C, h, w]``, resized once up front when that fits.
 
-    When the resized float32 copy would exceed ``_EAGER_LIMIT_BYTES`` (Fashion-MNIST at
+    When the resized float32 copy would exceed ``memory_limit`` bytes (Fashion-MNIST at
     large sizes), the raw images are kept and each item is resized when it is read.
     """
 
-    def __init__(self, images: torch.Tensor, labels, scale: float, size, norm):
+    def __init__(self, images: torch.Tensor, labels, scale: float, size, norm, memory_limit):
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.scale = scale
         self.size = tuple(size)
         self.mean = torch.tensor(norm[0]).view(3, 1, 1)
         self.std = torch.tensor(norm[1]).view(3, 1, 1)
         n, c = images.shape[:2]
-        self.lazy = n * c * self.size[0] * self.size[1] * 4 > _EAGER_LIMIT_BYTES
+        self.lazy = n * c * self.size[0] * self.size[1] * 4 > memory_limit
         self.images = images
         if not self.lazy:  # resize in chunks, so that only one chunk is ever resized at a time
             chunks = [self._resize(images[i : i + 4096]) for i in range(0, n, 4096)]
@@ -210,9 +218,8 @@ class _InMemoryImages(Dataset):
         return (x - self.mean) / self.std, int(self.labels[i])
 
 
-def _digits(size, seed, val_fraction, norm, limit):
+def _digits(size, seed, val_fraction, norm, limit, memory_limit):
     """scikit-learn's bundled 8x8 digits (values 0..16), split by ``seed``."""
-    from sklearn.datasets import load_digits
 
     d = load_digits()
     images = torch.from_numpy(d.images.astype(np.float32)).unsqueeze(1)
@@ -220,11 +227,11 @@ def _digits(size, seed, val_fraction, norm, limit):
     splits = []
     for idx in _split(labels, val_fraction, seed):
         idx = idx[_limit(len(idx), limit, seed)]
-        splits.append(_InMemoryImages(images[idx], labels[idx], 16.0, size, norm))
+        splits.append(_InMemoryImages(images[idx], labels[idx], 16.0, size, norm, memory_limit))
     return splits[0], splits[1], [str(i) for i in range(10)]
 
 
-def _fashion_mnist(root: Path, size, seed, norm, limit):
+def _fashion_mnist(root: Path, size, seed, norm, limit, memory_limit):
     """Fashion-MNIST from IDX files: the official train set trains, t10k validates."""
     if not root.is_dir():
         raise VitParetoError(
@@ -244,7 +251,9 @@ def _fashion_mnist(root: Path, size, seed, norm, limit):
             )
         idx = _limit(len(labels), limit, seed)
         images = torch.from_numpy(images[idx]).unsqueeze(1)
-        splits.append(_InMemoryImages(images, labels[idx].astype(np.int64), 255.0, size, norm))
+        splits.append(
+            _InMemoryImages(images, labels[idx].astype(np.int64), 255.0, size, norm, memory_limit)
+        )
     return splits[0], splits[1], FASHION_MNIST_CLASSES
 
 
@@ -281,7 +290,6 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 def _pil_transform(size, norm):
     """Resize (bilinear), to tensor, normalise: the transform of the image-file datasets."""
-    from torchvision import transforms
 
     return transforms.Compose(
         [
@@ -294,7 +302,6 @@ def _pil_transform(size, norm):
 
 def _image_folder(path: Path, size, seed, val_fraction, norm, limit):
     """ImageFolder: ``PATH/train`` and ``PATH/val`` when both exist, else a seeded split."""
-    from torchvision.datasets import ImageFolder
 
     if not path.is_dir():
         raise VitParetoError(
@@ -337,7 +344,6 @@ def _image_folder(path: Path, size, seed, val_fraction, norm, limit):
 
 def _cifar(name: str, root: Path, size, seed, norm, limit, download: bool):
     """CIFAR-10/100 through torchvision, official train/test split; downloads only if asked."""
-    from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     transform = _pil_transform(size, norm)

@@ -16,6 +16,7 @@ import torch
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._runtime import prepare
 from vitpareto.evaluators._timing import (
+    _timer,
     device_fingerprint,
     resolve_device,
     speedup,
@@ -226,7 +227,6 @@ def dynamic_latency(model, images: torch.Tensor, warmup: int = 3) -> tuple[float
     and the fraction of them leaving at each exit (then the final head).
 
     The check on the expected latency the evaluator derives from segment timings."""
-    from vitpareto.evaluators._timing import _timer
 
     timer = _timer(images.device)
     for i in range(min(warmup, len(images))):

@@ -18,26 +18,27 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from vitpareto.errors import VitParetoError
 from vitpareto.evaluators._base import Evaluator
+from vitpareto.evaluators._latency import expected_latency
 from vitpareto.evaluators._timing import (
     device_fingerprint,
     resolve_device,
     time_calls,
     time_interleaved,
 )
-from vitpareto.spaces import Candidate, ElasticViT, JointSpace, VitParetoError, kept_tokens
-from vitpareto.spaces._compress import PrunedBlock
-from vitpareto.spaces._ops import ExitHead
+from vitpareto.files import atomic_write
+from vitpareto.spaces import Candidate, ElasticViT, ExitHead, JointSpace, PrunedBlock, token_counts
 
-FORMAT = 1
+FORMAT = 2  # bumped when tables built before would predict wrongly
 
 
 def sample_candidates(space: JointSpace, n: int, seed: int) -> list[Candidate]:
@@ -50,19 +51,6 @@ def sample_candidates(space: JointSpace, n: int, seed: int) -> list[Candidate]:
         if len(seen) >= n:
             break
     return list(seen)
-
-
-def token_counts(spec, c: Candidate) -> list[tuple[int, int]]:
-    """(tokens into the attention, tokens into the MLP) of every block, prefix included."""
-    n = (spec.img_size[0] // c.patch_size) * (spec.img_size[1] // c.patch_size)
-    out = []
-    for i in range(spec.depth):
-        before = n + spec.num_prefix_tokens
-        if c.heads[i] and c.keep[i] < 1.0:
-            k = kept_tokens(c.keep[i], n)
-            n = k + (1 if c.fuse and k < n else 0)
-        out.append((before, n + spec.num_prefix_tokens))
-    return out
 
 
 class LatencyPredictor:
@@ -113,12 +101,7 @@ class LatencyPredictor:
 
     # -- storage ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".latency.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.table, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.table, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyPredictor:
@@ -171,7 +154,6 @@ class LatencyPredictor:
     ) -> LatencyPredictor:
         """Measure the parts, fit the correction on ``calibrate`` whole candidates and state
         the error on ``validate`` others (all drawn from ``space``)."""
-        from tqdm import tqdm
 
         dev = resolve_device(device)
         spec = elastic.spec
@@ -179,7 +161,8 @@ class LatencyPredictor:
         pool = sample_candidates(space, 400, seed)
         # a GPU's latency steps with the token count (kernels work in tiles), so there every
         # count that occurs is measured; on a CPU it is smooth and a grid is interpolated
-        shapes = _shapes(spec, pool, grid, exact=dev.type == "cuda")
+        # the full model too, whatever the space: it is every search's reference
+        shapes = _shapes(spec, [Candidate.full(spec), *pool], grid, exact=dev.type == "cuda")
         chosen = random.Random(seed + 1).sample(pool, min(len(pool), calibrate + validate))
         cal, val = chosen[:calibrate], chosen[calibrate:]
         images = torch.randn(batch_size, 3, *spec.img_size, device=dev)
@@ -347,7 +330,6 @@ class PredictedLatencyEvaluator(Evaluator):
     def evaluate(
         self, elastic: ElasticViT, candidate: Candidate, context: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        from vitpareto.evaluators._latency import expected_latency
 
         seg = self.predictor.predict_segments(candidate)
         expected = expected_latency(seg, (context or {}).get("exit_fraction"))

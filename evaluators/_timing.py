@@ -7,12 +7,15 @@ medians taken minutes apart.
 
 from __future__ import annotations
 
+import os
+import platform
 import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import timm
 import torch
 
 from vitpareto.spaces import VitParetoError
@@ -125,7 +128,6 @@ def speedup(reference: list[float], candidate: list[float]) -> float:
 
 
 def _cpu_model() -> str:
-    import platform
 
     try:
         with open("/proc/cpuinfo") as f:
@@ -139,10 +141,6 @@ def _cpu_model() -> str:
 
 def device_fingerprint(device: str | torch.device = "cpu") -> dict[str, object]:
     """What a latency figure was measured on: CPU model, cores, threads, GPU, versions."""
-    import os
-    import platform
-
-    import timm
 
     dev = torch.device(device)
     fp: dict[str, object] = {

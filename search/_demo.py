@@ -11,6 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
+from vitpareto.errors import VitParetoError
+from vitpareto.files import check_parent
+from vitpareto.search.explore import SearchConfig, needed, rescore_front, search
+from vitpareto.search.outputs import export_trials, format_front, pick_trials, write_report
+from vitpareto.search.supernet import SupernetTrainer, TrainConfig, load_supernet
+
 MODEL = dict(model="test_vit", model_kwargs={"img_size": 32, "patch_size": 8})
 
 
@@ -22,20 +30,12 @@ def run_demo(
     threads: int | None = None,
 ) -> dict[str, Path]:
     """Run the pipeline into ``out``; return where each result is."""
-    import torch
-
-    from vitpareto.search._checkpoint import load_supernet
-    from vitpareto.search._cli_search import print_front
-    from vitpareto.search._export_trials import export_trials, pick_trials
-    from vitpareto.search._front import needed, rescore_front
-    from vitpareto.search._report import write_report
-    from vitpareto.search._study import SearchConfig, search
-    from vitpareto.search._train import SupernetTrainer, TrainConfig
-
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise VitParetoError(f"--out {str(out)!r} is a file, not a directory")
+    check_parent(out / "x", "--out")
     ckpt, db = out / "supernet.pt", out / "results.db"
     storage = f"sqlite:///{db}"
     start = time.perf_counter()
@@ -62,14 +62,14 @@ def run_demo(
     supernet = load_supernet(ckpt)
     config = SearchConfig(latency_batch=64)
     study = search(supernet, storage, "demo", trials, config)
-    print_front(study)
+    print(format_front(study))
 
     step(f"3/5 front: each model fine-tuned {finetune_steps} steps, re-scored -> study demo/front")
     front = study  # with nothing to re-score (no fine-tuning), the search's own front
     if needed(config, finetune_steps):
         # a low rate: these weights are already good (5e-4 cost 0.3-1.4 points here)
         front = rescore_front(supernet, storage, "demo", config, steps=finetune_steps, lr=1e-4)
-        print_front(front)
+        print(format_front(front))
 
     step(f"4/5 report -> {out / 'report'}")
     paths = write_report(study, out / "report", rescored=front if front is not study else None)

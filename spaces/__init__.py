@@ -1,17 +1,25 @@
-"""What can be searched: the Candidate, the JointSpace, the elastic ViT and ``compress``."""
+"""What can be searched: the Candidate, the JointSpace, the elastic ViT and ``compress``,
+and the modules a compressed model is made of."""
 
+from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
-from vitpareto.spaces._compress import CompressedViT, compress
-from vitpareto.spaces._elastic import ElasticViT
-from vitpareto.spaces._errors import VitParetoError
+from vitpareto.spaces._compress import CompressedViT, PrunedBlock
+from vitpareto.spaces._elastic import ElasticViT, compress
+from vitpareto.spaces._exits import exit_assignment
 from vitpareto.spaces._importance import CRITERIA, BlockScores, rank
 from vitpareto.spaces._models import create_model, load_checkpoint
-from vitpareto.spaces._ops import kept_tokens
+from vitpareto.spaces._ops import ClassAttention, ExitHead, TokenSelect, kept_tokens, token_counts
 from vitpareto.spaces._space import JointSpace, Knob
 from vitpareto.spaces._spec import ViTSpec, describe
 
 __all__ = [
     "CRITERIA",
+    "ClassAttention",
+    "ExitHead",
+    "PrunedBlock",
+    "TokenSelect",
+    "exit_assignment",
+    "token_counts",
     "BlockScores",
     "Candidate",
     "CompressedViT",

@@ -9,15 +9,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vitpareto.spaces._errors import VitParetoError
+from vitpareto.errors import VitParetoError
 from vitpareto.spaces._spec import ViTSpec, describe
 
-_PER_BLOCK = ("heads", "qk_dim", "mlp", "keep")
+PER_BLOCK = ("heads", "qk_dim", "mlp", "keep")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A compressed ViT described by its five knobs (see DESIGN.md).
+    """A compressed ViT described by its five knobs (see the README, "The Candidate").
 
     Blocks are 0-based; every per-block tuple has one entry per block.
 
@@ -65,7 +65,7 @@ class Candidate:
         set_(self, "exit_threshold", _as_float("exit_threshold", self.exit_threshold))
         if not isinstance(self.fuse, bool):
             raise VitParetoError(f"fuse must be true or false, got {self.fuse!r}")
-        depths = {name: len(getattr(self, name)) for name in _PER_BLOCK}
+        depths = {name: len(getattr(self, name)) for name in PER_BLOCK}
         if len(set(depths.values())) != 1:
             raise VitParetoError(
                 "heads, qk_dim, mlp and keep need one entry per block; got lengths "
@@ -97,7 +97,7 @@ class Candidate:
         unknown = set(knobs) - {f.name for f in dataclasses.fields(cls) if f.init}
         if unknown:
             raise VitParetoError(f"unknown candidate field(s): {', '.join(sorted(unknown))}")
-        for name in _PER_BLOCK:
+        for name in PER_BLOCK:
             if name in knobs:
                 knobs[name] = _per_block(name, knobs[name], getattr(base, name))
         return dataclasses.replace(base, **knobs).validate(model)
@@ -169,7 +169,7 @@ class Candidate:
         unknown = set(data) - names
         if unknown:
             raise VitParetoError(f"unknown candidate field(s): {', '.join(sorted(unknown))}")
-        missing = {"patch_size", *_PER_BLOCK} - set(data)
+        missing = {"patch_size", *PER_BLOCK} - set(data)
         if missing:
             raise VitParetoError(f"candidate is missing field(s): {', '.join(sorted(missing))}")
         return cls(**data)

@@ -7,9 +7,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
-from vitpareto.spaces._errors import VitParetoError
-from vitpareto.spaces._importance import Criterion
 from vitpareto.spaces._ops import (
     ClassAttention,
     TokenSelect,
@@ -18,7 +17,7 @@ from vitpareto.spaces._ops import (
     slice_qkv,
     sliced_norm_module,
 )
-from vitpareto.spaces._spec import ViTSpec, describe
+from vitpareto.spaces._spec import ViTSpec
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -200,23 +199,3 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
     out = CompressedViT(vit, heads, exit_after, candidate)
     out.train(elastic.training)
     return out
-
-
-def compress(
-    model: nn.Module, candidate: Candidate, importance: str | Criterion = "magnitude"
-) -> CompressedViT:
-    """Return ``candidate`` cut out of ``model`` as a plain, physically smaller module.
-
-    ``model`` is a timm VisionTransformer (left untouched; its heads and channels are
-    ranked by ``importance`` on a copy) or an ``ElasticViT`` (its ranking and exit heads
-    are used). Exit heads a plain timm model lacks start from its final norm and head.
-    """
-    from vitpareto.spaces._elastic import ElasticViT
-
-    if not isinstance(model, ElasticViT):
-        describe(model)
-        if not isinstance(candidate, Candidate):
-            raise VitParetoError(f"compress needs a Candidate, got {type(candidate).__name__}")
-        candidate.validate(model)
-        model = ElasticViT(copy.deepcopy(model), importance, exit_blocks=candidate.exits)
-    return extract(model, candidate)

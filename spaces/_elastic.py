@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from functools import partial
 
@@ -12,7 +13,9 @@ from timm.layers import resample_abs_pos_embed
 from timm.layers.format import nchw_to
 from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
 
+from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._compress import CompressedViT, extract
 from vitpareto.spaces._importance import Criterion, rank
 from vitpareto.spaces._ops import (
     ClassAttention,
@@ -80,7 +83,10 @@ class ElasticViT(nn.Module):
         c = candidate if candidate is not None else Candidate.full(self.spec)
         missing = [b for b in c.exits if str(b) not in self.exit_heads]
         if exits and missing:
-            raise KeyError(f"no exit head after block(s) {missing}; built: {list(self.exit_heads)}")
+            raise VitParetoError(
+                f"the candidate exits after block(s) {missing}, but this model has exit heads "
+                f"after {sorted(int(b) for b in self.exit_heads)} only; choose exits among them"
+            )
         x = self.embed(x, c.patch_size)
         outs = []
         for i, blk in enumerate(self.vit.blocks):
@@ -155,10 +161,8 @@ class ElasticViT(nn.Module):
         return residual_block(x, blk, attn_fn, mlp_fn, select)
 
     # -- extraction ---------------------------------------------------------------------------
-    def extract(self, candidate: Candidate) -> nn.Module:
+    def extract(self, candidate: Candidate) -> CompressedViT:
         """A standalone ``CompressedViT`` for ``candidate``: pruned parts physically removed."""
-        from vitpareto.spaces._compress import extract
-
         return extract(self, candidate)
 
 
@@ -171,3 +175,21 @@ class _PosEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit._pos_embed(x)
+
+
+def compress(
+    model: nn.Module, candidate: Candidate, importance: str | Criterion = "magnitude"
+) -> CompressedViT:
+    """Return ``candidate`` cut out of ``model`` as a plain, physically smaller module.
+
+    ``model`` is a timm VisionTransformer (left untouched; its heads and channels are
+    ranked by ``importance`` on a copy) or an ``ElasticViT`` (its ranking and exit heads
+    are used). Exit heads a plain timm model lacks start from its final norm and head.
+    """
+    if not isinstance(model, ElasticViT):
+        describe(model)
+        if not isinstance(candidate, Candidate):
+            raise VitParetoError(f"compress needs a Candidate, got {type(candidate).__name__}")
+        candidate.validate(model)
+        model = ElasticViT(copy.deepcopy(model), importance, exit_blocks=candidate.exits)
+    return extract(model, candidate)

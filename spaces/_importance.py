@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from vitpareto.spaces._errors import VitParetoError
+from vitpareto.errors import VitParetoError
 
 
 @dataclass

@@ -5,10 +5,12 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
-from vitpareto.spaces._errors import VitParetoError
+from vitpareto.errors import VitParetoError
 from vitpareto.spaces._spec import describe
 
 
@@ -20,7 +22,6 @@ def create_model(
     Raises ``VitParetoError`` for a name timm does not know, a model vitpareto cannot
     compress, weights that cannot be downloaded and a checkpoint that does not fit.
     """
-    import timm
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
@@ -51,8 +52,6 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     if not path.is_file():
         raise VitParetoError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             state = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types

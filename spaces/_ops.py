@@ -24,6 +24,22 @@ def kept_tokens(keep: float, n: int) -> int:
     return min(n, max(1, math.ceil(keep * n - 1e-9)))
 
 
+def token_counts(spec, candidate) -> list[tuple[int, int]]:
+    """(tokens into the attention, tokens into the MLP) of every block, prefix tokens
+    included: the one statement of how pruning and fusing change the token count."""
+    c = candidate
+    n = (spec.img_size[0] // c.patch_size) * (spec.img_size[1] // c.patch_size)
+    out = []
+    for i in range(spec.depth):
+        before = n + spec.num_prefix_tokens
+        if c.heads[i]:
+            k = kept_tokens(c.keep[i], n)
+            if k < n:
+                n = k + (1 if c.fuse else 0)
+        out.append((before, n + spec.num_prefix_tokens))
+    return out
+
+
 # --- attention -------------------------------------------------------------------------------
 def slice_qkv(attn: nn.Module, heads: int, qk_dim: int):
     """Weights of the first ``heads`` heads keeping the first ``qk_dim`` q/k channels each.

@@ -2,14 +2,15 @@
 
 The declaration says which knobs of a ``Candidate`` are searched and their choices. Both
 backends read the same flat list of categorical parameters (``params()``): Optuna through
-``suggest(trial)`` (define-by-run, ``trial.suggest_categorical`` only) and Ray Tune through
-``to_tune()`` / ``decode(config)``. Both turn parameter values into a candidate through one
-function (``_build``), so the same values give the same candidate in either backend.
+``suggest(trial)`` (define-by-run, ``trial.suggest_categorical`` only), and any other
+driver (a Ray Tune param space, a trial's stored params) through ``decode(config)``. Both
+turn parameter values into a candidate through one function (``_build``), so the same
+values give the same candidate whichever drives the search.
 
 Design: a ``JointSpace`` is a plain, model-independent declaration (what a YAML file holds).
 Choices that depend on the model (per-block parameter names, fractions turned into channel
 counts) need the model's shape, so ``bind(model)`` returns a copy that carries the model's
-``ViTSpec``; ``params``, ``size``, ``suggest``, ``to_tune`` and ``decode`` need a bound space.
+``ViTSpec``; ``params``, ``size``, ``suggest`` and ``decode`` need a bound space.
 ``JointSpace.default(model)`` and ``JointSpace.load(path, model)`` return bound spaces.
 
 YAML form (a knob left out is not searched: every block keeps its full value; a knob with one
@@ -41,61 +42,29 @@ Normalisation, identical in both backends because both go through ``_build``:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from vitpareto.spaces._candidate import Candidate
-from vitpareto.spaces._errors import VitParetoError
+from vitpareto.errors import VitParetoError
+from vitpareto.files import atomic_write
+from vitpareto.spaces._candidate import PER_BLOCK, Candidate
+from vitpareto.spaces._knobs import (
+    Knob,
+    dump,
+    read_blocks,
+    read_choices,
+    read_knob,
+    read_mapping,
+)
 from vitpareto.spaces._spec import ViTSpec, describe
 
 if TYPE_CHECKING:
     import optuna
 
-_PER_BLOCK = ("heads", "qk_dim", "mlp", "keep")
-_KNOBS = ("patch_size", *_PER_BLOCK, "exits", "fuse")
-_GROUPINGS = ("block", "all")
-
-# knob -> (type of a choice, test, description of the allowed choices)
-_RULES = {
-    "patch_size": (int, lambda v: v >= 1, "patch sides in pixels, >= 1"),
-    "heads": (int, lambda v: v >= 0, "head counts >= 0 (0 removes the attention)"),
-    "qk_dim": (float, lambda v: 0 < v <= 1, "fractions of head_dim in (0, 1]"),
-    "mlp": (float, lambda v: 0 <= v <= 1, "fractions of the block's MLP width in [0, 1]"),
-    "keep": (float, lambda v: 0 < v <= 1, "token keep ratios in (0, 1]"),
-    "exit_threshold": (float, lambda v: 0 < v <= 1, "softmax confidences in (0, 1]"),
-    "fuse": (bool, lambda v: True, "true or false"),
-}
-
-
-@dataclass(frozen=True)
-class Knob:
-    """How one per-block knob (heads, qk_dim, mlp, keep) is searched.
-
-    Attributes:
-        choices: values to choose from (heads: head counts; qk_dim and mlp: fractions of the
-            full width; keep: token keep ratios).
-        groups: ``"block"`` (one parameter per block), ``"all"`` (one parameter shared by
-            every searched block) or a tuple of block tuples (one parameter per group).
-        blocks: the searched blocks; ``None`` means every block, or the blocks of explicit
-            groups. Blocks not searched keep their full value.
-    """
-
-    choices: tuple
-    groups: str | tuple[tuple[int, ...], ...] = "block"
-    blocks: tuple[int, ...] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        groups = self.groups if isinstance(self.groups, str) else [list(g) for g in self.groups]
-        out: dict[str, Any] = {"choices": list(self.choices), "groups": groups}
-        if self.blocks is not None:
-            out["blocks"] = list(self.blocks)
-        return out
+_KNOBS = ("patch_size", *PER_BLOCK, "exits", "fuse")
 
 
 class _Slot(NamedTuple):
@@ -133,18 +102,18 @@ class JointSpace:
         set_ = object.__setattr__
         for name in ("patch_size", "fuse"):
             if getattr(self, name) is not None:
-                set_(self, name, _choices(name, getattr(self, name)))
-        for name in _PER_BLOCK:
+                set_(self, name, read_choices(name, getattr(self, name)))
+        for name in PER_BLOCK:
             if getattr(self, name) is not None:
-                set_(self, name, _knob(name, getattr(self, name)))
+                set_(self, name, read_knob(name, getattr(self, name)))
         if self.exits is not None:
-            set_(self, "exits", tuple(sorted(_blocks("exits", self.exits))))
+            set_(self, "exits", tuple(sorted(read_blocks("exits", self.exits))))
             if self.exit_threshold is None:
                 raise VitParetoError(
                     "exits need threshold choices, e.g. exits: {blocks: [5, 8], "
                     "threshold: [0.8, 0.9]}"
                 )
-            set_(self, "exit_threshold", _choices("exit_threshold", self.exit_threshold))
+            set_(self, "exit_threshold", read_choices("exit_threshold", self.exit_threshold))
         elif self.exit_threshold is not None:
             raise VitParetoError(
                 "exit_threshold is given but no exits; declare the exit blocks, e.g. "
@@ -201,7 +170,7 @@ class JointSpace:
                 f"heads: choice {max(self.heads.choices)} is above the model's {s.num_heads} "
                 f"heads; allowed: 0..{s.num_heads}"
             )
-        for name in _PER_BLOCK:
+        for name in PER_BLOCK:
             knob = getattr(self, name)
             for b in _knob_blocks(knob, s.depth) if knob is not None else ():
                 if b >= s.depth:
@@ -229,16 +198,6 @@ class JointSpace:
         """Sample a candidate in an Optuna objective with ``trial.suggest_categorical``."""
         values = {name: trial.suggest_categorical(name, c) for name, c in self.params().items()}
         return self._build(values)
-
-    def to_tune(self) -> dict[str, Any]:
-        """Ray Tune param space: parameter name -> ``tune.choice(choices)``; see ``decode``."""
-        try:
-            from ray import tune
-        except ImportError:
-            raise VitParetoError(
-                "Ray Tune is not installed; install it with pip install 'vitpareto[ray]'"
-            ) from None
-        return {name: tune.choice(c) for name, c in self.params().items()}
 
     def decode(self, config: Mapping[str, Any]) -> Candidate:
         """The candidate of a parameter assignment (a Ray Tune config, a trial's params).
@@ -276,18 +235,13 @@ class JointSpace:
                 values[name] = min(choices)
         return self._build(values)
 
-    def summary(self) -> str:
-        """A short text: each parameter with its choices, and the number of combinations."""
-        lines = [f"{name}: {choices}" for name, choices in self.params().items()]
-        return "\n".join([*lines, f"{len(lines)} parameters, {self.size()} combinations"])
-
     # -- read / write ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The declaration in its YAML/JSON form; knobs not searched are left out."""
         out: dict[str, Any] = {}
         if self.patch_size is not None:
             out["patch_size"] = list(self.patch_size)
-        for name in _PER_BLOCK:
+        for name in PER_BLOCK:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name).to_dict()
         if self.exits is not None:
@@ -324,47 +278,11 @@ class JointSpace:
     @classmethod
     def load(cls, path: str | os.PathLike, model=None) -> JointSpace:
         """Read a .yaml/.yml/.json space file; bound to ``model`` when one is given."""
-        path = Path(path)
-        fmt = _format(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise VitParetoError(f"space file {path} does not exist") from None
-        except OSError as e:
-            raise VitParetoError(f"cannot read space file {path}: {e.strerror}") from None
-        if fmt == "json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise VitParetoError(f"space file {path} is not valid JSON: {e}") from None
-        else:
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as e:
-                raise VitParetoError(f"space file {path} is not valid YAML: {e}") from None
-        if not isinstance(data, Mapping):
-            raise VitParetoError(f"space file {path} must hold a mapping of knobs")
-        return cls.from_dict(data, model)
+        return cls.from_dict(read_mapping(path), model)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the declaration as YAML or JSON (by extension), atomically."""
-        path = Path(path)
-        if _format(path) == "json":
-            text = json.dumps(self.to_dict(), indent=2) + "\n"
-        else:
-            import yaml
-
-            text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, dump(self.to_dict(), path))
 
     # -- internals ------------------------------------------------------------------------
     def _spec(self) -> ViTSpec:
@@ -378,7 +296,7 @@ class JointSpace:
         slots = []
         if self.patch_size is not None:
             slots.append(_slot("patch_size", "patch_size", (), self.patch_size))
-        for name in _PER_BLOCK:
+        for name in PER_BLOCK:
             knob = getattr(self, name)
             if knob is None:
                 continue
@@ -449,100 +367,3 @@ def _knob_blocks(knob: Knob, depth: int) -> tuple[int, ...]:
     if isinstance(knob.groups, tuple):
         return tuple(sorted(b for g in knob.groups for b in g))
     return tuple(range(depth))
-
-
-def _format(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext in (".yaml", ".yml"):
-        return "yaml"
-    if ext == ".json":
-        return "json"
-    raise VitParetoError(f"space file {path} must end in .yaml, .yml or .json")
-
-
-def _choices(name: str, value) -> tuple:
-    """Normalise a scalar or a list into a tuple of checked, distinct choices."""
-    kind, ok, allowed = _RULES[name]
-    if isinstance(value, str | bytes | Mapping):
-        raise VitParetoError(f"{name}: expected a list of choices ({allowed}), got {value!r}")
-    values = list(value) if isinstance(value, Sequence) else [value]
-    if not values:
-        raise VitParetoError(f"{name}: needs at least one choice ({allowed})")
-    out = []
-    for v in values:
-        c = _coerce(kind, v)
-        if c is None or not ok(c):
-            raise VitParetoError(f"{name}: choice {v!r} is not allowed; choices are {allowed}")
-        if c in out:
-            raise VitParetoError(f"{name}: choice {v!r} is listed twice")
-        out.append(c)
-    return tuple(out)
-
-
-def _coerce(kind: type, v):
-    """v as a bool/int/float, or None when it is not one."""
-    if kind is bool:
-        return v if isinstance(v, bool) else None
-    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-        return None
-    if kind is int:
-        return int(v) if v == int(v) else None
-    return float(v)
-
-
-def _blocks(name: str, value) -> tuple[int, ...]:
-    """A non-empty list of distinct block indices >= 0."""
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
-        raise VitParetoError(f"{name}: blocks must be a non-empty list of block indices")
-    out = []
-    for b in value:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-            raise VitParetoError(f"{name}: block {b!r} is not a block index (an integer >= 0)")
-        if b in out:
-            raise VitParetoError(f"{name}: block {b} is listed twice")
-        out.append(b)
-    return tuple(out)
-
-
-def _knob(name: str, value) -> Knob:
-    """Normalise a Knob, a dict like the YAML form, a list or a scalar into a checked Knob."""
-    if isinstance(value, Knob):
-        value = dataclasses.asdict(value)
-    if not isinstance(value, Mapping):
-        value = {"choices": value}
-    unknown = set(value) - {"choices", "groups", "blocks"}
-    if unknown:
-        raise VitParetoError(
-            f"{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-            "known: choices, groups, blocks"
-        )
-    if "choices" not in value:
-        raise VitParetoError(f"{name}: choices are missing, e.g. {name}: {{choices: [...]}}")
-    choices = _choices(name, value["choices"])
-    groups = value.get("groups", "block")
-    if isinstance(groups, str):
-        if groups not in _GROUPINGS:
-            raise VitParetoError(
-                f"{name}: groups={groups!r} is not allowed; use block, all or a list of "
-                "block lists like [[0, 1], [2, 3]]"
-            )
-    else:
-        if not isinstance(groups, Sequence) or not groups:
-            raise VitParetoError(
-                f"{name}: groups must be block, all or a non-empty list of block lists"
-            )
-        groups = tuple(
-            tuple(sorted(_blocks(f"{name} group {g}", grp))) for g, grp in enumerate(groups)
-        )
-        flat = [b for g in groups for b in g]
-        if len(flat) != len(set(flat)):
-            raise VitParetoError(f"{name}: a block is in more than one group: {groups}")
-    blocks = value.get("blocks")
-    if blocks is not None:
-        blocks = tuple(sorted(_blocks(name, blocks)))
-        if isinstance(groups, tuple) and set(blocks) != {b for g in groups for b in g}:
-            raise VitParetoError(
-                f"{name}: blocks {list(blocks)} differ from the blocks of the groups; "
-                "give the groups alone"
-            )
-    return Knob(choices=choices, groups=groups, blocks=blocks)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn as nn
+from timm.layers import Mlp, PatchEmbed, RmsNorm
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
 
-from vitpareto.spaces._errors import VitParetoError
+from vitpareto.errors import VitParetoError
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,6 @@ def describe(model) -> ViTSpec:
     spec = getattr(model, "spec", None)
     if isinstance(spec, ViTSpec):
         return spec
-    from timm.layers import Mlp, PatchEmbed
-    from timm.layers.attention import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
 
     if not isinstance(model, VisionTransformer):
         raise _unsupported(
@@ -127,6 +127,5 @@ def describe(model) -> ViTSpec:
 
 
 def _is_sliceable_norm(norm: nn.Module) -> bool:
-    from timm.layers import RmsNorm
 
     return isinstance(norm, nn.LayerNorm | RmsNorm)

@@ -2,7 +2,8 @@
 
 ``vitpareto.load(dir)`` rebuilds an exported model; the rest lives in the subpackages
 ``vitpareto.spaces`` (what is searched), ``vitpareto.evaluators`` (how a candidate is
-scored) and ``vitpareto.search`` (training, search, results, export).
+scored) and ``vitpareto.search`` (training, search, results, export). ``vitpareto.errors``
+and ``vitpareto.files`` sit below them all.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ __all__ = ["load"]
 
 def load(path: str | os.PathLike, device: str = "cpu"):
     """The compressed model exported to directory ``path`` (``vitpareto export``), in eval
-    mode on ``device``: architecture from timm and the candidate, weights from safetensors."""
-    from vitpareto.search._export import load_model
+    mode on ``device``: architecture from timm and the candidate, weights from safetensors
+    (checked against the SHA-256 written at export)."""
+    # imported here, not above: every subpackage imports vitpareto.errors, which loads
+    # this package first, before any of them could be imported from it
+    from vitpareto.search.outputs import load_model
 
     return load_model(path, device=device)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.servers import start_postgres
-from vitpareto.search._train import SupernetTrainer, TrainConfig
+from tests.cluster.servers import RayCluster, start_postgres
+from vitpareto.search import SupernetTrainer, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -28,3 +28,16 @@ def postgres():
     url, stop = start_postgres()
     yield url
     stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A Ray cluster of its own on loopback: a head, and a node holding ``target:probe``
+    (the tests using it share one pytest-xdist worker: xdist_group "ray")."""
+    c = RayCluster(tmp_path_factory.mktemp("ray"))
+    try:
+        c.start("head", cpus=1, head=True)
+        c.start("probe", cpus=1, resources='{"target:probe": 1}')
+        yield c
+    finally:
+        c.stop()

@@ -5,30 +5,21 @@ node or the driver killed mid-search loses no completed trial."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.cluster.servers import RayCluster
 from tests.cluster.test_postgres import search_cmd
 
 pytestmark = pytest.mark.xdist_group("ray")
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = RayCluster(tmp_path_factory.mktemp("ray"))
-    try:
-        c.start("head", cpus=1, head=True)
-        c.start("probe", cpus=1, resources='{"target:probe": 1}')
-        yield c
-    finally:
-        c.stop()
 
 
 def ray_cmd(net, url, study, trials, cluster, *extra):
@@ -86,6 +77,12 @@ def test_front_fine_tuned_on_the_cluster_and_timed_on_the_target(net, cluster, t
     # timed for real: a measurement's spread, which no prediction has
     assert all("latency_iqr_ms" in t.user_attrs for t in front)
     assert all(t.user_attrs["weights_artifact"] for t in front)
+    # the latency table was built on the target with the study's threads, kept in the
+    # node's own directory (not relative to where Tune runs the task)
+    threads = optuna.load_study(study_name="p", storage=url).user_attrs["config"]["threads"]
+    tables = Path(tempfile.gettempdir()) / "vitpareto-ray" / "latency"
+    fps = [json.loads(p.read_text())["fingerprint"] for p in tables.glob("*.json")]
+    assert any(fp["threads"] == threads for fp in fps), (threads, fps)
 
 
 def test_a_target_no_node_holds_is_refused(net, cluster, tmp_path):
@@ -100,6 +97,24 @@ def test_a_target_no_node_holds_is_refused(net, cluster, tmp_path):
     assert "Traceback" not in out.stderr
     assert "target:orin" in out.stderr and "ray start" in out.stderr
     assert not db.exists()  # nothing measured, nothing stored
+
+
+def test_a_gpu_target_is_checked_on_the_target_not_on_the_driver(net, cluster, tmp_path):
+    """A CPU-only driver searching for a GPU target: the refusal is about the target
+    node that is missing, not about this machine's lack of CUDA."""
+    db = tmp_path / "r.db"
+    extra = ("--device", "cuda", "--target", "gpu", "--wait-for-target", "0")
+    out = subprocess.run(
+        ray_cmd(net, f"sqlite:///{db}", "g", 4, cluster, *extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "target:gpu" in err[0] and "ray start" in err[0], out.stderr
+    assert "CUDA" not in out.stderr and "Traceback" not in out.stderr
+    assert not db.exists()
 
 
 def _kill_when(url, study, n, proc, kill, timeout=300):

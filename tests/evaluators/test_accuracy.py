@@ -12,11 +12,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from vitpareto.evaluators._accuracy import AccuracyEvaluator, exit_metrics
-from vitpareto.evaluators._cost import exit_macs
-from vitpareto.evaluators._data import load_data
-from vitpareto.spaces import Candidate, ElasticViT, VitParetoError
-from vitpareto.spaces._exits import exit_assignment
+from vitpareto.evaluators import AccuracyEvaluator, exit_macs, exit_metrics, load_data
+from vitpareto.spaces import Candidate, ElasticViT, VitParetoError, exit_assignment
 
 
 def _log(probs) -> torch.Tensor:

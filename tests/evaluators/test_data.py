@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitpareto.evaluators import _data
-from vitpareto.evaluators._data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_data
+from vitpareto.evaluators import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_data
 from vitpareto.spaces import VitParetoError
 
 
@@ -50,10 +49,9 @@ def test_digits_rectangular_size_and_limit():
     assert next(iter(d.val))[0].shape == (8, 3, 16, 24)
 
 
-def test_lazy_resize_matches_eager(monkeypatch):
+def test_lazy_resize_matches_eager():
     eager, _ = _all(load_data("digits", 20, limit=40).val)
-    monkeypatch.setattr(_data, "_EAGER_LIMIT_BYTES", 0)
-    d = load_data("digits", 20, limit=40)
+    d = load_data("digits", 20, limit=40, memory_limit=0)
     assert d.val.dataset.lazy
     lazy, _ = _all(d.val)
     torch.testing.assert_close(lazy, eager, atol=1e-6, rtol=0)

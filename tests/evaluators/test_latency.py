@@ -9,13 +9,14 @@ import pytest
 import timm
 import torch
 
-from vitpareto.evaluators._latency import LatencyEvaluator, dynamic_latency
-from vitpareto.evaluators._predictor import (
+from vitpareto.evaluators import (
+    LatencyEvaluator,
     LatencyPredictor,
+    dynamic_latency,
     measure_candidates,
+    prepare,
     sample_candidates,
 )
-from vitpareto.evaluators._runtime import prepare
 from vitpareto.spaces import Candidate, ElasticViT, JointSpace, VitParetoError
 
 

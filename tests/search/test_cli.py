@@ -117,6 +117,31 @@ def test_space_written_and_read_back(tmp_path):
         (["latency", *SMALL, "--device", "cuda"], "no CUDA GPU"),
         (["latency", *SMALL, "--batch", "0"], "--batch must be at least 1"),
         (["latency", *SMALL, "--predict", "--space", "nospace.yaml"], "nospace.yaml"),
+        # zero is a value, not "not given"
+        (["cost", "--model", "test_vit", "--img-size", "0"], "--img-size must be between 1"),
+        (["cost", "--model", "test_vit", "--num-classes", "0"], "--num-classes must be at least 1"),
+        (
+            ["search", "--supernet", "x.pt", "--study", "s", "--finetune-lr", "0"],
+            "--finetune-lr must be above 0",
+        ),
+        (
+            ["search", "--supernet", "x.pt", "--study", "s", "--finetune-lr", "nan"],
+            "--finetune-lr must be a finite number",
+        ),
+        (
+            [
+                "train",
+                "--model",
+                "test_vit",
+                "--dataset",
+                "digits",
+                "--out",
+                "n.pt",
+                "--img-size",
+                "0",
+            ],
+            "--img-size must be between 1",
+        ),
     ],
 )
 def test_mistakes_exit_2_with_one_line(args, message, tmp_path):

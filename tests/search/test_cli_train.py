@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.search.test_cli import vitpareto
-from vitpareto.search._checkpoint import read_checkpoint
+from vitpareto.search.supernet import read_checkpoint
 
 TRAIN = [
     "train",

@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vitpareto.search import _expr
-from vitpareto.search._query import select
+from vitpareto.search.outputs import ExpressionError, parse_where, select
 
 
 @pytest.fixture
@@ -122,7 +121,7 @@ def test_escape_attempts_are_refused_and_run_nothing(df, text, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     Sentinel.ran.clear()
     before = df.copy()
-    with pytest.raises(_expr.ExpressionError) as e:
+    with pytest.raises(ExpressionError) as e:
         select(df, where=text)
     message = str(e.value)
     assert "\n" not in message and message.startswith("--where")
@@ -148,27 +147,27 @@ def test_escape_attempts_are_refused_and_run_nothing(df, text, tmp_path, monkeyp
     ],
 )
 def test_refusals_name_the_construct(df, text, named):
-    with pytest.raises(_expr.ExpressionError, match=None) as e:
+    with pytest.raises(ExpressionError, match=None) as e:
         select(df, where=text)
     assert named in str(e.value)
 
 
 def test_grammar_is_checked_without_data():
-    _expr.parse_where("latency_ms < 5 and accuracy > 0.9")
-    with pytest.raises(_expr.ExpressionError, match="call"):
-        _expr.parse_where("accuracy.to_csv('f') is None")
+    parse_where("latency_ms < 5 and accuracy > 0.9")
+    with pytest.raises(ExpressionError, match="call"):
+        parse_where("accuracy.to_csv('f') is None")
 
 
 @pytest.mark.parametrize(
     "text", ["accuracy.__class__", "-accuracy;x", "sum(accuracy)", "a b", "`x`", ",", "--acc"]
 )
 def test_sort_takes_column_names_only(df, text):
-    with pytest.raises(_expr.ExpressionError):
+    with pytest.raises(ExpressionError):
         select(df, sort=text)
 
 
 def test_sort_names_a_missing_column(df):
-    with pytest.raises(_expr.ExpressionError, match="no column speed"):
+    with pytest.raises(ExpressionError, match="no column speed"):
         select(df, sort="speed")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vitpareto.search._pareto import describe_reference, front_hypervolume, hypervolume
+from vitpareto.search.explore import describe_reference, front_hypervolume, hypervolume
 
 
 def test_known_volumes():

@@ -15,10 +15,14 @@ from optuna.trial import TrialState
 import vitpareto
 from tests.search.test_cli import vitpareto as cli
 from vitpareto.evaluators import AccuracyEvaluator
-from vitpareto.search._checkpoint import load_supernet
-from vitpareto.search._front import rescore_front
-from vitpareto.search._study import SearchConfig, search
-from vitpareto.search._train import SupernetTrainer, TrainConfig
+from vitpareto.search import (
+    SearchConfig,
+    SupernetTrainer,
+    TrainConfig,
+    load_supernet,
+    rescore_front,
+    search,
+)
 from vitpareto.spaces import VitParetoError
 
 CONFIG = dict(latency_repeats=3)
@@ -153,6 +157,8 @@ def test_front_finetuned_and_remeasured_into_its_own_study(searched, tmp_path):
     assert len(rescore_front(net, url2, "p", config, steps=5, progress=False).trials) == len(got)
     with pytest.raises(VitParetoError, match="fine-tuned with 5 steps"):
         rescore_front(net, url2, "p", config, steps=7, progress=False)
+    with pytest.raises(VitParetoError, match="learning rate 0.0001, not 0.0005"):
+        rescore_front(net, url2, "p", config, steps=5, progress=False, lr=5e-4)
     # the fine-tuned weights are what export writes: its accuracy is the stored one
     t = got[0]
     out = cli("export", "--storage", url2, "--study", "p/front", "--trial", str(t.number),

@@ -13,9 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from vitpareto.search._checkpoint import load_supernet
-from vitpareto.search._study import SearchConfig, search
-from vitpareto.search._train import SupernetTrainer, TrainConfig
+from vitpareto.search import SearchConfig, SupernetTrainer, TrainConfig, load_supernet, search
 from vitpareto.spaces import Candidate, VitParetoError
 
 CONFIG = dict(latency_repeats=3)

@@ -3,21 +3,24 @@ resume, trustworthy checkpoints, and fine-tuning that repairs a cut candidate.""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
 
 from vitpareto.evaluators import AccuracyEvaluator
-from vitpareto.search._checkpoint import (
+from vitpareto.search.outputs import load_model, save_finetuned
+from vitpareto.search.supernet import (
+    FinetuneConfig,
+    SupernetTrainer,
+    TrainConfig,
+    finetune,
     load_supernet,
     read_checkpoint,
     save_checkpoint,
     weights_sha256,
 )
-from vitpareto.search._export import load_model, read_metrics
-from vitpareto.search._finetune import FinetuneConfig, finetune, save_finetuned
-from vitpareto.search._train import SupernetTrainer, TrainConfig
 from vitpareto.spaces import Candidate, VitParetoError
 
 # test_vit at 32 px with patch 8: 16 tokens, 6 blocks, 2 heads, embed 64
@@ -106,7 +109,7 @@ def test_finetune_repairs_a_cut_candidate(plain, tmp_path):
     loaded = load_model(out)
     assert loaded.candidate == candidate
     again = AccuracyEvaluator(trainer.data.val, progress=False).score(loaded, s)["accuracy"]
-    assert again == m["accuracy"] == read_metrics(out)["accuracy"]
+    assert again == m["accuracy"] == json.loads((out / "metrics.json").read_text())["accuracy"]
     with pytest.raises(VitParetoError, match="already exists"):
         save_finetuned(out, result, net)
 

@@ -11,8 +11,8 @@ import torch
 from conftest import VARIANTS, images, make_variant, random_candidate
 from timm.layers import LayerScale
 
-from vitpareto.spaces import Candidate, ElasticViT, compress, describe
-from vitpareto.spaces._ops import TokenSelect
+from vitpareto.errors import VitParetoError
+from vitpareto.spaces import Candidate, ElasticViT, TokenSelect, compress, describe
 
 ATOL = 1e-5
 
@@ -215,3 +215,13 @@ def test_cuda_matches_cpu(key):
     for a, b, ref in zip(ours, theirs, cpu, strict=True):
         assert (a - b).abs().max() <= 1e-4
         assert (a.cpu() - ref).abs().max() <= 1e-4
+
+
+def test_an_exit_the_elastic_model_lacks_is_a_clear_error():
+    model = make_variant("class_token")
+    elastic = ElasticViT(model, exit_blocks=(0,))
+    cand = Candidate.make(model, exits=(1,), exit_threshold=0.9)
+    with pytest.raises(VitParetoError, match=r"exit heads after \[0\] only"):
+        elastic.forward_exits(images(model), cand)
+    with pytest.raises(VitParetoError, match="no exit head after block"):
+        elastic.extract(cand)

@@ -7,9 +7,9 @@ import optuna
 import pytest
 import timm
 
-from vitpareto.spaces._candidate import Candidate
-from vitpareto.spaces._errors import VitParetoError
-from vitpareto.spaces._space import JointSpace, Knob
+from vitpareto.errors import VitParetoError
+from vitpareto.search.explore import tune_space
+from vitpareto.spaces import Candidate, JointSpace, Knob
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -62,7 +62,7 @@ def test_parameter_names(small):
 
 def test_optuna_and_tune_reach_the_same_candidates(small, vit):
     by_optuna = {small.suggest(optuna.trial.FixedTrial(p)) for p in combos(small.params())}
-    domains = small.to_tune()
+    domains = tune_space(small)
     assert list(domains) == list(small.params())
     categories = {name: d.categories for name, d in domains.items()}
     by_tune = {small.decode(c) for c in combos(categories)}
@@ -134,7 +134,7 @@ def test_fixed_and_empty_spaces(vit):
 def test_default_space_candidates_validate(name, request):
     model = request.getfixturevalue(name)
     space = JointSpace.default(model)
-    domains = space.to_tune()
+    domains = tune_space(space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(150):
         space.decode({n: d.sample() for n, d in domains.items()}).validate(model)

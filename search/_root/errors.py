@@ -1,4 +1,7 @@
-"""The one exception type for user mistakes: the command line turns it into a one-line message."""
+"""The one exception type for user mistakes: the command line turns it into a one-line message.
+
+It lives at the root of the package, below every subpackage, so that each can raise it.
+"""
 
 
 class VitParetoError(ValueError):

@@ -1,30 +1,31 @@
-"""The ``vitpareto`` command line. Usage errors print one line and exit with status 2."""
+"""The ``demo``, ``showcase``, ``space``, ``cost`` and ``latency`` commands."""
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
-import sys
 from pathlib import Path
 
-from vitpareto.search import _cli_search, _cli_train
-from vitpareto.spaces import VitParetoError
+import torch
+import yaml
+
+from vitpareto.errors import VitParetoError
+from vitpareto.evaluators import (
+    LatencyEvaluator,
+    LatencyPredictor,
+    count_macs,
+    count_params,
+    resolve_device,
+)
+from vitpareto.search._demo import run_demo
+from vitpareto.search.cli._common import candidate_or_full, model_args, model_from_args, positive
+from vitpareto.search.outputs import format_table, measure
+from vitpareto.spaces import ElasticViT, JointSpace, compress, describe
 
 DEMO_MODEL = "deit_small_patch16_224"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vitpareto",
-        description="Find Pareto-optimal compressed Vision Transformers: patch size, token "
-        "pruning, heads, q/k channels, MLP channels and early exits, searched jointly and "
-        "measured on the target hardware.",
-        epilog="Run `vitpareto COMMAND --help` for the options of a command.",
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _cli_train.add_parsers(sub)
-    _cli_search.add_parsers(sub)
-
+def add_parsers(sub) -> None:
     e2e = sub.add_parser(
         "demo",
         help="the whole pipeline on digits in minutes: train, search, front, report, export",
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "--finetune-front", type=int, default=60, metavar="STEPS", help="(default: 60)"
     )
     e2e.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    e2e.set_defaults(handler=cmd_demo)
 
     d = sub.add_parser(
         "showcase",
@@ -50,11 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         "with one candidate per compression knob, and print parameters, MACs and the speedup "
         "measured here, interleaved against the full model.",
     )
-    _model_args(d, default=DEMO_MODEL)
+    model_args(d, default=DEMO_MODEL)
     d.add_argument("--batch", type=int, default=8, help="images per forward pass (default: 8)")
     d.add_argument("--repeats", type=int, default=15, help="timed rounds (default: 15)")
     d.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    d.set_defaults(handler=cmd_showcase)
 
     s = sub.add_parser(
         "space",
@@ -62,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Print (or write with --out) the default JointSpace of a model: a starting "
         "point to edit and pass to the search.",
     )
-    _model_args(s)
+    model_args(s)
     s.add_argument("--out", type=Path, help="file to write (.yaml, .yml or .json)")
+    s.set_defaults(handler=cmd_space)
 
     c = sub.add_parser(
         "cost",
@@ -71,11 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Compress a model with a candidate and print its parameters and MACs "
         "(fvcore, attention matmuls included) beside the full model's.",
     )
-    _model_args(c)
+    model_args(c)
     c.add_argument(
         "--candidate",
         help="candidate as JSON text or a .json file (default: the full model)",
     )
+    c.set_defaults(handler=cmd_cost)
     lat = sub.add_parser(
         "latency",
         help="measure a candidate's latency on this machine (and predict it)",
@@ -84,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "build (once per device, model, batch size and space; then reused) the latency table "
         "and show its prediction beside the measurement.",
     )
-    _model_args(lat)
+    model_args(lat)
     lat.add_argument("--candidate", help="candidate as JSON text or a .json file (default: full)")
     lat.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     lat.add_argument("--batch", type=int, default=1, help="images per forward pass (default: 1)")
@@ -103,40 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     lat.add_argument(
         "--tables", type=Path, default=Path("results/latency"), help="where tables are kept"
     )
-    return p
-
-
-def _model_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    p.add_argument(
-        "--model",
-        default=default,
-        required=default is None,
-        help="timm model name" + (f" (default: {default})" if default else ""),
-    )
-    p.add_argument("--img-size", type=int, help="input image side (default: the model's)")
-    p.add_argument("--num-classes", type=int, help="classes of the head (default: the model's)")
-    p.add_argument("--checkpoint", type=Path, help="weights file to load (state dict)")
-
-
-def _model(args):
-    from vitpareto.spaces import create_model
-
-    kwargs = {
-        k: v for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes)) if v
-    }
-    return create_model(args.model, checkpoint=args.checkpoint, **kwargs).eval()
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise VitParetoError(f"--{name} must be at least 1, got {value}")
+    lat.set_defaults(handler=cmd_latency)
 
 
 def cmd_demo(args) -> int:
-    from vitpareto.search._demo import run_demo
-
     for name in ("trials", "epochs", "threads"):
-        _positive(name, getattr(args, name))
+        positive(name, getattr(args, name))
     if args.finetune_front < 0:
         raise VitParetoError(f"--finetune-front must be 0 or more, got {args.finetune_front}")
     run_demo(args.out, args.trials, args.epochs, args.finetune_front, args.threads)
@@ -144,17 +121,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_showcase(args) -> int:
-    import torch
-
-    from vitpareto.evaluators._timing import resolve_device
-    from vitpareto.search._showcase import format_table, measure
-
     for name in ("batch", "repeats", "threads"):
-        _positive(name, getattr(args, name))
+        positive(name, getattr(args, name))
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = _model(args)
+    model = model_from_args(args)
     print(
         f"vitpareto showcase: {args.model}, batch {args.batch}, {args.repeats} interleaved rounds on "
         f"{device} ({torch.get_num_threads()} threads)",
@@ -171,46 +143,18 @@ def cmd_showcase(args) -> int:
 
 
 def cmd_space(args) -> int:
-    from vitpareto.spaces import JointSpace
-
-    space = JointSpace.default(_model(args))
+    space = JointSpace.default(model_from_args(args))
     if args.out:
         space.save(args.out)
         print(f"wrote {args.out} ({space.size():,} parameter combinations)")
     else:
-        import yaml
-
         print(yaml.safe_dump(space.to_dict(), sort_keys=False), end="")
     return 0
 
 
-def read_candidate(text: str):
-    """A candidate given as JSON text or as the path of a .json file."""
-    from vitpareto.spaces import Candidate
-
-    if not text.lstrip().startswith("{"):
-        path = Path(text)
-        if not path.is_file():
-            raise VitParetoError(f"--candidate: {text!r} is neither JSON nor an existing file")
-        text = path.read_text()
-    return Candidate.from_json(text)
-
-
-def _candidate(args, model):
-    """The --candidate option; the full model when absent."""
-    from vitpareto.spaces import Candidate
-
-    if args.candidate is None:
-        return Candidate.full(model)
-    return read_candidate(args.candidate).validate(model)
-
-
 def cmd_cost(args) -> int:
-    from vitpareto.evaluators import count_macs, count_params
-    from vitpareto.spaces import compress, describe
-
-    model = _model(args)
-    cand = _candidate(args, model)
+    model = model_from_args(args)
+    cand = candidate_or_full(args, model)
     size = describe(model).img_size
     small = compress(model, cand)
     full_macs, macs = count_macs(model, size), count_macs(small, size)
@@ -227,15 +171,8 @@ def cmd_cost(args) -> int:
 
 
 def cmd_latency(args) -> int:
-    import copy
-
-    import torch
-
-    from vitpareto.evaluators import LatencyEvaluator, LatencyPredictor
-    from vitpareto.spaces import ElasticViT, JointSpace
-
     for name in ("batch", "repeats", "threads"):
-        _positive(name, getattr(args, name))
+        positive(name, getattr(args, name))
     if args.threads:  # the measurement and the latency table's key both use them
         torch.set_num_threads(args.threads)
     evaluator = LatencyEvaluator(
@@ -245,8 +182,8 @@ def cmd_latency(args) -> int:
         runtime=args.runtime,
         repeats=args.repeats,
     )
-    model = _model(args)
-    cand = _candidate(args, model)
+    model = model_from_args(args)
+    cand = candidate_or_full(args, model)
     elastic = ElasticViT(copy.deepcopy(model)).eval()
     r = evaluator(elastic, cand)
     fp = r["device_fingerprint"]
@@ -268,35 +205,3 @@ def cmd_latency(args) -> int:
             f"of candidates; stored under {args.tables})"
         )
     return 0
-
-
-COMMANDS = {
-    "train": _cli_train.cmd_train,
-    "finetune": _cli_train.cmd_finetune,
-    "search": _cli_search.cmd_search,
-    "studies": _cli_search.cmd_studies,
-    "query": _cli_search.cmd_query,
-    "demo": cmd_demo,
-    "showcase": cmd_showcase,
-    "export": _cli_search.cmd_export,
-    "report": _cli_search.cmd_report,
-    "space": cmd_space,
-    "cost": cmd_cost,
-    "latency": cmd_latency,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except VitParetoError as e:
-        print(f"vitpareto {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from vitpareto.spaces import VitParetoError
+from vitpareto.errors import VitParetoError
+from vitpareto.search.explore._study import objectives_of
 
 
 def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
@@ -96,3 +98,20 @@ def describe_reference(ref: dict[str, float]) -> str:
     for o, v in ref.items():
         parts.append("accuracy 0" if o == "accuracy" else f"{o} {v:.4g} (full model)")
     return "reference: " + ", ".join(parts)
+
+
+def front_hypervolume_of(study, df=None, ref: dict[str, float] | None = None):
+    """Hypervolume of a study's front and its reference point: from ``df`` (its trials as a
+    DataFrame with a ``pareto`` column), or else from the study's own front."""
+    objectives = objectives_of(study)
+    if df is None:
+        rows = []
+        for t in study.best_trials:
+            row = dict(zip(objectives, t.values, strict=True))
+            if "speedup" in t.user_attrs:
+                row["speedup"] = t.user_attrs["speedup"]
+            rows.append(row)
+        df = pd.DataFrame(rows)
+    if df.empty:
+        return 0.0, {}
+    return front_hypervolume(df, objectives, ref, study.user_attrs.get("full"))

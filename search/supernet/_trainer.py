@@ -18,7 +18,6 @@ what the small candidates learned).
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -27,55 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
 from vitpareto.evaluators import AccuracyEvaluator, Data, load_data, resolve_device
-from vitpareto.search._checkpoint import load_supernet, save_checkpoint
+from vitpareto.search.supernet._checkpoint import load_supernet, save_checkpoint
+from vitpareto.search.supernet._recipe import Recipe, adamw, lr_factor, mixed_loss
 from vitpareto.spaces import (
     Candidate,
     ElasticViT,
     JointSpace,
-    VitParetoError,
     create_model,
     describe,
 )
-
-
-@dataclass
-class Recipe:
-    """The optimisation settings that supernet training and fine-tuning share."""
-
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    distill: float = 0.5  # students' and exits' loss: distill * KD + (1 - distill) * labels
-    temperature: float = 1.0
-    grad_clip: float = 1.0  # 0 turns clipping off
-    seed: int = 0
-
-    def _checks(self) -> dict[str, bool]:
-        return {
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "min_lr": 0 <= self.min_lr <= self.lr,
-            "weight_decay": self.weight_decay >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "distill": 0 <= self.distill <= 1,
-            "temperature": self.temperature > 0,
-            "grad_clip": self.grad_clip >= 0,
-        }
-
-    def __post_init__(self):
-        wrong = [name for name, ok in self._checks().items() if not ok]
-        if wrong:
-            name = wrong[0]
-            raise VitParetoError(
-                f"training option {name} = {getattr(self, name)!r} is out of range (steps, "
-                "epochs and batch_size >= 1; lr > 0; 0 <= min_lr <= lr; warm-up within the run; "
-                "0 <= label_smoothing < 1; 0 <= distill <= 1; the rest >= 0)"
-            )
 
 
 @dataclass
@@ -104,58 +66,6 @@ class TrainConfig(Recipe):
         """Forward/backward passes per step: the compute of one step in full-model units
         (students are smaller, so this overstates the sandwich rule's cost)."""
         return 2 + self.random_candidates if self.sandwich else 1
-
-
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
-    """KL divergence from the teacher's softened outputs, scaled by t^2 (Hinton et al.)."""
-    return F.kl_div(
-        F.log_softmax(student.float() / t, -1),
-        F.softmax(teacher.float() / t, -1),
-        reduction="batchmean",
-    ) * (t * t)
-
-
-def mixed_loss(
-    outs: list[torch.Tensor],
-    y: torch.Tensor,
-    teacher: torch.Tensor | None,
-    distill: float,
-    temperature: float,
-    label_smoothing: float,
-) -> torch.Tensor:
-    """Sum over ``outs`` of ``distill * KD + (1 - distill) * CE`` (CE alone without teacher)."""
-    total = outs[0].new_zeros((), dtype=torch.float32)
-    for o in outs:
-        ce = F.cross_entropy(o.float(), y, label_smoothing=label_smoothing)
-        if teacher is None:
-            total = total + ce
-        else:
-            kd = distill_loss(o, teacher, temperature)
-            total = total + distill * kd + (1 - distill) * ce
-    return total
-
-
-def lr_factor(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to ``min_lr``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))) / lr
-
-
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms, tokens and position embeddings."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            (
-                decay if p.ndim > 1 and "token" not in n and "pos_embed" not in n else no_decay
-            ).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr)
 
 
 class SupernetTrainer:
@@ -310,7 +220,6 @@ class SupernetTrainer:
     ) -> dict[str, Any]:
         """Train until epoch ``epochs`` (default: the config's), checkpointing to ``out``
         after each epoch; return the last epoch's metrics."""
-        from tqdm import tqdm
 
         c = self.config
         stop = c.epochs if epochs is None else min(epochs, c.epochs)
@@ -383,3 +292,25 @@ class SupernetTrainer:
         """Write the checkpoint atomically; return (and keep) the weights' SHA-256."""
         self.sha256 = save_checkpoint(path, self.payload())
         return self.sha256
+
+
+def train_supernet(
+    model: str,
+    dataset: str,
+    out: str | Path,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> SupernetTrainer:
+    """Train (or, when ``out`` holds an unfinished run, resume) a supernet of the timm model
+    ``model`` on ``dataset`` into the checkpoint ``out``; ``options`` go to
+    ``SupernetTrainer.create`` (space, model_kwargs, pretrained, checkpoint, device,
+    workers). Returns the trainer, its ``sha256`` that of the written checkpoint."""
+    if Path(out).exists():
+        trainer = SupernetTrainer.resume(out, device=options.get("device", "cpu"))
+    else:
+        trainer = SupernetTrainer.create(model, dataset, config, **options)
+    trainer.fit(out, progress=progress)
+    if trainer.sha256 is None:  # nothing left to train: the checkpoint as it is
+        trainer.sha256 = load_supernet(out).sha256
+    return trainer

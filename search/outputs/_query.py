@@ -12,25 +12,29 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vitpareto.search import _expr
-from vitpareto.spaces import VitParetoError
+import pandas as pd
+from optuna.trial import TrialState
 
+from vitpareto.errors import VitParetoError
+from vitpareto.search.explore import (
+    describe_reference,
+    front_hypervolume_of,
+    load_study,
+    objectives_of,
+)
+from vitpareto.search.outputs._expr import sort_rows, where_rows
 
-def load_study(storage: str, name: str):
-    """An existing study, or one clear error naming the studies that exist."""
-    import optuna
-
-    from vitpareto.search._study import open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = open_storage(storage, create=False)
-    try:
-        return optuna.load_study(study_name=name, storage=store)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise VitParetoError(
-            f"no study {name!r} in {storage}; studies there: {', '.join(names) or 'none'}"
-        ) from None
+MAIN_COLUMNS = [
+    "trial",
+    "source_trial",
+    "accuracy",
+    "latency_ms",
+    "speedup",
+    "macs",
+    "params",
+    "fidelity",
+    "pareto",
+]
 
 
 def load_trials(storage: str, study: str):
@@ -38,26 +42,8 @@ def load_trials(storage: str, study: str):
     return trials_frame(load_study(storage, study))
 
 
-def objectives_of(st) -> list[str]:
-    """The objective names a study was created with."""
-    return st.user_attrs.get("objectives") or [f"value{i}" for i in range(len(st.directions))]
-
-
-def front_hypervolume_of(st, df=None, ref=None):
-    """Hypervolume of a study's front and its reference point (see ``_pareto``)."""
-    from vitpareto.search._pareto import front_hypervolume
-
-    df = trials_frame(st) if df is None else df
-    if df.empty:
-        return 0.0, {}
-    return front_hypervolume(df, objectives_of(st), ref, st.user_attrs.get("full"))
-
-
 def trials_frame(st):
     """Completed trials of a loaded study as a DataFrame."""
-    import pandas as pd
-    from optuna.trial import TrialState
-
     objectives = objectives_of(st)
     front = {t.number for t in st.best_trials}
     rows: list[dict[str, Any]] = []
@@ -77,15 +63,30 @@ def trials_frame(st):
 
 
 def select(df, where: str | None = None, sort: str | None = None, limit: int | None = None):
-    """Rows matching the filter ``where`` (the grammar of ``_expr``: columns, literals,
+    """Rows matching the filter ``where`` (a small grammar of our own: columns, literals,
     comparisons, and/or/not, in [list], arithmetic; never evaluated as Python), sorted by
     ``sort`` (comma-separated columns, ``-col`` for descending), at most ``limit`` of them."""
     if limit is not None and limit < 1:
         raise VitParetoError(f"--limit must be at least 1, got {limit}")
     if where is not None:
-        df = _expr.where(df, where)
+        df = where_rows(df, where)
     if sort is not None:
-        df = _expr.sort(df, sort)
+        df = sort_rows(df, sort)
     if limit is not None:
         df = df.head(limit)
     return df
+
+
+def format_front(study) -> str:
+    """The front of a study as a table, with its hypervolume and reference point."""
+    df = trials_frame(study)
+    n = 0 if df.empty else len(df)
+    lines = [f"study {study.study_name!r}: {n} completed trials"]
+    if df.empty:
+        return lines[0]
+    front = df[df["pareto"]].sort_values("accuracy" if "accuracy" in df else "trial")
+    hv, ref = front_hypervolume_of(study, df)
+    cols = [c for c in MAIN_COLUMNS if c in front.columns and c != "pareto"]
+    lines.append(f"front: {len(front)} trials, hypervolume {hv:.4f} ({describe_reference(ref)})")
+    lines.append(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return "\n".join(lines)

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from vitpareto.search._cli_search import storage_arg
-from vitpareto.spaces import VitParetoError
+import yaml
+
+from vitpareto.errors import VitParetoError
+from vitpareto.files import check_parent, read_text
+from vitpareto.search.cli._common import (
+    MAX_JSON,
+    device_args,
+    finite,
+    image_size,
+    positive,
+    read_candidate,
+    setup_threads,
+    storage_arg,
+)
+from vitpareto.search.explore import load_study
+from vitpareto.search.outputs import check_writable, pick_trials, save_finetuned
+from vitpareto.search.supernet import (
+    FinetuneConfig,
+    SupernetTrainer,
+    TrainConfig,
+    finetune,
+    load_supernet,
+)
+from vitpareto.spaces import Candidate
 
 # options that set TrainConfig fields of the same name
 _TRAIN_OPTIONS = (
@@ -92,7 +113,8 @@ def add_parsers(sub) -> None:
     g.add_argument(
         "--seed", type=int, help="seed of init, data split and order, sampling (default: 0)"
     )
-    _device_args(t)
+    device_args(t)
+    t.set_defaults(handler=cmd_train)
 
     f = sub.add_parser(
         "finetune",
@@ -117,38 +139,30 @@ def add_parsers(sub) -> None:
         "--distill", type=float, default=0.7, help="weight of distillation against labels (0.7)"
     )
     f.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    _device_args(f)
+    device_args(f)
+    f.set_defaults(handler=cmd_finetune)
 
 
-def _trial_candidate(storage: str, study: str | None, number: int):
-    """The candidate a search trial stored."""
-    from vitpareto.search._export_trials import pick_trials
-    from vitpareto.search._query import load_study
-    from vitpareto.spaces import Candidate
-
+def _trial_candidate(storage: str, study: str | None, number: int, supernet) -> Candidate:
+    """The candidate a search trial stored, from a study of this supernet."""
     if not study:
         raise VitParetoError("--trial needs --study (and --storage unless the default)")
-    (trial,) = pick_trials(load_study(storage, study), [number], pareto=False)
+    st = load_study(storage, study)
+    if st.user_attrs.get("supernet_sha256") not in (None, supernet.sha256):
+        raise VitParetoError(
+            f"study {study!r} searched another supernet (SHA-256 differs from --supernet); "
+            "give the supernet it searched"
+        )
+    (trial,) = pick_trials(st, [number], pareto=False)
     return Candidate.from_dict(trial.user_attrs["candidate"])
-
-
-def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
 
 
 def _model_spec(args) -> tuple[str, dict]:
     """--model as a timm name or a config file, plus --img-size and --patch-size."""
     name, kwargs = args.model, {}
     if name.endswith((".yaml", ".yml", ".json")):
-        import yaml
-
-        path = Path(name)
-        if not path.is_file():
-            raise VitParetoError(f"--model: model config {name!r} does not exist")
         try:
-            cfg = yaml.safe_load(path.read_text())
+            cfg = yaml.safe_load(read_text(name, MAX_JSON, "--model: model config"))
         except yaml.YAMLError as e:
             raise VitParetoError(f"--model: {name!r} is not valid YAML/JSON: {e}") from None
         if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
@@ -162,21 +176,29 @@ def _model_spec(args) -> tuple[str, dict]:
     return name, kwargs
 
 
-def _setup_threads(args) -> None:
-    import torch
-
-    for name in ("workers", "threads"):
-        v = getattr(args, name)
-        if v is not None and v < (0 if name == "workers" else 1):
-            raise VitParetoError(f"--{name} must be at least {0 if name == 'workers' else 1}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _check_train(args) -> None:
+    """Every number and the output path, checked before any work."""
+    image_size("img-size", args.img_size)
+    if args.patch_size is not None and not 1 <= args.patch_size <= (args.img_size or 4096):
+        raise VitParetoError(
+            f"--patch-size must be between 1 and the image side, got {args.patch_size}"
+        )
+    positive("num-classes", args.num_classes)
+    for name in ("epochs", "batch_size"):
+        positive(name.replace("_", "-"), getattr(args, name))
+    positive("random-candidates", args.random_candidates, zero=True)
+    positive("seed", args.seed, zero=True)
+    finite("lr", args.lr, above=0)
+    for name in ("weight_decay", "warmup_epochs", "label_smoothing", "distill"):
+        finite(name.replace("_", "-"), getattr(args, name), low=0)
+    check_parent(args.out, "--out")
+    if args.out.exists() and not args.out.is_file():
+        raise VitParetoError(f"--out {str(args.out)!r} is not a file")
 
 
 def cmd_train(args) -> int:
-    from vitpareto.search._train import SupernetTrainer, TrainConfig
-
-    _setup_threads(args)
+    setup_threads(args)
+    _check_train(args)
     given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.resume:
         extra = [
@@ -255,12 +277,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from vitpareto.search._checkpoint import load_supernet
-    from vitpareto.search._export import check_writable
-    from vitpareto.search._finetune import FinetuneConfig, finetune, save_finetuned
-    from vitpareto.search.cli import read_candidate
-
-    _setup_threads(args)
+    setup_threads(args)
+    positive("steps", args.steps)
+    positive("batch-size", args.batch_size)
+    finite("lr", args.lr, above=0)
+    finite("distill", args.distill, low=0)
     check_writable(args.out, args.force)
     config = FinetuneConfig(
         steps=args.steps,
@@ -271,7 +292,7 @@ def cmd_finetune(args) -> int:
     )
     supernet = load_supernet(args.supernet)
     if args.trial is not None:
-        candidate = _trial_candidate(args.storage, args.study, args.trial)
+        candidate = _trial_candidate(args.storage, args.study, args.trial, supernet)
     else:
         candidate = read_candidate(args.candidate)
     candidate = candidate.validate(supernet.elastic.spec)

@@ -8,9 +8,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
-from vitpareto.evaluators import analytic_macs, count_params, exit_head_macs, mac_profile
-from vitpareto.evaluators._timing import speedup, summarize, time_interleaved
+from vitpareto.evaluators import (
+    analytic_macs,
+    count_params,
+    exit_head_macs,
+    mac_profile,
+    speedup,
+    summarize,
+    time_interleaved,
+)
 from vitpareto.spaces import Candidate, ElasticViT, describe
 
 
@@ -65,8 +73,6 @@ def measure(
     progress: bool = True,
 ) -> list[Row]:
     """Compress ``model`` with each candidate and time all of them interleaved on ``device``."""
-    from tqdm import tqdm
-
     model = model.eval()
     s = describe(model)
     cands = candidates or showcase(model)

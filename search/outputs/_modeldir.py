@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from vitpareto.spaces import Candidate, CompressedViT, ElasticViT, VitParetoError, create_model
+from safetensors.torch import load_file, save_file
+
+from vitpareto.errors import VitParetoError
+from vitpareto.files import atomic_dir, check_parent
+from vitpareto.spaces import Candidate, CompressedViT, ElasticViT, create_model
 
 KIND = "vitpareto-model"
 FORMAT = 1
@@ -25,44 +27,14 @@ CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
 
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse to overwrite an existing path unless ``force``; return the path."""
+    """Refuse to overwrite an existing path unless ``force``, and a path that cannot be
+    written; return the path."""
     path = Path(path)
-    if path.exists() and not force:
+    if path.is_symlink() or (path.exists() and not force):
         raise VitParetoError(f"{str(path)!r} already exists; choose another path or pass --force")
     if path.exists() and not path.is_dir():
         raise VitParetoError(f"{str(path)!r} exists and is not a directory")
-    return path
-
-
-def write_dir_atomic(path: str | os.PathLike, files: dict[str, Any], force: bool = False) -> Path:
-    """Write ``files`` (name -> text, or a callable that writes the destination path) into a
-    fresh directory that replaces ``path`` in one rename."""
-    path = check_writable(path, force)
-    if path.parent.exists() and not path.parent.is_dir():
-        raise VitParetoError(f"{str(path.parent)!r} is a file, not a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the model is not
-    try:
-        for name, content in files.items():
-            dest = tmp / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if callable(content):
-                content(dest)
-            else:
-                dest.write_text(content)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
-            os.replace(path, old / "d")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    check_parent(path, "output")
     return path
 
 
@@ -75,9 +47,7 @@ def model_files(
     supernet_sha256: str | None = None,
     preprocessing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The files of a model directory, ready for ``write_dir_atomic``."""
-    from safetensors.torch import save_file
-
+    """The files of a model directory, ready for ``write_model_dir``."""
     config = {
         "kind": KIND,
         "format": FORMAT,
@@ -120,8 +90,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, device: str = "cpu") -> CompressedViT:
     """Rebuild a saved compressed model (architecture from timm and the candidate, weights
     from safetensors, strictly: every tensor must fit)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     cfg = read_config(path)
     try:
@@ -146,6 +114,20 @@ def rebuild(model_cfg: dict[str, Any], candidate: Candidate, state: dict, source
     return model.eval()
 
 
-def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``metrics.json`` of a model directory."""
-    return json.loads((Path(path) / METRICS).read_text())
+def write_model_dir(path: str | os.PathLike, files: dict[str, Any], force: bool = False) -> Path:
+    """Write a model directory's ``files`` in one rename (replacing ``path`` only when
+    ``force``)."""
+    return atomic_dir(check_writable(path, force), files, replace=force)
+
+
+def save_finetuned(path: str | os.PathLike, result, supernet, force: bool = False) -> Path:
+    """Write a fine-tuned candidate (``finetune``'s result) as a standalone model directory."""
+    files = model_files(
+        result.model,
+        supernet.model_name,
+        supernet.model_kwargs,
+        supernet.data["classes"],
+        result.metrics,
+        supernet.sha256,
+    )
+    return write_model_dir(path, files, force=force)

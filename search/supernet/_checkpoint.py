@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vitpareto.spaces import ElasticViT, JointSpace, VitParetoError, create_model
+from vitpareto.errors import VitParetoError
+from vitpareto.evaluators import load_data
+from vitpareto.files import atomic_write
+from vitpareto.spaces import ElasticViT, JointSpace, create_model
 
 KIND = "vitpareto-supernet"
 FORMAT = 1
@@ -52,7 +54,6 @@ class Supernet:
         """The dataset the supernet was trained on, at its image size, split as in training
         (``seed`` defaults to the training seed: another one would score accuracy on
         training images); refused when the data on disk now has other classes."""
-        from vitpareto.evaluators import load_data
 
         if seed is None:
             seed = int((self.meta.get("config") or {}).get("seed", 0))
@@ -74,18 +75,9 @@ class Supernet:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> str:
     """Write ``payload`` (with the weights' SHA-256 added) atomically; return the hash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     digest = weights_sha256(payload["state_dict"])
     payload = {**payload, "kind": KIND, "format": FORMAT, "sha256": digest}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return digest
 
 

@@ -10,10 +10,20 @@ the front as a table. The plotting library is embedded, so the page opens offlin
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
 
-from vitpareto.spaces import VitParetoError
+import pandas as pd
+
+from vitpareto.errors import VitParetoError
+from vitpareto.search.explore import (
+    describe_reference,
+    front_hypervolume_of,
+    front_study,
+    objectives_of,
+)
+from vitpareto.search.outputs._query import trials_frame
 
 LABELS = {
     "accuracy": "accuracy",
@@ -25,10 +35,6 @@ LABELS = {
 
 def knob_summary(df):
     """One column per knob, summed or averaged over blocks, from each trial's candidate."""
-    import json
-
-    import pandas as pd
-
     rows = []
     for text in df["candidate"]:
         c = json.loads(text)
@@ -64,14 +70,11 @@ def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vitpareto.search._pareto import describe_reference
-    from vitpareto.search._query import front_hypervolume_of, objectives_of, trials_frame
-
     df = trials_frame(study)
     if df.empty:
         raise VitParetoError(f"study {study.study_name!r} has no completed trials to report")
     if rescored is None:
-        rescored = _rescored(study)
+        rescored = front_study(study)
     second = trials_frame(rescored) if rescored is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,18 +124,6 @@ def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path
     page = _html(study, df, front, x, y, hv, describe_reference(ref), second)
     paths["html"].write_text(page)
     return paths
-
-
-def _rescored(study):
-    """The ``NAME/front`` study beside ``study``, if the second stage ran."""
-    import optuna
-
-    from vitpareto.search._front import SUFFIX
-
-    try:
-        return optuna.load_study(study_name=study.study_name + SUFFIX, storage=study._storage)
-    except KeyError:
-        return None
 
 
 def _html(study, df, front, x, y, hv, ref_text, second=None) -> str:

@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from optuna.trial import TrialState
+from tqdm import tqdm
 
-from vitpareto.evaluators import export_onnx
-from vitpareto.search._export import model_files, rebuild, write_dir_atomic
-from vitpareto.spaces import Candidate, VitParetoError
+from vitpareto.errors import VitParetoError
+from vitpareto.evaluators import DEFAULT_MEAN, DEFAULT_STD, export_onnx
+from vitpareto.search.explore import load_weights
+from vitpareto.search.outputs._modeldir import check_writable, model_files, rebuild, write_model_dir
+from vitpareto.spaces import Candidate
 
 
 def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
     """The completed trials to export: the front, and/or the numbers asked for."""
-    from optuna.trial import TrialState
-
     complete = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     if not trials and not pareto:
         raise VitParetoError("say what to export: --pareto, or --trial N (repeatable)")
@@ -45,8 +48,6 @@ def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
 def build_model(study, trial, supernet=None, artifacts=None):
     """The trial's compressed model: fine-tuned weights when it has them (from ``artifacts``,
     else where they were stored), else cut from the supernet (the one the study searched)."""
-    from vitpareto.search._front import load_weights
-
     cand = Candidate.from_dict(trial.user_attrs["candidate"])
     if "weights_artifact" in trial.user_attrs:
         store = artifacts or trial.user_attrs["artifacts"]
@@ -76,12 +77,6 @@ def export_trials(
 
     Every directory is checked and every model built before any is written, so a missing
     file or an existing directory stops the export before anything changes."""
-    import sys
-
-    from tqdm import tqdm
-
-    from vitpareto.search._export import check_writable
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VitParetoError(f"--out {str(out)!r} is a file, not a directory")
@@ -115,7 +110,7 @@ def export_trials(
             files["model.onnx"] = lambda dest, m=model, x=example: export_onnx(
                 m, x, dest, dynamic_batch=True
             )
-        written.append(write_dir_atomic(d, files, force=force))
+        written.append(write_model_dir(d, files, force=force))
     return written
 
 
@@ -214,8 +209,6 @@ Inputs: float32 images, N x 3 x {h} x {w}: pixel values scaled to 0..1, resized
 
 def preprocessing(model) -> dict[str, Any]:
     """What the model expects of its input (vitpareto's datasets all normalise so)."""
-    from vitpareto.evaluators._data import DEFAULT_MEAN, DEFAULT_STD
-
     return {"image_size": list(image_size(model)), "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
 
 

@@ -13,15 +13,14 @@ import itertools
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from vitpareto.evaluators import AccuracyEvaluator, count_params, resolve_device
-from vitpareto.search._checkpoint import Supernet
-from vitpareto.search._export import model_files, write_dir_atomic
-from vitpareto.search._train import Recipe, adamw, lr_factor, mixed_loss
+from vitpareto.search.supernet._checkpoint import Supernet
+from vitpareto.search.supernet._recipe import Recipe, adamw, lr_factor, mixed_loss
 from vitpareto.spaces import Candidate, CompressedViT
 
 
@@ -54,7 +53,6 @@ def train_compressed(
     """Train a standalone compressed model for ``config.steps`` steps, every exit included:
     distilled from ``teacher(images) -> logits`` mixed with the labels, or on the labels
     alone without a teacher (stand-alone training). Returns the seconds spent."""
-    from tqdm import tqdm
 
     c = config
     dev = resolve_device(str(device))
@@ -109,8 +107,12 @@ def finetune(
     workers: int = 0,
     progress: bool = True,
     data=None,
+    before: dict[str, Any] | None = None,
 ) -> Finetuned:
-    """Fine-tune ``candidate`` of ``supernet`` with the full model as teacher (see module)."""
+    """Fine-tune ``candidate`` of ``supernet`` with the full model as teacher (see module).
+
+    ``before``: the candidate's metrics on the shared weights when already known (a
+    search scored it), so the validation set is run once, after fine-tuning."""
     c = config or FinetuneConfig()
     dev = resolve_device(device)
     elastic = supernet.elastic.to(dev).eval()
@@ -119,7 +121,8 @@ def finetune(
     if data is None:
         data = supernet.load_data(c.batch_size, workers=workers)  # the training split
     ev = AccuracyEvaluator(data.val, device=dev, progress=False)
-    before = ev(elastic, candidate)
+    if before is None:
+        before = ev(elastic, candidate)
     student = elastic.extract(candidate)
     full = Candidate.full(spec)
     for p in elastic.parameters():
@@ -145,18 +148,3 @@ def finetune(
         "supernet_sha256": supernet.sha256,
     }
     return Finetuned(student, metrics)
-
-
-def save_finetuned(
-    path: str | Path, result: Finetuned, supernet: Supernet, force: bool = False
-) -> Path:
-    """Write a fine-tuned candidate as a standalone model directory (atomically)."""
-    files = model_files(
-        result.model,
-        supernet.model_name,
-        supernet.model_kwargs,
-        supernet.data["classes"],
-        result.metrics,
-        supernet.sha256,
-    )
-    return write_dir_atomic(path, files, force=force)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vitpareto.spaces import VitParetoError
+from vitpareto.errors import VitParetoError
 
 GRAMMAR = (
     "allowed: column names, numbers, 'strings', True/False, comparisons (< <= > >= == !=, "
@@ -185,7 +185,7 @@ def _literal_number(node: ast.AST) -> float | None:
     return None
 
 
-def where(df: pd.DataFrame, text: str) -> pd.DataFrame:
+def where_rows(df: pd.DataFrame, text: str) -> pd.DataFrame:
     """The rows of ``df`` for which the filter ``text`` holds (NaN compares false)."""
     tree = parse_where(text)
     unknown = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(df.columns))
@@ -306,7 +306,7 @@ def parse_sort(text: str) -> list[tuple[str, bool]]:
     return [(k.lstrip("-"), not k.startswith("-")) for k in keys]
 
 
-def sort(df: pd.DataFrame, text: str) -> pd.DataFrame:
+def sort_rows(df: pd.DataFrame, text: str) -> pd.DataFrame:
     """``df`` sorted by ``--sort`` text (see ``parse_sort``)."""
     keys = parse_sort(text)
     missing = [c for c, _ in keys if c not in df.columns]

@@ -1,0 +1,101 @@
+"""Options and readers that several commands share; every check raises VitParetoError,
+which ``main`` prints as one line with exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from vitpareto.errors import VitParetoError
+from vitpareto.files import read_text
+from vitpareto.search.explore import DEFAULT_STORAGE
+from vitpareto.spaces import Candidate, create_model
+
+MAX_IMG_SIZE = 4096  # pixels per side: larger inputs are a mistake, not a ViT
+MAX_JSON = 1 << 20  # bytes of a candidate or model file
+
+
+def storage_arg(p, help: str = f"Optuna storage URL ({DEFAULT_STORAGE})") -> None:
+    """The results database option of every command that reads or writes one."""
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=help)
+
+
+def model_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument(
+        "--model",
+        default=default,
+        required=default is None,
+        help="timm model name" + (f" (default: {default})" if default else ""),
+    )
+    p.add_argument("--img-size", type=int, help="input image side (default: the model's)")
+    p.add_argument("--num-classes", type=int, help="classes of the head (default: the model's)")
+    p.add_argument("--checkpoint", type=Path, help="weights file to load (state dict)")
+
+
+def device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+
+
+def positive(name: str, value, zero: bool = False) -> None:
+    """An integer option that must be at least 1 (or 0 with ``zero``), when given."""
+    low = 0 if zero else 1
+    if value is not None and value < low:
+        raise VitParetoError(f"--{name} must be at least {low}, got {value}")
+
+
+def finite(name: str, value, low: float | None = None, above: float | None = None) -> None:
+    """A number option that must be finite (and at least ``low`` / above ``above``)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise VitParetoError(f"--{name} must be a finite number, got {value}")
+    if low is not None and value < low:
+        raise VitParetoError(f"--{name} must be at least {low:g}, got {value}")
+    if above is not None and value <= above:
+        raise VitParetoError(f"--{name} must be above {above:g}, got {value}")
+
+
+def image_size(name: str, value) -> None:
+    if value is not None and not 1 <= value <= MAX_IMG_SIZE:
+        raise VitParetoError(f"--{name} must be between 1 and {MAX_IMG_SIZE} pixels, got {value}")
+
+
+def setup_threads(args) -> None:
+    """--workers and --threads checked; torch's threads set."""
+    positive("workers", getattr(args, "workers", None), zero=True)
+    positive("threads", args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def model_from_args(args):
+    """The timm model of --model, --img-size, --num-classes and --checkpoint, in eval mode."""
+    image_size("img-size", args.img_size)
+    positive("num-classes", args.num_classes)
+    kwargs = {
+        k: v
+        for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes))
+        if v is not None
+    }
+    return create_model(args.model, checkpoint=args.checkpoint, **kwargs).eval()
+
+
+def read_candidate(text: str) -> Candidate:
+    """A candidate given as JSON text or as the path of a .json file."""
+    if not text.lstrip().startswith("{"):
+        if not Path(text).exists():
+            raise VitParetoError(f"--candidate: {text!r} is neither JSON nor an existing file")
+        text = read_text(text, MAX_JSON, "--candidate")
+    return Candidate.from_json(text)
+
+
+def candidate_or_full(args, model) -> Candidate:
+    """The --candidate option; the full model when absent."""
+    if args.candidate is None:
+        return Candidate.full(model)
+    return read_candidate(args.candidate).validate(model)

@@ -1,0 +1,223 @@
+"""The ``search`` and ``studies`` commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vitpareto.errors import VitParetoError
+from vitpareto.files import check_parent
+from vitpareto.search.cli._common import finite, positive, storage_arg
+from vitpareto.search.explore import (
+    DIRECTIONS,
+    SAMPLERS,
+    SearchConfig,
+    check_study_name,
+    make_backend,
+    needed,
+    rescore_front,
+    search,
+    study_names,
+)
+from vitpareto.search.outputs import format_front
+from vitpareto.search.supernet import load_supernet
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser(
+        "search",
+        help="search a supernet's space for the Pareto front of accuracy and latency",
+        description="Multi-objective search (Optuna) over the space of a supernet from "
+        "`vitpareto train`: each trial cuts a candidate out of the shared weights, scores its "
+        "accuracy on the validation set, measures its latency on --device and counts its MACs "
+        "and parameters. Every trial is stored in the results database; running the same "
+        "command again resumes the study until --trials trials are complete.",
+        epilog="example: vitpareto search --supernet results/digits.pt --study digits --trials 40",
+    )
+    s.add_argument("--supernet", type=Path, required=True, help="checkpoint from `vitpareto train`")
+    storage_arg(s)
+    s.add_argument("--study", required=True, help="study name (one per search)")
+    s.add_argument("--trials", type=int, default=40, help="completed trials to reach (default: 40)")
+    s.add_argument(
+        "--objectives",
+        default="accuracy,latency_ms",
+        help=f"comma-separated, from {', '.join(DIRECTIONS)} (default: accuracy,latency_ms)",
+    )
+    s.add_argument("--sampler", default="nsga2", choices=SAMPLERS, help="(default: nsga2)")
+    s.add_argument(
+        "--device",
+        default="cpu",
+        help="the latency target: the device latency is measured and fingerprinted on (cpu, "
+        "cuda, cuda:N); with --target, that device on the target nodes (default: cpu)",
+    )
+    s.add_argument(
+        "--accuracy-device",
+        default="cpu",
+        help="where each trial scores accuracy (default: cpu; on Ray, the trial's GPU when "
+        "--gpus-per-trial > 0)",
+    )
+    s.add_argument("--batch", type=int, default=1, help="images per timed forward (default: 1)")
+    s.add_argument("--max-latency-ms", type=float, help="constraint: latency at most this")
+    s.add_argument("--min-accuracy", type=float, help="constraint: accuracy at least this")
+    s.add_argument("--max-macs", type=float, help="constraint: MACs per image at most this")
+    s.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    s.add_argument(
+        "--population", type=int, default=10, help="NSGA-II generation size (default: 10)"
+    )
+    s.add_argument(
+        "--latency",
+        default="measured",
+        choices=["measured", "predicted"],
+        help="measure every trial's latency, or predict it from the latency table (built once "
+        "per device, model, batch and space) and measure only the front's (default: measured)",
+    )
+    s.add_argument(
+        "--finetune-front",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the search, fine-tune each front model this many steps and re-score it "
+        "into the study NAME/front (default: 0, off)",
+    )
+    s.add_argument(
+        "--finetune-lr",
+        type=float,
+        help="peak learning rate of --finetune-front (default: 5e-4; 1e-4 keeps the shared "
+        "weights of a well-trained supernet closer)",
+    )
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes on this machine; latency is still measured one model at a "
+        "time (default: 1)",
+    )
+    s.add_argument(
+        "--artifacts", type=Path, help="where fine-tuned weights go (default: beside the database)"
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = s.add_argument_group(
+        "Ray cluster",
+        "--backend ray runs the trials on a Ray cluster through Ray Tune's OptunaSearch, "
+        "into the same study and database (use PostgreSQL when several machines write it)",
+    )
+    r.add_argument("--backend", default="local", choices=["local", "ray"], help="(default: local)")
+    r.add_argument(
+        "--address",
+        help="Ray cluster to join: auto (the one started on this machine) or HOST:PORT "
+        "(default: start Ray on this machine)",
+    )
+    r.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=None,
+        metavar="N",
+        help="CPUs each trial holds (default: 1)",
+    )
+    r.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        metavar="N",
+        help="GPUs each trial holds (default: 0)",
+    )
+    r.add_argument(
+        "--target",
+        metavar="NAME",
+        help="measure latency only on nodes started with --resources '{\"target:NAME\": 1}', "
+        "one model at a time each (default: where each trial runs)",
+    )
+    r.add_argument(
+        "--wait-for-target",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wait this long for a node holding the target to join (default: 0, stop at once)",
+    )
+
+    s.set_defaults(handler=cmd_search)
+
+    st = sub.add_parser("studies", help="list the studies of a results database")
+    storage_arg(st)
+    st.set_defaults(handler=cmd_studies)
+
+
+def _config(args) -> SearchConfig:
+    """The search's settings from the command line, every number and name checked."""
+    return SearchConfig(
+        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+        sampler=args.sampler,
+        population=args.population,
+        seed=args.seed,
+        device=args.device,
+        accuracy_device=args.accuracy_device,
+        latency_batch=args.batch,
+        max_latency_ms=args.max_latency_ms,
+        min_accuracy=args.min_accuracy,
+        max_macs=args.max_macs,
+        latency=args.latency,
+    )
+
+
+def _backend(args):
+    """The backend the options name; Ray options given without --backend ray are refused."""
+    ray = {
+        "address": args.address,
+        "target": args.target,
+        "cpus_per_trial": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "wait_for_target": args.wait_for_target,
+    }
+    given = {k: v for k, v in ray.items() if v is not None}
+    if args.backend == "ray":
+        return make_backend("ray", jobs=args.jobs, **given)
+    return make_backend("local", jobs=args.jobs, **given)
+
+
+def cmd_search(args) -> int:
+    check_study_name(args.study)
+    config = _config(args)
+    positive("trials", args.trials)
+    positive("finetune-front", args.finetune_front, zero=True)
+    finite("finetune-lr", args.finetune_lr, above=0)
+    if args.artifacts is not None:
+        if args.artifacts.exists() and not args.artifacts.is_dir():
+            raise VitParetoError(f"--artifacts {str(args.artifacts)!r} is not a directory")
+        check_parent(args.artifacts / "x", "--artifacts")
+    backend = _backend(args)
+    net = load_supernet(args.supernet)
+    progress = not args.no_progress
+    study = search(net, args.storage, args.study, args.trials, config, backend, progress)
+    print(format_front(study))
+    if needed(config, args.finetune_front):
+        front = rescore_front(
+            net,
+            args.storage,
+            args.study,
+            config,
+            steps=args.finetune_front,
+            artifacts=args.artifacts,
+            progress=progress,
+            lr=args.finetune_lr,
+            backend=backend,
+        )
+        print()
+        print(format_front(front))
+    return 0
+
+
+def cmd_studies(args) -> int:
+    summaries = study_names(args.storage)
+    if not summaries:
+        print(f"no studies in {args.storage}", file=sys.stderr)
+        return 0
+    for s in summaries:
+        attrs = s.user_attrs
+        model = attrs.get("model")
+        name = model.get("name", "?") if isinstance(model, dict) else "?"
+        objectives = attrs.get("objectives")
+        objectives = ",".join(map(str, objectives)) if isinstance(objectives, list) else "?"
+        print(
+            f"{s.study_name}\t{s.n_trials} trials\t{name}\t{attrs.get('dataset', '?')}\t{objectives}"
+        )
+    return 0

@@ -1,0 +1,94 @@
+"""How the space is explored: the search's config, results database, study, trial loop,
+scoring, backends (this process, worker processes, a Ray cluster) and the front's second
+stage."""
+
+from vitpareto.search.explore._backend import Backend
+from vitpareto.search.explore._config import DIRECTIONS, SAMPLERS, SETTINGS, SearchConfig
+from vitpareto.search.explore._front import LocalFrontScorer, load_weights, weights_blob
+from vitpareto.search.explore._local import LocalBackend, ProcessBackend
+from vitpareto.search.explore._loop import Started, TrialLoop
+from vitpareto.search.explore._pareto import (
+    describe_reference,
+    front_hypervolume,
+    front_hypervolume_of,
+    hypervolume,
+    nondominated,
+)
+from vitpareto.search.explore._ray import tune_space
+from vitpareto.search.explore._raybackend import RayBackend
+from vitpareto.search.explore._scoring import (
+    Scorer,
+    candidate_key,
+    latency_table,
+    make_scorer,
+    measured_latency,
+    reference_latency,
+    trial_attrs,
+)
+from vitpareto.search.explore._search import (
+    default_artifacts,
+    make_backend,
+    needed,
+    rescore_front,
+    search,
+)
+from vitpareto.search.explore._storage import (
+    DEFAULT_STORAGE,
+    check_study_name,
+    load_study,
+    open_storage,
+    study_names,
+)
+from vitpareto.search.explore._study import (
+    SUFFIX,
+    WORKER,
+    front_study,
+    objectives_of,
+    open_study,
+    sampler_seed,
+)
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "DIRECTIONS",
+    "SAMPLERS",
+    "SETTINGS",
+    "SUFFIX",
+    "WORKER",
+    "Backend",
+    "LocalBackend",
+    "LocalFrontScorer",
+    "ProcessBackend",
+    "RayBackend",
+    "Scorer",
+    "SearchConfig",
+    "Started",
+    "TrialLoop",
+    "candidate_key",
+    "check_study_name",
+    "default_artifacts",
+    "describe_reference",
+    "front_hypervolume",
+    "front_hypervolume_of",
+    "front_study",
+    "hypervolume",
+    "latency_table",
+    "load_study",
+    "load_weights",
+    "make_backend",
+    "make_scorer",
+    "measured_latency",
+    "needed",
+    "nondominated",
+    "objectives_of",
+    "open_storage",
+    "open_study",
+    "reference_latency",
+    "rescore_front",
+    "sampler_seed",
+    "search",
+    "study_names",
+    "trial_attrs",
+    "tune_space",
+    "weights_blob",
+]

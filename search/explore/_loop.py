@@ -1,0 +1,257 @@
+"""The one trial loop every backend runs: claim, suggest, dedupe, score, record, stop at N.
+
+``TrialLoop.start`` asks the study's sampler for a trial once the study still needs one,
+draws its candidate and stands it down (pruned, never counted) when an earlier trial of
+the study already holds that candidate; ``finish`` checks again (a twin may have been
+suggested while this one was scored), stores the metrics in one transaction and tells the
+values. Every process on the study (``--jobs`` workers, other machines, the Ray driver)
+runs this same code, so the study ends with exactly ``trials`` completed trials and no
+candidate counted twice. A heartbeat thread keeps this process's running trials alive;
+when the process dies they go stale and are failed, and their candidates are free again.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from vitpareto.errors import VitParetoError
+from vitpareto.search.explore._config import SearchConfig
+from vitpareto.search.explore._scoring import candidate_key, trial_attrs
+from vitpareto.search.explore._storage import HEARTBEAT_S
+from vitpareto.search.explore._study import WORKER
+from vitpareto.search.explore.internals import suggest_buffered, trial_id, write_rows
+from vitpareto.spaces import Candidate
+
+MAX_STOOD_DOWN = 100  # proposals in a row already searched: the space is used up
+_ACTIVE = (TrialState.COMPLETE, TrialState.RUNNING)
+
+
+@dataclass
+class Started:
+    """A claimed trial and its candidate, to be scored and then finished."""
+
+    trial: Any
+    candidate: Candidate
+    key: str
+
+
+class TrialLoop:
+    """Runs the trials of ``study`` on ``space`` until ``trials`` are complete."""
+
+    def __init__(self, study, storage, space, trials: int, config: SearchConfig):
+        self.study, self.storage, self.space = study, storage, space
+        self.trials, self.config = trials, config
+        self.keys: dict[int, str | None] = {}  # trial number -> candidate key, once complete
+        self.stood_down = 0
+        self.beat = Heartbeat(storage)
+        self._stale_checked = 0.0
+        self._waiting_since: float | None = None
+        self.known_complete = 0  # as of the last read, plus this process's since
+        self._snapshot()
+
+    # -- counting -------------------------------------------------------------------------
+    def completed(self) -> int:
+        """Completed trials of the study (every process's)."""
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def done(self) -> bool:
+        return self.completed() >= self.trials
+
+    def _snapshot(self) -> list:
+        """The study's complete and running trials, read once (every check below uses one
+        read: it is most of a trial's database time)."""
+        self._fail_stale()
+        ts = self.study.get_trials(deepcopy=False, states=_ACTIVE)
+        self.known_complete = sum(t.state == TrialState.COMPLETE for t in ts)
+        return ts
+
+    def _fail_stale(self) -> None:
+        """Fail the running trials of dead processes (their heartbeat went stale), at most
+        every few seconds: their candidates are then free, and the count is true."""
+        now = time.monotonic()
+        if now - self._stale_checked > 2.0:
+            self._stale_checked = now
+            optuna.storages.fail_stale_trials(self.study)
+
+    # -- one trial ------------------------------------------------------------------------
+    def start(self, wait: bool = True) -> Started | None:
+        """The next trial to score, or None: the study is complete, or (``wait=False``) it
+        must wait for running trials that could complete it."""
+        while True:
+            # the study may be full: confirmed before asking, so that neither polling (Ray)
+            # nor the end of a search leaves trials that stand down
+            full = self.known_complete + len(self.beat.ids) >= self.trials
+            if full and not self._needed(None, self._snapshot()):
+                if wait and self.known_complete < self.trials:
+                    time.sleep(0.5)
+                    continue
+                return None
+            trial = self.study.ask()
+            self.beat.add(trial)
+            candidate, params = suggest_buffered(trial, self.space.suggest)
+            key = candidate_key(candidate)
+            while not self._needed(trial.number, snapshot := self._snapshot()):
+                if not wait or self.known_complete >= self.trials:
+                    self._stand_down(trial, "the study has the trials it needs", params)
+                    return None
+                time.sleep(0.5)
+            twin = self._twin(trial.number, key, snapshot)
+            if twin is None:
+                write_rows(self.storage, trial, params)
+                return Started(trial, candidate, key)
+            self._stand_down(trial, f"trial {twin} has this candidate", params)
+            self.stood_down += 1
+            if self.stood_down >= MAX_STOOD_DOWN:
+                raise VitParetoError(
+                    f"the sampler proposed {MAX_STOOD_DOWN} candidates in a row that were "
+                    f"searched already: the space ({self.space.size():,} parameter "
+                    f"combinations) holds fewer new candidates than the {self.trials} trials "
+                    "asked for; ask for fewer --trials or widen the space"
+                )
+
+    def _needed(self, number: int | None, snapshot: list) -> bool:
+        """Whether a trial (numbered ``number``) is still needed: not while trials running
+        ahead of it could complete the count. Trials of other processes that never send a
+        heartbeat (made by hand with ``study.ask()``) stop blocking after a while."""
+        if self.known_complete >= self.trials:
+            return False
+        running = [
+            t
+            for t in snapshot
+            if t.state == TrialState.RUNNING and (number is None or t.number < number)
+        ]
+        if self.known_complete + len(running) < self.trials:
+            self._waiting_since = None
+            return True
+        now = time.monotonic()
+        self._waiting_since = self._waiting_since or now
+        foreign = any(trial_id(t) not in self.beat.ids for t in running)
+        return foreign and now - self._waiting_since > 4 * HEARTBEAT_S
+
+    def _twin(self, number: int, key: str, snapshot: list) -> int | None:
+        """An earlier trial (complete, or running ahead of this one) with the candidate of
+        key ``key``: decoded candidates are compared, not parameters, since several
+        parameter sets decode to one candidate."""
+        for t in snapshot:
+            if t.number == number or (t.state == TrialState.RUNNING and t.number > number):
+                continue
+            if self._key(t) == key:
+                return t.number
+        return None
+
+    def _key(self, t) -> str | None:
+        if t.number in self.keys:
+            return self.keys[t.number]
+        try:
+            key = candidate_key(self.space.decode(t.params))
+        except (VitParetoError, KeyError, ValueError, TypeError):
+            key = None  # parameters still being written, or of another space
+        if t.state == TrialState.COMPLETE:
+            self.keys[t.number] = key
+        return key
+
+    def _stand_down(self, trial, why: str, params=None) -> None:
+        write_rows(self.storage, trial, params or {}, {"stood_down": why})
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.beat.remove(trial)
+
+    def finish(self, started: Started, metrics: dict[str, Any], **extra: Any) -> bool:
+        """Store a scored trial and tell its values; False when it stood down because a
+        twin completed while it was scored."""
+        trial = started.trial
+        twin = self._twin(trial.number, started.key, self._snapshot())
+        if twin is not None:
+            self._stand_down(trial, f"trial {twin} has this candidate")
+            return False
+        attrs = trial_attrs(started.candidate, metrics, fidelity="shared", worker=WORKER, **extra)
+        try:
+            write_rows(self.storage, trial, {}, attrs, self.config.violations(metrics))
+            self.study.tell(trial, self.config.values(metrics))
+            self.known_complete += 1
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # its heartbeat went stale (the database was out of reach) and another process
+            # failed it: its candidate is free again, and the loop goes on
+            print(
+                f"warning: trial {trial.number} was failed meanwhile; not stored", file=sys.stderr
+            )
+            return False
+        finally:
+            self.beat.remove(trial)
+        self.stood_down = 0
+        return True
+
+    def fail(self, started: Started) -> None:
+        """Mark a trial failed (its candidate can be proposed again)."""
+        self.study.tell(started.trial, state=TrialState.FAIL, skip_if_finished=True)
+        self.beat.remove(started.trial)
+
+    def run(self, score: Callable[[Candidate], dict], on_trial: Callable[[], None] = lambda: None):
+        """Score trials in this process until the study is complete."""
+        with self.beat:
+            while (started := self.start()) is not None:
+                try:
+                    metrics = score(started.candidate)
+                except BaseException:
+                    self.fail(started)
+                    raise
+                self.finish(started, metrics)
+                on_trial()
+
+
+class Heartbeat(threading.Thread):
+    """Beats for this process's running trials, so that they go stale (and are failed and
+    retried) only when the process dies; a missed beat is reported and sent again."""
+
+    def __init__(self, storage, interval: float = HEARTBEAT_S):
+        super().__init__(daemon=True)
+        self.storage, self.interval = storage, interval
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.new = threading.Event()
+        self.missed = 0
+
+    def add(self, trial) -> None:
+        """Beat for ``trial`` from now on (its first beat at once, off this thread)."""
+        with self.lock:
+            self.ids.add(trial_id(trial))
+        self.new.set()
+
+    def remove(self, trial) -> None:
+        with self.lock:
+            self.ids.discard(trial_id(trial))
+
+    def beat(self) -> None:
+        with self.lock:
+            ids = list(self.ids)
+        for tid in ids:
+            try:
+                self.storage.record_heartbeat(tid)
+            except Exception as e:  # the database went away for a moment: beat next interval
+                self.missed += 1
+                if self.missed == 1:
+                    print(f"warning: a heartbeat was not recorded ({e}); retrying", file=sys.stderr)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.new.wait(self.interval)
+            self.new.clear()
+            if not self.stop.is_set():
+                self.beat()
+
+    def __enter__(self):
+        if not self.is_alive() and not self.stop.is_set():
+            self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.new.set()

@@ -1,0 +1,195 @@
+"""The two stages of a search, each one call whatever the backend: ``search`` (from the
+study's creation to its last trial) and ``rescore_front`` (the front at a higher fidelity,
+in the study ``NAME/front``: fine-tuned, its latency measured where it was predicted)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState, create_trial
+from tqdm import tqdm
+
+from vitpareto.errors import VitParetoError
+from vitpareto.search.explore._backend import Backend
+from vitpareto.search.explore._config import SearchConfig
+from vitpareto.search.explore._front import store_weights
+from vitpareto.search.explore._local import LocalBackend, ProcessBackend
+from vitpareto.search.explore._progress import SearchProgress
+from vitpareto.search.explore._raybackend import RayBackend
+from vitpareto.search.explore._scoring import candidate_key, reference_latency, trial_attrs
+from vitpareto.search.explore._storage import check_study_name, load_study, open_storage
+from vitpareto.search.explore._study import SUFFIX, open_study
+from vitpareto.search.supernet import FinetuneConfig
+from vitpareto.spaces import Candidate
+
+
+def search(
+    supernet,
+    storage_url: str,
+    name: str,
+    trials: int,
+    config: SearchConfig | None = None,
+    backend: Backend | str | None = None,
+    progress: bool = True,
+    jobs: int = 1,
+):
+    """Run (or resume) a search until study ``name`` has ``trials`` completed trials; return
+    the study. ``backend``: a ``Backend``, or ``"local"`` (the default; ``jobs`` > 1 runs
+    that many worker processes) or ``"ray"``."""
+    config = config or SearchConfig()
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise VitParetoError(f"--trials must be at least 1, got {trials!r}")
+    check_study_name(name)
+    if backend is None or isinstance(backend, str):
+        backend = make_backend(backend or "local", jobs=jobs)
+    elif jobs != 1:
+        raise VitParetoError("give jobs to the backend (ProcessBackend(jobs)), not to search")
+    config = backend.prepare(supernet, config)
+    study, storage = open_study(
+        storage_url, name, supernet, config, backend.target(config), extra=backend.study_attrs()
+    )
+    full = dict(study.user_attrs.get("full") or {})
+    if "latency_ms" not in full:  # the hypervolume's reference, fixed for the whole study
+        full["latency_ms"] = reference_latency(backend.latency(supernet, config), supernet.elastic)
+        study.set_user_attr("full", full)
+    with SearchProgress(study, trials, config.objectives, enabled=progress) as bar:
+        backend.run(study, storage, supernet, trials, config, bar)
+    return study
+
+
+def make_backend(name: str = "local", jobs: int = 1, **ray_options) -> Backend:
+    """The backend of that name: ``local`` (``jobs`` > 1: worker processes) or ``ray``
+    (``ray_options``: address, cpus_per_trial, gpus_per_trial, target, wait_for_target)."""
+    if name == "local":
+        if ray_options:
+            raise VitParetoError(
+                f"{', '.join('--' + k.replace('_', '-') for k in ray_options)} need --backend ray"
+            )
+        return LocalBackend() if jobs == 1 else ProcessBackend(jobs)
+    if name == "ray":
+        if jobs != 1:
+            raise VitParetoError(
+                "--jobs is for the local backend; Ray runs trials as its CPUs allow"
+            )
+        return RayBackend(**ray_options)
+    raise VitParetoError(f"unknown backend {name!r}; choose local or ray")
+
+
+def default_artifacts(storage_url: str) -> Path:
+    """Where fine-tuned weights go: beside an SQLite database, else ``results/artifacts``."""
+    if storage_url.startswith("sqlite:///"):
+        return Path(storage_url.removeprefix("sqlite:///")).parent / "artifacts"
+    return Path("results/artifacts")
+
+
+def needed(config: SearchConfig, steps: int) -> bool:
+    """Whether the front has anything to gain from a second stage."""
+    return steps > 0 or config.latency == "predicted"
+
+
+def rescore_front(
+    supernet,
+    storage_url: str,
+    name: str,
+    config: SearchConfig | None = None,
+    steps: int = 0,
+    artifacts: str | Path | None = None,
+    progress: bool = True,
+    lr: float | None = None,
+    backend=None,
+):
+    """Re-score the front of study ``name`` into ``name + '/front'``; return that study.
+
+    ``backend`` (a ``Backend``; by default this process) says where the work runs.
+    Resumable: candidates already re-scored are skipped, so a cut-off stage (or a front
+    that grew with more trials) is completed by running it again with the same settings.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise VitParetoError(f"--finetune-front must be 0 or more steps, got {steps!r}")
+    src = load_study(storage_url, name)
+    dst = optuna.create_study(
+        study_name=name + SUFFIX,
+        storage=open_storage(storage_url),
+        directions=src.directions,
+        load_if_exists=True,
+    )
+    done = dst.user_attrs
+    if "finetune_steps" in done and done["finetune_steps"] != steps:
+        raise VitParetoError(
+            f"study {name + SUFFIX!r} was fine-tuned with {done['finetune_steps']} steps, not "
+            f"{steps}; pass the same --finetune-front, or search another --study"
+        )
+    if lr is None:  # not given: the rate the stage began with, else the recipe's default
+        lr = done.get("finetune_lr") or FinetuneConfig().lr
+    elif done.get("finetune_lr") not in (None, lr):
+        raise VitParetoError(
+            f"study {name + SUFFIX!r} was fine-tuned with learning rate {done['finetune_lr']}, "
+            f"not {lr}; pass the same --finetune-lr, or search another --study"
+        )
+    stored = SearchConfig.from_dict(src.user_attrs.get("config") or {})
+    config = replace(config or stored, threads=(config or stored).threads or stored.threads)
+    recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed, lr=lr)
+    backend = backend or LocalBackend()
+    if "finetune_steps" not in done:
+        dst.set_metric_names(list(src.user_attrs.get("objectives") or src.metric_names))
+        attrs = {
+            **src.user_attrs,
+            "source_study": name,
+            "finetune_steps": steps,
+            "finetune_lr": lr,
+            "latency_source": "measured",
+        }
+        for k, v in attrs.items():
+            dst.set_user_attr(k, v)
+    seen = {  # candidates already re-scored (samplers can suggest one candidate twice)
+        candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
+        for t in dst.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    todo = []
+    for t in src.best_trials:
+        key = candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
+        if key not in seen:
+            seen.add(key)
+            todo.append(t)
+    if not todo:
+        return dst
+    store_dir = (Path(artifacts) if artifacts else default_artifacts(storage_url)).resolve()
+    scorer = backend.front_scorer(supernet, config, recipe)
+    full = dict(dst.user_attrs.get("full") or {})
+    if stored.latency == "predicted" and not full.get("latency_measured"):
+        # the hypervolume's reference in the units of this study: the full model, timed
+        full["latency_ms"] = reference_latency(scorer.latency, supernet.elastic)
+        full["latency_measured"] = True
+        dst.set_user_attr("full", full)
+    objectives = list(src.user_attrs["objectives"])
+    bar = tqdm(
+        total=len(todo),
+        desc=f"front of {name}",
+        unit="model",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    for t, metrics, blob in scorer(todo, steps):
+        metrics.update(source_trial=t.number, shared_accuracy=t.user_attrs["accuracy"])
+        if blob is not None:
+            metrics["weights_artifact"] = store_weights(store_dir, blob)
+            metrics["artifacts"] = str(store_dir)
+        cand = Candidate.from_dict(t.user_attrs["candidate"])
+        dst.add_trial(
+            create_trial(
+                params=t.params,
+                distributions=t.distributions,
+                values=[float(metrics[o]) for o in objectives],
+                user_attrs=trial_attrs(
+                    cand, {k: v for k, v in metrics.items() if k != "candidate"}
+                ),
+                constraints=config.violations(metrics) or None,
+            )
+        )
+        bar.update()
+        bar.set_postfix(trial=t.number, accuracy=f"{metrics['accuracy']:.3f}")
+    bar.close()
+    return dst

@@ -1,0 +1,229 @@
+"""The results database: an Optuna RDB storage (SQLite by default, PostgreSQL for clusters).
+
+``open_storage`` tells apart the ways a database can be wrong before Optuna touches it (no
+database there, not a database, damaged, locked by another process, another program's
+tables, a schema of another Optuna version, read-only) and says which, with what to do.
+SQLite runs in write-ahead-log mode: readers never block the search's writes, and a
+commit costs no disk flush of its own (a killed process loses nothing it committed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+import sqlalchemy.exc
+
+from vitpareto.errors import VitParetoError
+
+DEFAULT_STORAGE = "sqlite:///results/vitpareto.db"
+HEARTBEAT_S = 10
+MAX_NAME = 250  # characters of a study name, NAME/front included: within every backend's column
+_OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
+
+
+def check_study_name(name: str) -> str:
+    """A study name every storage accepts, or one clear error."""
+    if not isinstance(name, str) or not name.strip():
+        raise VitParetoError("--study must name a study (an empty name was given)")
+    if len(name) > MAX_NAME - len("/front"):
+        raise VitParetoError(
+            f"--study is {len(name)} characters; at most {MAX_NAME - len('/front')} fit every "
+            "results database"
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise VitParetoError(f"--study {name!r} holds control characters; use printable ones")
+    return name
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL (None for other databases)."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def open_storage(url: str, create: bool = True, write: bool = True):
+    """An Optuna RDB storage with a heartbeat (crashed trials are failed, then retried).
+
+    ``create``: a missing database is made; else it must exist. ``write``: the caller
+    will write (a read-only file is refused up front)."""
+    # heartbeats and retries are marked experimental; they are what resuming relies on, and
+    # the trial loop sends the heartbeats Study.optimize would
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    if not isinstance(url, str) or "://" not in url:
+        raise VitParetoError(
+            f"--storage {url!r} is not a database URL; e.g. sqlite:///results/vitpareto.db "
+            "or postgresql://user:password@host/db"
+        )
+    path = sqlite_path(url)
+    if path is not None:
+        _check_sqlite(url, path, create, write)
+    for attempt in range(6):
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=3 * HEARTBEAT_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=2
+                ),
+            )
+            if path is not None:
+                _sqlite_pragmas(storage, write)
+            return storage
+        except sqlalchemy.exc.IntegrityError:
+            # processes started together on a new database race to create its tables;
+            # the loser finds them made on its next try
+            if attempt == 5:
+                raise
+        except sqlalchemy.exc.OperationalError as e:
+            # a lock, or another process creating the same tables ("already exists"): the
+            # race is lost, and the next try finds them made
+            racing = "locked" in str(e) or "already exists" in str(e)
+            if not racing or attempt == 5:
+                raise VitParetoError(_operational(url, e)) from None
+        except ImportError as e:
+            hint = "pip install 'vitpareto[postgres]'" if url.startswith("postgres") else str(e)
+            raise VitParetoError(f"storage {url!r} needs a database driver: {hint}") from None
+        except RuntimeError as e:
+            raise VitParetoError(f"storage {url!r}: {_schema_message(str(e))}") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise VitParetoError(
+                f"storage {url!r} cannot be opened as a results database: {first}"
+            ) from None
+        time.sleep(0.2 * 2**attempt)
+
+
+def _operational(url: str, e: Exception) -> str:
+    text = (str(getattr(e, "orig", e)).strip().splitlines() or [type(e).__name__])[0]
+    if "locked" in text:
+        return f"storage {url!r} is locked by another process; try again when it is done"
+    if "readonly" in text or "read-only" in text:
+        return f"storage {url!r} is read-only; make it writable or copy it somewhere writable"
+    if "disk I/O" in text or "full" in text:
+        return f"storage {url!r} cannot be written ({text}); free some disk space"
+    if "malformed" in text or "not a database" in text:
+        return f"storage {url!r} is damaged ({text}); restore it from a copy"
+    return f"storage {url!r} cannot be opened as a results database: {text}"
+
+
+def _schema_message(text: str) -> str:
+    if "no longer compatible" in text or "upgrade" in text:
+        return (
+            "its schema was made by an older Optuna; upgrade it with `optuna storage upgrade "
+            "--storage URL` (back it up first)"
+        )
+    if "newer" in text or "is not supported" in text or "Can't locate revision" in text:
+        return "its schema was made by a newer Optuna than this one; upgrade optuna"
+    return f"cannot be opened as a results database: {text.splitlines()[0]}"
+
+
+def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
+    """Tell apart what can be wrong with an SQLite file before Optuna opens it."""
+    if path.is_dir():
+        raise VitParetoError(f"storage {url!r}: {str(path)!r} is a directory; name a file")
+    if not path.exists():
+        if not create:
+            raise VitParetoError(
+                f"storage {url!r}: no database at {str(path)!r}; run `vitpareto search` first"
+            )
+        for p in (path.parent, *path.parent.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise VitParetoError(f"storage {url!r}: {str(p)!r} is a file, not a directory")
+                break
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VitParetoError(
+                f"storage {url!r}: cannot create {str(path.parent)!r} ({e.strerror})"
+            ) from None
+        if not os.access(path.parent, os.W_OK):
+            raise VitParetoError(f"storage {url!r}: {str(path.parent)!r} is not writable")
+        return
+    if not path.is_file():
+        raise VitParetoError(f"storage {url!r}: {str(path)!r} is not a regular file")
+    if write and not os.access(path, os.W_OK):
+        raise VitParetoError(
+            f"storage {url!r}: {str(path)!r} is read-only; make it writable or copy it"
+        )
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        if not create:
+            raise VitParetoError(f"storage {url!r}: {str(path)!r} is empty; no studies in it")
+        return
+    if head != b"SQLite format 3\x00":
+        raise VitParetoError(
+            f"storage {url!r}: {str(path)!r} is not an SQLite database; give another path"
+        )
+    tables = _tables(url, path)
+    if tables and not tables & _OPTUNA_TABLES:
+        raise VitParetoError(
+            f"storage {url!r}: {str(path)!r} is an SQLite database of another program "
+            "(no Optuna tables); give another path"
+        )
+    if not tables and not create:
+        raise VitParetoError(f"storage {url!r}: {str(path)!r} holds no studies")
+
+
+def _tables(url: str, path: Path) -> set[str]:
+    """The tables of an SQLite file, read without writing (retried while it is locked)."""
+    uri = path.resolve().as_uri() + "?mode=ro"  # as a URI: '#' and '?' in the path escaped
+    for attempt in range(6):
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+                rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                return {r[0] for r in rows}
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) and attempt < 5:
+                time.sleep(0.2 * 2**attempt)
+                continue
+            raise VitParetoError(_operational(url, e)) from None
+        except sqlite3.DatabaseError as e:
+            raise VitParetoError(
+                f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
+            ) from None
+    return set()
+
+
+def _sqlite_pragmas(storage, write: bool) -> None:
+    """On every connection: wait up to 30 s for a lock; for a writer, write-ahead logging
+    (a reader leaves the file exactly as it was)."""
+
+    def pragmas(dbapi_conn, _record):
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        if write:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections made before the listener get it too
+
+
+def load_study(url: str, name: str, write: bool = False):
+    """An existing study, or one clear error naming the studies that exist."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_study_name(name)
+    store = open_storage(url, create=False, write=write)
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        raise VitParetoError(
+            f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}"
+        ) from None
+
+
+def study_names(url: str) -> list:
+    """The summaries of every study in a database (which must exist)."""
+    return optuna.get_all_study_summaries(open_storage(url, create=False, write=False))

@@ -1,0 +1,57 @@
+"""What a search leaves behind: queries of the results database, the report, and the
+front exported as standalone models."""
+
+from vitpareto.search.outputs._export import (
+    build_model,
+    export_pt2,
+    export_trials,
+    model_card,
+    pick_trials,
+)
+from vitpareto.search.outputs._expr import ExpressionError, parse_sort, parse_where
+from vitpareto.search.outputs._modeldir import (
+    check_writable,
+    load_model,
+    model_files,
+    read_config,
+    rebuild,
+    save_finetuned,
+    write_model_dir,
+)
+from vitpareto.search.outputs._query import (
+    MAIN_COLUMNS,
+    format_front,
+    load_trials,
+    select,
+    trials_frame,
+)
+from vitpareto.search.outputs._report import knob_summary, write_report
+from vitpareto.search.outputs._showcase import format_table, measure, showcase
+
+__all__ = [
+    "MAIN_COLUMNS",
+    "ExpressionError",
+    "build_model",
+    "check_writable",
+    "export_pt2",
+    "export_trials",
+    "format_front",
+    "format_table",
+    "knob_summary",
+    "load_model",
+    "load_trials",
+    "measure",
+    "model_card",
+    "model_files",
+    "parse_sort",
+    "parse_where",
+    "pick_trials",
+    "read_config",
+    "rebuild",
+    "save_finetuned",
+    "select",
+    "showcase",
+    "trials_frame",
+    "write_model_dir",
+    "write_report",
+]

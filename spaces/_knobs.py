@@ -1,0 +1,175 @@
+"""The knobs of a ``JointSpace`` declaration: each one's allowed choices, and how a YAML
+value (a scalar, a list, or a mapping with choices, groups and blocks) is read and checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitpareto.errors import VitParetoError
+from vitpareto.files import read_text
+
+MAX_FILE = 1 << 20  # bytes of a space file
+
+GROUPINGS = ("block", "all")
+
+# knob -> (type of a choice, test, description of the allowed choices)
+_RULES = {
+    "patch_size": (int, lambda v: v >= 1, "patch sides in pixels, >= 1"),
+    "heads": (int, lambda v: v >= 0, "head counts >= 0 (0 removes the attention)"),
+    "qk_dim": (float, lambda v: 0 < v <= 1, "fractions of head_dim in (0, 1]"),
+    "mlp": (float, lambda v: 0 <= v <= 1, "fractions of the block's MLP width in [0, 1]"),
+    "keep": (float, lambda v: 0 < v <= 1, "token keep ratios in (0, 1]"),
+    "exit_threshold": (float, lambda v: 0 < v <= 1, "softmax confidences in (0, 1]"),
+    "fuse": (bool, lambda v: True, "true or false"),
+}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """How one per-block knob (heads, qk_dim, mlp, keep) is searched.
+
+    Attributes:
+        choices: values to choose from (heads: head counts; qk_dim and mlp: fractions of the
+            full width; keep: token keep ratios).
+        groups: ``"block"`` (one parameter per block), ``"all"`` (one parameter shared by
+            every searched block) or a tuple of block tuples (one parameter per group).
+        blocks: the searched blocks; ``None`` means every block, or the blocks of explicit
+            groups. Blocks not searched keep their full value.
+    """
+
+    choices: tuple
+    groups: str | tuple[tuple[int, ...], ...] = "block"
+    blocks: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        groups = self.groups if isinstance(self.groups, str) else [list(g) for g in self.groups]
+        out: dict[str, Any] = {"choices": list(self.choices), "groups": groups}
+        if self.blocks is not None:
+            out["blocks"] = list(self.blocks)
+        return out
+
+
+def read_choices(name: str, value) -> tuple:
+    """Normalise a scalar or a list into a tuple of checked, distinct choices."""
+    kind, ok, allowed = _RULES[name]
+    if isinstance(value, str | bytes | Mapping):
+        raise VitParetoError(f"{name}: expected a list of choices ({allowed}), got {value!r}")
+    values = list(value) if isinstance(value, Sequence) else [value]
+    if not values:
+        raise VitParetoError(f"{name}: needs at least one choice ({allowed})")
+    out = []
+    for v in values:
+        c = _coerce(kind, v)
+        if c is None or not ok(c):
+            raise VitParetoError(f"{name}: choice {v!r} is not allowed; choices are {allowed}")
+        if c in out:
+            raise VitParetoError(f"{name}: choice {v!r} is listed twice")
+        out.append(c)
+    return tuple(out)
+
+
+def _coerce(kind: type, v):
+    """v as a bool/int/float, or None when it is not one."""
+    if kind is bool:
+        return v if isinstance(v, bool) else None
+    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
+        return None
+    if kind is int:
+        return int(v) if v == int(v) else None
+    return float(v)
+
+
+def read_blocks(name: str, value) -> tuple[int, ...]:
+    """A non-empty list of distinct block indices >= 0."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        raise VitParetoError(f"{name}: blocks must be a non-empty list of block indices")
+    out = []
+    for b in value:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise VitParetoError(f"{name}: block {b!r} is not a block index (an integer >= 0)")
+        if b in out:
+            raise VitParetoError(f"{name}: block {b} is listed twice")
+        out.append(b)
+    return tuple(out)
+
+
+def read_knob(name: str, value) -> Knob:
+    """Normalise a Knob, a dict like the YAML form, a list or a scalar into a checked Knob."""
+    if isinstance(value, Knob):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, Mapping):
+        value = {"choices": value}
+    unknown = set(value) - {"choices", "groups", "blocks"}
+    if unknown:
+        raise VitParetoError(
+            f"{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+            "known: choices, groups, blocks"
+        )
+    if "choices" not in value:
+        raise VitParetoError(f"{name}: choices are missing, e.g. {name}: {{choices: [...]}}")
+    choices = read_choices(name, value["choices"])
+    groups = value.get("groups", "block")
+    if isinstance(groups, str):
+        if groups not in GROUPINGS:
+            raise VitParetoError(
+                f"{name}: groups={groups!r} is not allowed; use block, all or a list of "
+                "block lists like [[0, 1], [2, 3]]"
+            )
+    else:
+        if not isinstance(groups, Sequence) or not groups:
+            raise VitParetoError(
+                f"{name}: groups must be block, all or a non-empty list of block lists"
+            )
+        groups = tuple(
+            tuple(sorted(read_blocks(f"{name} group {g}", grp))) for g, grp in enumerate(groups)
+        )
+        flat = [b for g in groups for b in g]
+        if len(flat) != len(set(flat)):
+            raise VitParetoError(f"{name}: a block is in more than one group: {groups}")
+    blocks = value.get("blocks")
+    if blocks is not None:
+        blocks = tuple(sorted(read_blocks(name, blocks)))
+        if isinstance(groups, tuple) and set(blocks) != {b for g in groups for b in g}:
+            raise VitParetoError(
+                f"{name}: blocks {list(blocks)} differ from the blocks of the groups; "
+                "give the groups alone"
+            )
+    return Knob(choices=choices, groups=groups, blocks=blocks)
+
+
+def _format(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext in (".yaml", ".yml"):
+        return "yaml"
+    if ext == ".json":
+        return "json"
+    raise VitParetoError(f"space file {path} must end in .yaml, .yml or .json")
+
+
+def read_mapping(path: str | Path) -> Mapping:
+    """The mapping a .yaml/.yml/.json space file holds (a regular file of at most 1 MiB)."""
+    path = Path(path)
+    fmt = _format(path)
+    text = read_text(path, MAX_FILE, "space file")
+    try:
+        data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise VitParetoError(f"space file {path} is not valid {fmt.upper()}: {e}") from None
+    if not isinstance(data, Mapping):
+        raise VitParetoError(f"space file {path} must hold a mapping of knobs")
+    return data
+
+
+def dump(data: dict[str, Any], path: str | Path) -> str:
+    """``data`` as the text of a space file named ``path`` (YAML or JSON by extension)."""
+    if _format(Path(path)) == "json":
+        return json.dumps(data, indent=2) + "\n"
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,104 @@
+"""The backend contract, written once and run against every backend: this process, two
+worker processes (--jobs 2), and a Ray cluster of its own on loopback. Each search is a
+`vitpareto search` process of its own, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.cluster.test_postgres import search_cmd
+from tests.cluster.test_ray import complete
+from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator, LatencyEvaluator
+
+pytestmark = pytest.mark.xdist_group("ray")  # the Ray cluster is one per pytest worker
+
+BACKENDS = ("local", "local-2-jobs", "ray")
+# what every trial's record holds, whatever ran it
+RECORD = {
+    *CostEvaluator.keys,
+    *AccuracyEvaluator.keys,
+    *LatencyEvaluator.keys,
+    "stage_seconds",
+    "candidate",
+    "fidelity",
+    "worker",
+}
+NODES = {"trial_node", "latency_node"}  # where a Ray trial ran and was timed
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """The command-line options of each backend."""
+    if request.param == "local":
+        return request.param, ()
+    if request.param == "local-2-jobs":
+        return request.param, ("--jobs", "2")
+    cluster = request.getfixturevalue("cluster")
+    return request.param, ("--backend", "ray", "--address", cluster.address)
+
+
+def candidates(trials) -> list[str]:
+    return [json.dumps(t.user_attrs["candidate"], sort_keys=True) for t in trials]
+
+
+def test_exact_count_same_records_no_twins_and_the_front(net, backend, tmp_path):
+    name, options = backend
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    cmd = search_cmd(net, url, "c", 6, *options, "--finetune-front", "2")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = complete(url, "c")
+    assert len(done) == 6
+    study = optuna.load_study(study_name="c", storage=url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(set(candidates(done))) == 6  # no candidate counted twice
+    keys = {frozenset(t.user_attrs) for t in done}
+    assert len(keys) == 1, keys  # every record holds the same keys
+    (got,) = keys
+    assert got >= RECORD and got - RECORD <= NODES, (RECORD ^ got) - NODES
+    assert study.metric_names == ["accuracy", "latency_ms"]
+    # the front's second stage: each distinct front candidate fine-tuned, once
+    front = complete(url, "c/front")
+    on_front = {t.number: t for t in study.best_trials}
+    assert len(front) == len(set(candidates(on_front.values())))
+    for t in front:
+        src = on_front[t.user_attrs["source_trial"]]
+        assert t.user_attrs["fidelity"] == "finetuned" and t.params == src.params
+        assert t.user_attrs["candidate"] == src.user_attrs["candidate"]
+
+
+def test_resume_after_sigkill_loses_nothing(net, backend, tmp_path):
+    name, options = backend
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    cmd = search_cmd(net, url, "k", 10, *options)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while len(complete(url, "k")) < 3:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(3)  # workers that outlived their parent would go on completing trials
+    kept = {t.number: t.values for t in complete(url, "k")}
+    time.sleep(5)
+    assert {t.number for t in complete(url, "k")} == set(kept), "a worker outlived its parent"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = complete(url, "k")
+    assert len(done) == 10
+    assert all(kept[t.number] == t.values for t in done if t.number in kept)
+    assert set(kept) <= {t.number for t in done}
+    assert len(set(candidates(done))) == 10
