@@ -7,7 +7,7 @@ from vitpareto.spaces._compress import CompressedViT, PrunedBlock
 from vitpareto.spaces._elastic import ElasticViT, compress
 from vitpareto.spaces._exits import exit_assignment
 from vitpareto.spaces._importance import CRITERIA, BlockScores, rank
-from vitpareto.spaces._models import create_model, load_checkpoint
+from vitpareto.spaces._models import check_recipe, create_model, load_checkpoint
 from vitpareto.spaces._ops import ClassAttention, ExitHead, TokenSelect, kept_tokens, token_counts
 from vitpareto.spaces._space import JointSpace, Knob
 from vitpareto.spaces._spec import ViTSpec, describe
@@ -29,6 +29,7 @@ __all__ = [
     "ViTSpec",
     "VitParetoError",
     "compress",
+    "check_recipe",
     "create_model",
     "load_checkpoint",
     "describe",

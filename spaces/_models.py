@@ -13,6 +13,42 @@ from safetensors.torch import load_file
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._spec import describe
 
+MAX_SIDE = 4096  # pixels: larger inputs are a mistake, not a ViT
+# timm options that would load weights from elsewhere: a recipe read from a file (a
+# checkpoint, a model directory, a study) builds the architecture only
+_FETCHING = (
+    "pretrained",
+    "checkpoint_path",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "cache_dir",
+)
+
+
+def check_recipe(recipe, where: str) -> tuple[str, dict]:
+    """The (timm name, options) of a model recipe read from a file, checked: a mapping with
+    a ``name`` string and ``kwargs`` mapping, no option that fetches or loads weights, and
+    image, patch and class counts in range. ``where`` names the file in the error."""
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("name"), str):
+        raise VitParetoError(f"{where}: the model must be a mapping with a timm `name`")
+    kwargs = recipe.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise VitParetoError(f"{where}: the model's `kwargs` must be a mapping of timm options")
+    fetching = sorted(set(kwargs) & set(_FETCHING))
+    if fetching:
+        raise VitParetoError(
+            f"{where}: the model options {fetching} would load weights from elsewhere; a "
+            "recipe builds the architecture only (remove them)"
+        )
+    for key, high in (("img_size", MAX_SIDE), ("patch_size", MAX_SIDE), ("num_classes", 10**6)):
+        v = kwargs.get(key)
+        values = v if isinstance(v, (list, tuple)) else [v]
+        if v is not None and not all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= high for x in values
+        ):
+            raise VitParetoError(f"{where}: the model's {key} {v!r} is out of range (0 to {high})")
+    return recipe["name"], dict(kwargs)
+
 
 def create_model(
     name: str, pretrained: bool = False, checkpoint: str | Path | None = None, **kwargs
@@ -49,8 +85,10 @@ def create_model(
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state dict file (safely: tensors only) into ``model``; strict about fit."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise VitParetoError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise VitParetoError(f"checkpoint {str(path)!r} is not a regular file")
     if path.suffix == ".safetensors":
         try:
             state = load_file(str(path))

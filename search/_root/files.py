@@ -115,11 +115,11 @@ def read_bytes(path: str | os.PathLike, limit: int, what: str = "file") -> bytes
         )
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            data = f.read(min(limit, st.st_size) + 1)
     except OSError as e:
         raise VitParetoError(f"{what} {str(path)!r} cannot be read ({e.strerror})") from None
-    if len(data) > limit:
-        raise VitParetoError(f"{what} {str(path)!r} is larger than the {limit:,} bytes allowed")
+    if len(data) > limit or len(data) > st.st_size:  # it grew while being read
+        raise VitParetoError(f"{what} {str(path)!r} changed while it was read; try again")
     return data
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -196,6 +197,19 @@ def _check_train(args) -> None:
         raise VitParetoError(f"--out {str(args.out)!r} is not a file")
 
 
+def _check_room(trainer, out: Path) -> None:
+    """Refuse to start a run whose checkpoint (weights and two AdamW moments) cannot fit
+    on the disk of ``out``: a full disk is better found now than after an epoch."""
+    need = 3 * sum(p.numel() * p.element_size() for p in trainer.elastic.parameters())
+    where = next(p for p in out.absolute().parents if p.exists())
+    free = shutil.disk_usage(where).free
+    if free < need + (1 << 20):
+        raise VitParetoError(
+            f"--out {str(out)!r}: its disk has {free / 2**20:.1f} MiB free, a checkpoint of this "
+            f"model needs about {need / 2**20:.1f} MiB; free some space or choose another --out"
+        )
+
+
 def cmd_train(args) -> int:
     setup_threads(args)
     _check_train(args)
@@ -242,6 +256,7 @@ def cmd_train(args) -> int:
             device=args.device,
             workers=args.workers,
         )
+        _check_room(trainer, args.out)
         n = trainer.elastic.spec
         print(
             f"training {name} ({n.depth} blocks, {n.num_heads} heads, embed {n.embed_dim}, "

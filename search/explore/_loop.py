@@ -27,11 +27,17 @@ from vitpareto.search.explore._config import SearchConfig
 from vitpareto.search.explore._scoring import candidate_key, trial_attrs
 from vitpareto.search.explore._storage import HEARTBEAT_S
 from vitpareto.search.explore._study import WORKER
-from vitpareto.search.explore.internals import suggest_buffered, trial_id, write_rows
+from vitpareto.search.explore.internals import (
+    active_trials,
+    ask,
+    suggest_buffered,
+    tell,
+    trial_id,
+    write_rows,
+)
 from vitpareto.spaces import Candidate
 
 MAX_STOOD_DOWN = 100  # proposals in a row already searched: the space is used up
-_ACTIVE = (TrialState.COMPLETE, TrialState.RUNNING)
 
 
 @dataclass
@@ -55,6 +61,7 @@ class TrialLoop:
         self._stale_checked = 0.0
         self._waiting_since: float | None = None
         self.known_complete = 0  # as of the last read, plus this process's since
+        self.queue_empty = False  # no trial waits in the study's queue, as of the last read
         self._snapshot()
 
     # -- counting -------------------------------------------------------------------------
@@ -66,12 +73,13 @@ class TrialLoop:
         return self.completed() >= self.trials
 
     def _snapshot(self) -> list:
-        """The study's complete and running trials, read once (every check below uses one
-        read: it is most of a trial's database time)."""
+        """The study's running, waiting and complete trials, read once for every check
+        below (parameters only of the trials whose candidates are not known yet)."""
         self._fail_stale()
-        ts = self.study.get_trials(deepcopy=False, states=_ACTIVE)
-        self.known_complete = sum(t.state == TrialState.COMPLETE for t in ts)
-        return ts
+        rows = active_trials(self.storage, self.study, set(self.keys))
+        self.known_complete = sum(r.state == TrialState.COMPLETE for r in rows)
+        self.queue_empty = not any(r.state == TrialState.WAITING for r in rows)
+        return rows
 
     def _fail_stale(self) -> None:
         """Fail the running trials of dead processes (their heartbeat went stale), at most
@@ -94,7 +102,7 @@ class TrialLoop:
                     time.sleep(0.5)
                     continue
                 return None
-            trial = self.study.ask()
+            trial = ask(self.study, self.queue_empty)
             self.beat.add(trial)
             candidate, params = suggest_buffered(trial, self.space.suggest)
             key = candidate_key(candidate)
@@ -133,7 +141,7 @@ class TrialLoop:
             return True
         now = time.monotonic()
         self._waiting_since = self._waiting_since or now
-        foreign = any(trial_id(t) not in self.beat.ids for t in running)
+        foreign = any(t.trial_id not in self.beat.ids for t in running)
         return foreign and now - self._waiting_since > 4 * HEARTBEAT_S
 
     def _twin(self, number: int, key: str, snapshot: list) -> int | None:
@@ -141,7 +149,9 @@ class TrialLoop:
         key ``key``: decoded candidates are compared, not parameters, since several
         parameter sets decode to one candidate."""
         for t in snapshot:
-            if t.number == number or (t.state == TrialState.RUNNING and t.number > number):
+            if t.state == TrialState.WAITING or t.number == number:
+                continue
+            if t.state == TrialState.RUNNING and t.number > number:
                 continue
             if self._key(t) == key:
                 return t.number
@@ -150,6 +160,8 @@ class TrialLoop:
     def _key(self, t) -> str | None:
         if t.number in self.keys:
             return self.keys[t.number]
+        if t.params is None:
+            return None
         try:
             key = candidate_key(self.space.decode(t.params))
         except (VitParetoError, KeyError, ValueError, TypeError):
@@ -159,8 +171,8 @@ class TrialLoop:
         return key
 
     def _stand_down(self, trial, why: str, params=None) -> None:
-        write_rows(self.storage, trial, params or {}, {"stood_down": why})
-        self.study.tell(trial, state=TrialState.PRUNED)
+        rows = {"params": params or {}, "user_attrs": {"stood_down": why}}
+        tell(self.study, trial, None, TrialState.PRUNED, self.storage, **rows)
         self.beat.remove(trial)
 
     def finish(self, started: Started, metrics: dict[str, Any], **extra: Any) -> bool:
@@ -173,8 +185,9 @@ class TrialLoop:
             return False
         attrs = trial_attrs(started.candidate, metrics, fidelity="shared", worker=WORKER, **extra)
         try:
-            write_rows(self.storage, trial, {}, attrs, self.config.violations(metrics))
-            self.study.tell(trial, self.config.values(metrics))
+            rows = {"user_attrs": attrs, "constraints": self.config.violations(metrics)}
+            values = self.config.values(metrics)
+            tell(self.study, trial, values, TrialState.COMPLETE, self.storage, **rows)
             self.known_complete += 1
         except optuna.exceptions.UpdateFinishedTrialError:
             # its heartbeat went stale (the database was out of reach) and another process

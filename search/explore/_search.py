@@ -20,7 +20,12 @@ from vitpareto.search.explore._local import LocalBackend, ProcessBackend
 from vitpareto.search.explore._progress import SearchProgress
 from vitpareto.search.explore._raybackend import RayBackend
 from vitpareto.search.explore._scoring import candidate_key, reference_latency, trial_attrs
-from vitpareto.search.explore._storage import check_study_name, load_study, open_storage
+from vitpareto.search.explore._storage import (
+    check_study_name,
+    load_study,
+    open_storage,
+    storage_errors,
+)
 from vitpareto.search.explore._study import SUFFIX, open_study
 from vitpareto.search.supernet import FinetuneConfig
 from vitpareto.spaces import Candidate
@@ -48,15 +53,17 @@ def search(
     elif jobs != 1:
         raise VitParetoError("give jobs to the backend (ProcessBackend(jobs)), not to search")
     config = backend.prepare(supernet, config)
-    study, storage = open_study(
-        storage_url, name, supernet, config, backend.target(config), extra=backend.study_attrs()
-    )
-    full = dict(study.user_attrs.get("full") or {})
-    if "latency_ms" not in full:  # the hypervolume's reference, fixed for the whole study
-        full["latency_ms"] = reference_latency(backend.latency(supernet, config), supernet.elastic)
-        study.set_user_attr("full", full)
-    with SearchProgress(study, trials, config.objectives, enabled=progress) as bar:
-        backend.run(study, storage, supernet, trials, config, bar)
+    with storage_errors(storage_url):
+        study, storage = open_study(
+            storage_url, name, supernet, config, backend.target(config), extra=backend.study_attrs()
+        )
+        full = dict(study.user_attrs.get("full") or {})
+        if "latency_ms" not in full:  # the hypervolume's reference, fixed for the whole study
+            latency = backend.latency(supernet, config)
+            full["latency_ms"] = reference_latency(latency, supernet.elastic)
+            study.set_user_attr("full", full)
+        with SearchProgress(study, trials, config.objectives, enabled=progress) as bar:
+            backend.run(study, storage, supernet, trials, config, bar)
     return study
 
 
@@ -109,6 +116,13 @@ def rescore_front(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise VitParetoError(f"--finetune-front must be 0 or more steps, got {steps!r}")
+    with storage_errors(storage_url):
+        return _rescore(
+            supernet, storage_url, name, config, steps, artifacts, progress, lr, backend
+        )
+
+
+def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr, backend):
     src = load_study(storage_url, name)
     dst = optuna.create_study(
         study_name=name + SUFFIX,

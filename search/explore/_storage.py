@@ -24,6 +24,8 @@ from vitpareto.errors import VitParetoError
 
 DEFAULT_STORAGE = "sqlite:///results/vitpareto.db"
 HEARTBEAT_S = 10
+# seconds to wait for a database another process holds locked (VITPARETO_DB_TIMEOUT)
+LOCK_TIMEOUT_S = float(os.environ.get("VITPARETO_DB_TIMEOUT", "30"))
 MAX_NAME = 250  # characters of a study name, NAME/front included: within every backend's column
 _OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
 
@@ -92,7 +94,7 @@ def open_storage(url: str, create: bool = True, write: bool = True):
             hint = "pip install 'vitpareto[postgres]'" if url.startswith("postgres") else str(e)
             raise VitParetoError(f"storage {url!r} needs a database driver: {hint}") from None
         except RuntimeError as e:
-            raise VitParetoError(f"storage {url!r}: {_schema_message(str(e))}") from None
+            raise VitParetoError(f"storage {url!r}: {_schema_message(url, str(e))}") from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise VitParetoError(
@@ -104,24 +106,41 @@ def open_storage(url: str, create: bool = True, write: bool = True):
 def _operational(url: str, e: Exception) -> str:
     text = (str(getattr(e, "orig", e)).strip().splitlines() or [type(e).__name__])[0]
     if "locked" in text:
-        return f"storage {url!r} is locked by another process; try again when it is done"
+        return (
+            f"storage {url!r} has been locked by another process for {LOCK_TIMEOUT_S:g} s; "
+            "try again when it is done (VITPARETO_DB_TIMEOUT sets the wait)"
+        )
     if "readonly" in text or "read-only" in text:
         return f"storage {url!r} is read-only; make it writable or copy it somewhere writable"
-    if "disk I/O" in text or "full" in text:
+    if "disk I/O" in text or "full" in text or "No space" in text:
         return f"storage {url!r} cannot be written ({text}); free some disk space"
     if "malformed" in text or "not a database" in text:
         return f"storage {url!r} is damaged ({text}); restore it from a copy"
     return f"storage {url!r} cannot be opened as a results database: {text}"
 
 
-def _schema_message(text: str) -> str:
-    if "no longer compatible" in text or "upgrade" in text:
+def _schema_message(url: str, text: str) -> str:
+    """Why Optuna refused a database's schema: older (it can be upgraded) or newer than
+    this Optuna knows (upgrade Optuna)."""
+    known = optuna.storages.RDBStorage("sqlite:///:memory:").get_all_versions()
+    try:
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as conn:
+            found = conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version"))
+            version = found.scalar()
+        engine.dispose()
+    except sqlalchemy.exc.SQLAlchemyError:
+        version = None
+    if version is not None and version not in known:
         return (
-            "its schema was made by an older Optuna; upgrade it with `optuna storage upgrade "
-            "--storage URL` (back it up first)"
+            f"its schema ({version}) was made by a newer Optuna than this one "
+            f"({optuna.__version__}); upgrade optuna"
         )
-    if "newer" in text or "is not supported" in text or "Can't locate revision" in text:
-        return "its schema was made by a newer Optuna than this one; upgrade optuna"
+    if version is not None and version != known[0]:
+        return (
+            f"its schema ({version}) was made by an older Optuna; upgrade it with `optuna "
+            "storage upgrade --storage URL` (back the database up first)"
+        )
     return f"cannot be opened as a results database: {text.splitlines()[0]}"
 
 
@@ -175,23 +194,18 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
 
 
 def _tables(url: str, path: Path) -> set[str]:
-    """The tables of an SQLite file, read without writing (retried while it is locked)."""
+    """The tables of an SQLite file, read without writing (waiting while it is locked)."""
     uri = path.resolve().as_uri() + "?mode=ro"  # as a URI: '#' and '?' in the path escaped
-    for attempt in range(6):
-        try:
-            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-                rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-                return {r[0] for r in rows}
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) and attempt < 5:
-                time.sleep(0.2 * 2**attempt)
-                continue
-            raise VitParetoError(_operational(url, e)) from None
-        except sqlite3.DatabaseError as e:
-            raise VitParetoError(
-                f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
-            ) from None
-    return set()
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            return {r[0] for r in rows}
+    except sqlite3.OperationalError as e:
+        raise VitParetoError(_operational(url, e)) from None
+    except sqlite3.DatabaseError as e:
+        raise VitParetoError(
+            f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
+        ) from None
 
 
 def _sqlite_pragmas(storage, write: bool) -> None:
@@ -200,7 +214,7 @@ def _sqlite_pragmas(storage, write: bool) -> None:
 
     def pragmas(dbapi_conn, _record):
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA busy_timeout = {int(1000 * LOCK_TIMEOUT_S)}")
         if write:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -227,3 +241,18 @@ def load_study(url: str, name: str, write: bool = False):
 def study_names(url: str) -> list:
     """The summaries of every study in a database (which must exist)."""
     return optuna.get_all_study_summaries(open_storage(url, create=False, write=False))
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """A database failing mid-work (full disk, read-only, gone) as one clear error; what it
+    committed before stays (every record is one transaction)."""
+    try:
+        yield
+    except (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError) as e:
+        # Optuna wraps the database's own error in StorageInternalError
+        cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) else e
+        if isinstance(cause, sqlalchemy.exc.OperationalError):
+            raise VitParetoError(_operational(url, cause)) from None
+        first = (str(getattr(cause, "orig", cause)).strip().splitlines() or ["?"])[0]
+        raise VitParetoError(f"storage {url!r} failed: {first}") from None

@@ -10,17 +10,30 @@ these change, and each has a fallback on Optuna's public API where there is one.
 - ``write_rows``: a trial's parameters, user attributes and constraints written in one
   transaction of three statements, into Optuna's own tables (its ORM models), where the
   public API commits each value separately.
+- ``active_trials``: the study's running, waiting and complete trials (number, state and,
+  where asked, parameters) in two light queries, where ``study.get_trials`` loads every
+  unfinished trial with all its attributes.
+- ``ask`` and ``tell``: ``study.ask()`` without its read of the trial queue when the caller
+  knows it is empty, and ``study.tell()`` without its read of the trial in hand.
+
+Together they bring a trial's database work on PostgreSQL from about 120 ms to about 20
+(``bench_cluster``).
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import json
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.distributions import distribution_to_json
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.trial import TrialState
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -82,9 +95,12 @@ def write_rows(
     params: Mapping[str, tuple[float, Any]] = (),
     user_attrs: Mapping[str, Any] = (),
     constraints: Mapping[str, float] | None = None,
+    finish: tuple[TrialState, list[float] | None] | None = None,
 ) -> None:
-    """Write a running trial's parameters, user attributes and constraints in one
-    transaction (``storage``: the RDB storage under the study)."""
+    """Write a running trial's parameters, user attributes, constraints and, with
+    ``finish`` (state, values), its end, in one transaction (``storage``: the RDB storage
+    under the study). Call the sampler's ``after_trial`` first, as ``tell`` does (``tell``
+    below does both)."""
     params, user_attrs = dict(params), dict(user_attrs)
     if not fast(storage):
         for name, (internal, dist) in params.items():
@@ -93,6 +109,8 @@ def write_rows(
             trial.set_user_attr(k, v)
         for k, v in (constraints or {}).items():
             trial.set_constraint(k, v)
+        if finish is not None:
+            trial.study._storage.set_trial_state_values(trial_id(trial), *finish)
         return
     tid = trial_id(trial)
     attrs = [
@@ -103,7 +121,7 @@ def write_rows(
         for k, v in (constraints or {}).items()
     ]  # as Trial.set_constraint stores them
     with _create_scoped_session(storage.scoped_session, True) as session:
-        row = _models.TrialModel.find_or_raise_by_id(tid, session)
+        row = _models.TrialModel.find_or_raise_by_id(tid, session, for_update=finish is not None)
         storage.check_trial_is_updatable(tid, row.state)
         if params:
             session.execute(
@@ -124,6 +142,17 @@ def write_rows(
         ):
             if rows:
                 _upsert(session, storage, model, rows)
+        if finish is not None:  # as RDBStorage.set_trial_state_values ends a trial
+            state, values = finish
+            for objective, v in enumerate(values or ()):
+                stored, kind = _models.TrialValueModel.value_to_stored_repr(v)
+                session.add(
+                    _models.TrialValueModel(
+                        trial_id=tid, objective=objective, value=stored, value_type=kind
+                    )
+                )
+            row.state = state
+            row.datetime_complete = datetime.datetime.now()
 
 
 def _upsert(session, storage, model, rows: list[dict]) -> None:
@@ -142,3 +171,89 @@ def _upsert(session, storage, model, rows: list[dict]) -> None:
         set_={"value_json": stmt.excluded.value_json},
     )
     session.execute(stmt)
+
+
+@dataclass
+class Row:
+    """A trial as the trial loop needs it."""
+
+    trial_id: int
+    number: int
+    state: TrialState
+    params: dict[str, Any] | None = field(default=None)  # None: not read (asked not to)
+
+
+_STATES = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)
+
+
+def active_trials(storage, study, known: set[int]) -> list[Row]:
+    """The study's running, waiting and complete trials; parameters are read for all but
+    the complete trials numbered in ``known`` (whose candidates the caller has)."""
+    if not fast(storage):
+        return [
+            Row(trial_id(t), t.number, t.state, None if t.number in known else dict(t.params))
+            for t in study.get_trials(deepcopy=False, states=_STATES)
+        ]
+    trials, params_t = _models.TrialModel, _models.TrialParamModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        rows = [
+            Row(tid, number, state)
+            for tid, number, state in session.execute(
+                sqlalchemy.select(trials.trial_id, trials.number, trials.state).where(
+                    trials.study_id == study._study_id, trials.state.in_(_STATES)
+                )
+            )
+        ]
+        need = {
+            r.trial_id: r for r in rows if r.state != TrialState.COMPLETE or r.number not in known
+        }
+        for r in need.values():
+            r.params = {}
+        if need:
+            found = session.execute(
+                sqlalchemy.select(
+                    params_t.trial_id,
+                    params_t.param_name,
+                    params_t.param_value,
+                    params_t.distribution_json,
+                ).where(params_t.trial_id.in_(list(need)))
+            )
+            for tid, name, value, dist in found:
+                need[tid].params[name] = _distribution(dist).to_external_repr(value)
+    return sorted(rows, key=lambda r: r.number)
+
+
+_DISTRIBUTIONS: dict[str, Any] = {}
+
+
+def _distribution(text: str):
+    if text not in _DISTRIBUTIONS:
+        _DISTRIBUTIONS[text] = json_to_distribution(text)
+    return _DISTRIBUTIONS[text]
+
+
+def ask(study, queue_empty: bool):
+    """A new running trial of ``study``; ``queue_empty``: no trial waits in the study's
+    queue (enqueued, or a retry of a failed one), so Optuna need not look."""
+    if not queue_empty or not fast(getattr(study._storage, "_backend", None)):
+        return study.ask()
+    study._thread_local.cached_all_trials = None  # as ask does: samplers read afresh
+    tid = study._storage.create_new_trial(study._study_id)
+    return optuna.trial.Trial(study, tid)
+
+
+def tell(study, trial, values: list[float] | None, state: TrialState, storage=None, **rows):
+    """Finish a running trial as ``study.tell`` does (the sampler's ``after_trial``, then the
+    state and values stored), from the trial in hand rather than read again; with
+    ``storage`` (the RDB storage), in one transaction with ``rows`` (see ``write_rows``)."""
+    if values is not None and not all(math.isfinite(v) for v in values):
+        state, values = TrialState.FAIL, None  # as tell does with values it cannot take
+    study._thread_local.cached_all_trials = None
+    frozen = copy.copy(trial._cached_frozen_trial)
+    try:
+        study.sampler.after_trial(study, frozen, state, values)
+    finally:
+        if storage is not None:
+            write_rows(storage, trial, finish=(state, values), **rows)
+        else:
+            study._storage.set_trial_state_values(trial_id(trial), state, values)

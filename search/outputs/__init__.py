@@ -20,6 +20,7 @@ from vitpareto.search.outputs._modeldir import (
 )
 from vitpareto.search.outputs._query import (
     MAIN_COLUMNS,
+    completed_trials,
     format_front,
     load_trials,
     select,
@@ -33,6 +34,7 @@ __all__ = [
     "ExpressionError",
     "build_model",
     "check_writable",
+    "completed_trials",
     "export_pt2",
     "export_trials",
     "format_front",

@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from optuna.trial import TrialState
 from tqdm import tqdm
 
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import DEFAULT_MEAN, DEFAULT_STD, export_onnx
 from vitpareto.search.explore import load_weights
 from vitpareto.search.outputs._modeldir import check_writable, model_files, rebuild, write_model_dir
+from vitpareto.search.outputs._query import completed_trials
 from vitpareto.spaces import Candidate
 
 
 def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
     """The completed trials to export: the front, and/or the numbers asked for."""
-    complete = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    complete = {t.number: t for t in completed_trials(study)}
     if not trials and not pareto:
         raise VitParetoError("say what to export: --pareto, or --trial N (repeatable)")
     chosen = {t.number: t for t in study.best_trials} if pareto else {}
@@ -82,6 +82,20 @@ def export_trials(
         raise VitParetoError(f"--out {str(out)!r} is a file, not a directory")
     dirs = [check_writable(out / f"trial_{t.number}", force) for t in trials]
     models = [build_model(study, t, supernet, artifacts) for t in trials]
+    made = not out.exists()
+    try:
+        return _write(study, trials, dirs, models, supernet, force, portable, progress)
+    except OSError as e:
+        raise VitParetoError(
+            f"cannot write the models under {str(out)!r} ({e.strerror or e}); the directories "
+            "already written are complete, the one being written was removed"
+        ) from None
+    finally:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing written: no empty directory left behind
+
+
+def _write(study, trials, dirs, models, supernet, force, portable, progress) -> list[Path]:
     attrs = study.user_attrs
     written = []
     for t, d, model in tqdm(

@@ -1,8 +1,8 @@
 """Standalone compressed models on disk: a recipe, not a pickle.
 
 A model directory holds ``config.json`` (the timm model name and options, the candidate,
-the class names and the supernet's SHA-256), ``model.safetensors`` (the weights of the
-compressed model only) and ``metrics.json``. ``load_model`` rebuilds the module through
+the class names, the supernet's SHA-256 and the weights' own), ``model.safetensors`` (the
+weights of the compressed model only) and ``metrics.json``. ``load_model`` rebuilds the module through
 a pure function: timm builds the architecture, the candidate cuts it, the weights fill it.
 Writes are atomic: a directory is complete or absent, and an existing one is replaced only
 when asked.
@@ -10,20 +10,23 @@ when asked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from vitpareto.errors import VitParetoError
-from vitpareto.files import atomic_dir, check_parent
-from vitpareto.spaces import Candidate, CompressedViT, ElasticViT, create_model
+from vitpareto.files import atomic_dir, check_parent, read_bytes, read_text
+from vitpareto.spaces import Candidate, CompressedViT, ElasticViT, check_recipe, create_model
 
 KIND = "vitpareto-model"
 FORMAT = 1
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
+MAX_CONFIG = 1 << 20  # bytes of a config.json
+MAX_WEIGHTS = 1 << 36  # bytes of model.safetensors (64 GiB)
 
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
@@ -59,24 +62,27 @@ def model_files(
     if preprocessing:
         config["preprocessing"] = preprocessing
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = save(state, metadata={"format": "pt"})
+    config["weights_sha256"] = hashlib.sha256(weights).hexdigest()  # checked by load_model
     return {
         CONFIG: json.dumps(config, indent=2) + "\n",
-        WEIGHTS: lambda dest: save_file(state, str(dest), metadata={"format": "pt"}),
+        WEIGHTS: weights,
         METRICS: json.dumps(metrics, indent=2, default=float) + "\n",
     }
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of a model directory, checked."""
+    """The ``config.json`` of a model directory, checked: its kind and format, a safe model
+    recipe, a candidate, the class names."""
     path = Path(path)
     cfg_path = path / CONFIG
     if not path.is_dir():
         raise VitParetoError(f"{str(path)!r} is not a model directory (it does not exist)")
-    if not cfg_path.is_file():
+    if not cfg_path.exists():
         raise VitParetoError(f"{str(path)!r} is not a vitpareto model directory: no {CONFIG}")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        cfg = json.loads(read_text(cfg_path, MAX_CONFIG, "model config"))
+    except json.JSONDecodeError as e:
         raise VitParetoError(f"{str(cfg_path)!r} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict) or cfg.get("kind") != KIND:
         raise VitParetoError(f"{str(cfg_path)!r} is not a vitpareto model config")
@@ -84,28 +90,46 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise VitParetoError(
             f"{str(cfg_path)!r} has format {cfg.get('format')}, this vitpareto reads {FORMAT}"
         )
+    check_recipe(cfg.get("model"), str(cfg_path))
+    if not isinstance(cfg.get("candidate"), dict):
+        raise VitParetoError(f"{str(cfg_path)!r} has no candidate; export the model again")
+    if not isinstance(cfg.get("classes"), list):
+        raise VitParetoError(f"{str(cfg_path)!r} has no list of classes; export the model again")
     return cfg
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> CompressedViT:
     """Rebuild a saved compressed model (architecture from timm and the candidate, weights
-    from safetensors, strictly: every tensor must fit)."""
+    from safetensors, checked against the SHA-256 written at export, strictly: every tensor
+    must fit). Nothing is fetched: the recipe builds the architecture only."""
     path = Path(path)
     cfg = read_config(path)
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise VitParetoError(f"{str(path)!r} has no {WEIGHTS}")
+    blob = read_bytes(weights, MAX_WEIGHTS, "weights")
+    expected = cfg.get("weights_sha256")
+    if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
+        raise VitParetoError(
+            f"{str(weights)!r} changed after export (its SHA-256 differs from config.json's): "
+            "export the model again or restore the file from a copy"
+        )
     try:
-        state = load_file(str(path / WEIGHTS))
-    except FileNotFoundError:
-        raise VitParetoError(f"{str(path)!r} has no {WEIGHTS}") from None
+        state = load(blob)
     except Exception as e:  # safetensors raises its own error types for damaged files
-        raise VitParetoError(f"{str(path / WEIGHTS)!r} is damaged: {e}") from None
-    model = rebuild(cfg["model"], Candidate.from_dict(cfg["candidate"]), state, str(path))
-    return model.to(device).eval()
+        raise VitParetoError(f"{str(weights)!r} is damaged: {e}") from None
+    try:
+        candidate = Candidate.from_dict(cfg["candidate"])
+    except (VitParetoError, KeyError, TypeError, ValueError) as e:
+        raise VitParetoError(f"{str(path / CONFIG)!r}: its candidate is invalid ({e})") from None
+    return rebuild(cfg["model"], candidate, state, str(path)).to(device).eval()
 
 
 def rebuild(model_cfg: dict[str, Any], candidate: Candidate, state: dict, source: str):
     """The compressed model a recipe describes (timm name and options, candidate), filled
     strictly with ``state``: timm builds it, the candidate cuts it, the weights fill it."""
-    vit = create_model(model_cfg["name"], **model_cfg["kwargs"])
+    name, kwargs = check_recipe(model_cfg, source)
+    vit = create_model(name, pretrained=False, **kwargs)
     model = ElasticViT(vit, importance="identity", exit_blocks=candidate.exits).extract(candidate)
     try:
         model.load_state_dict(state)

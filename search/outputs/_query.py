@@ -23,6 +23,7 @@ from vitpareto.search.explore import (
     objectives_of,
 )
 from vitpareto.search.outputs._expr import sort_rows, where_rows
+from vitpareto.spaces import Candidate
 
 MAIN_COLUMNS = [
     "trial",
@@ -42,12 +43,35 @@ def load_trials(storage: str, study: str):
     return trials_frame(load_study(storage, study))
 
 
+def completed_trials(st) -> list:
+    """The completed trials of a study made by a vitpareto search, checked: as many
+    objective names as values, and a candidate stored with each trial."""
+    objectives = objectives_of(st)
+    if len(objectives) != len(st.directions):
+        raise VitParetoError(
+            f"study {st.study_name!r} names {len(objectives)} objectives ({objectives}) but "
+            f"optimises {len(st.directions)}: its attributes were changed by hand or by "
+            "another program"
+        )
+    trials = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for t in trials:
+        try:
+            Candidate.from_dict(t.user_attrs["candidate"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise VitParetoError(
+                f"study {st.study_name!r}, trial {t.number}: no valid candidate stored with it "
+                f"({type(e).__name__}: {str(e)[:80]}); a study not made by vitpareto, or "
+                "changed by hand"
+            ) from None
+    return trials
+
+
 def trials_frame(st):
     """Completed trials of a loaded study as a DataFrame."""
     objectives = objectives_of(st)
     front = {t.number for t in st.best_trials}
     rows: list[dict[str, Any]] = []
-    for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in completed_trials(st):
         row: dict[str, Any] = {"trial": t.number}
         for k, v in t.user_attrs.items():
             if isinstance(v, (int, float, str, bool)) or v is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from vitpareto.errors import VitParetoError
+from vitpareto.files import atomic_write
 from vitpareto.search.explore import (
     describe_reference,
     front_hypervolume_of,
@@ -99,7 +100,7 @@ def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths["front"])
+    atomic_write(paths["front"], lambda dest: fig.savefig(dest, format="png"))
     plt.close(fig)
 
     knobs = knob_summary(df)
@@ -118,11 +119,11 @@ def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path
             a.tick_params(labelsize=7)
     fig.suptitle("knobs against objectives (blue: the front)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(paths["knobs"])
+    atomic_write(paths["knobs"], lambda dest: fig.savefig(dest, format="png"))
     plt.close(fig)
 
     page = _html(study, df, front, x, y, hv, describe_reference(ref), second)
-    paths["html"].write_text(page)
+    atomic_write(paths["html"], page)
     return paths
 
 

@@ -3,14 +3,16 @@
 A checkpoint is a ``torch.save`` file of tensors and plain Python values only, so it loads
 with ``weights_only=True`` (no code runs on load). It holds the timm model name and
 options, the search space, the importance orders, the weights, the optimizer and schedule
-state, the training config, the dataset spec and class names, metrics, and a SHA-256 of
-the weights that the results database records and that loading verifies.
+state, the training config, the dataset spec and class names, metrics, a SHA-256 of the
+weights that the results database records, and a SHA-256 of everything else; loading
+verifies both, the entries' types and that every number is finite.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import load_data
 from vitpareto.files import atomic_write
+from vitpareto.search.supernet._integrity import check_schema, first_non_finite, payload_sha256
 from vitpareto.spaces import ElasticViT, JointSpace, create_model
 
 KIND = "vitpareto-supernet"
@@ -75,17 +78,32 @@ class Supernet:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> str:
     """Write ``payload`` (with the weights' SHA-256 added) atomically; return the hash."""
+    bad = first_non_finite(payload["state_dict"])
+    if bad is not None:
+        raise VitParetoError(
+            f"training diverged: the weights are not finite ({bad.strip('/')}); "
+            f"{str(path)!r} keeps its last good epoch; train again with a lower --lr"
+        )
     digest = weights_sha256(payload["state_dict"])
     payload = {**payload, "kind": KIND, "format": FORMAT, "sha256": digest}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    payload["payload_sha256"] = payload_sha256(payload)
+    try:
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    except OSError as e:
+        raise VitParetoError(
+            f"cannot write checkpoint {str(path)!r} ({e.strerror or e}); the file keeps its "
+            "last complete epoch: free some space (or choose another --out) and --resume"
+        ) from None
     return digest
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict, after checking it is a whole vitpareto supernet checkpoint."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise VitParetoError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file() or not stat.S_ISREG(os.stat(path).st_mode):
+        raise VitParetoError(f"checkpoint {str(path)!r} is not a regular file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and unpickler errors all mean the same to a user
@@ -102,9 +120,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise VitParetoError(
             f"checkpoint {str(path)!r} has format {ckpt.get('format')}, this vitpareto reads {FORMAT}"
         )
+    where = f"checkpoint {str(path)!r}"
+    check_schema(ckpt, where)
     if weights_sha256(ckpt["state_dict"]) != ckpt.get("sha256"):
+        raise VitParetoError(f"{where} is corrupted: its weights do not match their SHA-256")
+    if "payload_sha256" in ckpt and payload_sha256(ckpt) != ckpt["payload_sha256"]:
         raise VitParetoError(
-            f"checkpoint {str(path)!r} is corrupted: its weights do not match their SHA-256"
+            f"{where} is corrupted: its optimizer state, schedule or settings do not match "
+            "their SHA-256; restore it from a copy"
+        )
+    bad = first_non_finite({k: ckpt.get(k) for k in ("state_dict", "optimizer")})
+    if bad is not None:
+        raise VitParetoError(
+            f"{where} holds values that are not finite ({bad.strip('/')}): the run it "
+            "comes from diverged; restore an earlier copy or train again with a lower --lr"
         )
     return ckpt
 

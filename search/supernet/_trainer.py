@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import AccuracyEvaluator, Data, load_data, resolve_device
 from vitpareto.search.supernet._checkpoint import load_supernet, save_checkpoint
 from vitpareto.search.supernet._recipe import Recipe, adamw, lr_factor, mixed_loss
@@ -35,6 +36,7 @@ from vitpareto.spaces import (
     Candidate,
     ElasticViT,
     JointSpace,
+    check_recipe,
     create_model,
     describe,
 )
@@ -127,7 +129,7 @@ class SupernetTrainer:
         model (so pretrained or ``checkpoint`` weights for another label set can be used).
         """
         config = config or TrainConfig()
-        kwargs = dict(model_kwargs or {})
+        kwargs = check_recipe({"name": model, "kwargs": dict(model_kwargs or {})}, "the model")[1]
         torch.manual_seed(config.seed)
         vit = create_model(model, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
         data = load_data(
@@ -249,6 +251,7 @@ class SupernetTrainer:
             self.seconds += time.perf_counter() - t0
             self.epoch += 1
             metrics = self.evaluate()
+            self._check_collapse(metrics, out)
             self.history.append(
                 {"epoch": self.epoch, "step": self.step, "train_loss": loss, **metrics}
             )
@@ -262,6 +265,18 @@ class SupernetTrainer:
                 )
             self.save(out)
         return self.history[-1] if self.history else {}
+
+    def _check_collapse(self, metrics: dict[str, float], out) -> None:
+        """Refuse to replace a checkpoint better than chance with one at chance or below
+        (a run that diverged): the good one stays."""
+        chance = 1.0 / max(1, len(self.data.classes))
+        before = self.history[-1]["full_accuracy"] if self.history else None
+        if before is not None and before > 2 * chance and metrics["full_accuracy"] <= chance:
+            raise VitParetoError(
+                f"epoch {self.epoch} fell to chance accuracy ({metrics['full_accuracy']:.3f}, "
+                f"from {before:.3f}): training diverged; {str(out)!r} keeps epoch "
+                f"{self.epoch - 1}; train again with a lower --lr"
+            )
 
     def evaluate(self) -> dict[str, float]:
         """Validation accuracy of the full and the smallest candidate on the shared weights."""

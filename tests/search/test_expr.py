@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from vitpareto.search.outputs import ExpressionError, parse_where, select
+from vitpareto.spaces import Candidate, create_model
 
 
 @pytest.fixture
@@ -182,10 +183,11 @@ def test_query_command_refuses_escapes_and_leaves_the_database_unchanged(tmp_pat
     url = f"sqlite:///{db}"
     study = optuna.create_study(storage=url, study_name="s", directions=["maximize", "minimize"])
     study.set_user_attr("objectives", ["accuracy", "latency_ms"])
+    candidate = Candidate.full(create_model("test_vit")).to_dict()
     for acc, lat in [(0.9, 3.0), (0.95, 5.0), (0.8, 1.0)]:
         study.add_trial(
             optuna.trial.create_trial(
-                values=[acc, lat], user_attrs={"macs": int(lat * 100), "candidate": {}}
+                values=[acc, lat], user_attrs={"macs": int(lat * 100), "candidate": candidate}
             )
         )
     digest = hashlib.sha256(db.read_bytes()).hexdigest()

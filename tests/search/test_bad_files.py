@@ -1,0 +1,209 @@
+"""Damaged, foreign and hostile files: checkpoints, model directories and databases, each
+refused with one line naming what is wrong, nothing run, fetched or overwritten."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import optuna
+import pytest
+import torch
+
+import vitpareto
+from tests.search.hostile import copy_db, digest, refused, searched, small_supernet
+from vitpareto.errors import VitParetoError
+from vitpareto.search import load_supernet
+from vitpareto.search.cli import main
+from vitpareto.search.supernet import SupernetTrainer, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return small_supernet(tmp_path_factory.mktemp("net") / "net.pt")
+
+
+@pytest.fixture(scope="module")
+def db(net, tmp_path_factory):
+    path = tmp_path_factory.mktemp("db") / "r.db"
+    return path, searched(net, path)
+
+
+@pytest.fixture(scope="module")
+def model_dir(net, db, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    assert main(["export", "--storage", db[1], "--study", "s", "--trial", "0", "--out",
+                 str(out), "--supernet", str(net), "--no-portable"]) == 0  # fmt: skip
+    return out / "trial_0"
+
+
+def _damaged(net, tmp_path, change) -> str:
+    ckpt = torch.load(net, weights_only=True)
+    change(ckpt)
+    path = tmp_path / "bad.pt"
+    torch.save(ckpt, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda c: c.pop("model"), ["entry 'model' is missing"]),
+        (lambda c: c.update(state_dict=[1, 2]), ["entry 'state_dict' is a list"]),
+        (lambda c: c.update(state_dict="weights"), ["entry 'state_dict' is a str"]),
+        (lambda c: c["model"]["kwargs"].update(pretrained=True), ["load weights from elsewhere"]),
+        (lambda c: c["model"]["kwargs"].update(img_size=10**6), ["img_size 1000000 is out"]),
+        (lambda c: c.update(epoch=7), ["do not match their SHA-256"]),  # a changed setting
+    ],
+)
+def test_damaged_checkpoints(capsys, net, tmp_path, change, words):
+    bad = _damaged(net, tmp_path, change)
+    refused(capsys, ["search", "--supernet", bad, "--storage", f"sqlite:///{tmp_path / 'r.db'}",
+                     "--study", "x"], *words)  # fmt: skip
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_a_flipped_byte_in_the_optimizer_state_is_caught(net, tmp_path):
+    trainer = SupernetTrainer.resume(net)
+    x, y = next(iter(trainer.data.train))
+    trainer.train_step(x, y)  # an optimizer state to damage
+    good = tmp_path / "good.pt"
+    trainer.save(good)
+    ckpt = torch.load(good, weights_only=True)
+    state = next(iter(ckpt["optimizer"]["state"].values()))
+    state["exp_avg"].view(-1)[0] += 1.0
+    torch.save(ckpt, tmp_path / "flipped.pt")
+    with pytest.raises(VitParetoError, match="optimizer state, schedule or settings"):
+        read_checkpoint(tmp_path / "flipped.pt")
+    # and a state that is not finite is refused even with a matching hash
+    state["exp_avg"].view(-1)[0] = float("nan")
+    ckpt.pop("payload_sha256")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(VitParetoError, match="not finite"):
+        read_checkpoint(tmp_path / "nan.pt")
+
+
+def test_a_diverged_run_never_replaces_a_good_checkpoint(net, tmp_path):
+    path = tmp_path / "n.pt"
+    shutil.copy(net, path)
+    trainer = SupernetTrainer.resume(path)
+    before = digest(path)
+    with torch.no_grad():
+        next(trainer.elastic.parameters()).fill_(float("nan"))
+    with pytest.raises(VitParetoError, match="training diverged"):
+        trainer.save(path)
+    assert digest(path) == before and load_supernet(path).sha256
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda c: c.pop("candidate"), ["has no candidate"]),
+        (lambda c: c.update(model="vit_small"), ["the model must be a mapping"]),
+        (lambda c: c["model"]["kwargs"].update(checkpoint_path="/x.pth"), ["elsewhere"]),
+        (lambda c: c["model"]["kwargs"].update(pretrained=True), ["elsewhere"]),
+        (lambda c: c["model"]["kwargs"].update(img_size=10**6), ["out of range"]),
+    ],
+)
+def test_hostile_model_configs_are_refused(model_dir, tmp_path, change, words):
+    d = tmp_path / "m"
+    shutil.copytree(model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    change(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(VitParetoError) as e:
+        vitpareto.load(d)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_weights_changed_after_export_are_refused(model_dir, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(model_dir, d)
+    vitpareto.load(d)  # as exported: loads
+    blob = bytearray((d / "model.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (d / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(VitParetoError, match="changed after export"):
+        vitpareto.load(d)
+
+
+def _sql(path, statement: str, *args) -> None:
+    """One statement on an SQLite file, committed and closed (its log written back)."""
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        c.execute(statement, args)
+        c.commit()
+
+
+def test_a_database_changed_by_hand(capsys, db, tmp_path):
+    path = tmp_path / "r.db"
+    copy_db(db[0], path)
+    url = f"sqlite:///{path}"
+    _sql(path, "UPDATE trial_user_attributes SET value_json=? WHERE key=?", '"x"', "candidate")
+    before = digest(path)
+    refused(capsys, ["query", "--storage", url, "--study", "s"], "no valid candidate")
+    refused(capsys, ["report", "--storage", url, "--study", "s", "--out", tmp_path / "rep"],
+            "no valid candidate")  # fmt: skip
+    assert digest(path) == before and not (tmp_path / "rep").exists()
+    objectives = '["accuracy", "latency_ms", "macs"]'
+    _sql(path, "UPDATE study_user_attributes SET value_json=? WHERE key='objectives'", objectives)
+    refused(capsys, ["query", "--storage", url, "--study", "s"], "names 3 objectives")
+
+
+def test_a_study_made_by_plain_optuna_is_refused_by_report(capsys, tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    st = optuna.create_study(storage=url, study_name="plain", directions=["maximize"])
+    st.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    refused(capsys, ["report", "--storage", url, "--study", "plain", "--out", tmp_path / "rep"],
+            "no valid candidate")  # fmt: skip
+    assert not (tmp_path / "rep").exists()
+
+
+def test_what_is_wrong_with_a_database_is_named(capsys, db, tmp_path):
+    q = ["query", "--study", "s", "--storage"]
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(copy_db(db[0], tmp_path / "c.db").read_bytes()[:100] + b"\0" * 5000)
+    refused(capsys, [*q, f"sqlite:///{damaged}"], "damaged")
+    other = tmp_path / "other.db"
+    _sql(other, "CREATE TABLE t (x)")
+    refused(capsys, [*q, f"sqlite:///{other}"], "another program")
+    newer = tmp_path / "newer.db"
+    copy_db(db[0], newer)
+    _sql(newer, "UPDATE alembic_version SET version_num='v99.0.0'")
+    refused(capsys, [*q, f"sqlite:///{newer}"], "newer Optuna")
+    refused(capsys, [*q, f"sqlite:///{tmp_path / 'none.db'}"], "no database at")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_a_path_with_a_hash_sign_is_a_database_like_any_other(capsys, db, tmp_path):
+    d = tmp_path / "a#b"
+    d.mkdir()
+    copy_db(db[0], d / "r.db")
+    assert main(["query", "--storage", f"sqlite:///{d / 'r.db'}", "--study", "s"]) == 0
+    assert {p.name for p in d.iterdir()} <= {"r.db", "r.db-wal", "r.db-shm"}
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_locked_database_is_reported_as_locked(net, db, tmp_path):
+    path = tmp_path / "r.db"
+    copy_db(db[0], path)
+    before = digest(path)
+    holder = sqlite3.connect(path)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than we wait
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "vitpareto.search.cli", "search", "--supernet", str(net),
+             "--storage", f"sqlite:///{path}", "--study", "new", "--trials", "1"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "VITPARETO_DB_TIMEOUT": "1"},
+        )  # fmt: skip
+    finally:
+        holder.rollback()
+        holder.close()
+    assert out.returncode == 2 and "locked by another process" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert digest(path) == before
