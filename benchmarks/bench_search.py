@@ -10,7 +10,8 @@
     alone), every model scored on the whole test set on the same shared weights and timed
     here, interleaved with the full model. Target: at 2x speedup the front is at least 1
     point more accurate than the best baseline and within 1 point of the full model.
-(c) Seconds per trial, by stage (from what each trial recorded).
+(c) Seconds per trial, by stage (from what each trial recorded); ``--part c`` runs the
+    TPE and random searches of (a) alone, into their own database, for this table only.
 
     python benchmarks/bench_search.py --supernet results/fmnist_bench/supernet.pt \\
         --part a --trials 200 --jobs 2        # then --part b, then --part table
@@ -92,6 +93,21 @@ def part_a(args) -> None:
     ]
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         list(pool.imap_unordered(_run, jobs))
+
+
+def part_c(args) -> None:
+    """(c) alone: the TPE and random searches of (a), into their own database, and the
+    seconds per trial by stage from them (to check a change made no stage slower)."""
+    args.samplers = "tpe,random"
+    part_a(args)
+    head = (
+        f"{date.today()}, {platform.processor() or platform.machine()}, torch "
+        f"{torch.__version__}, optuna {optuna.__version__}; {args.trials} trials per search, "
+        f"accuracy on {args.val_batches} batches, predicted latency at batch 64."
+    )
+    md = f"### (c) Seconds per trial, by stage\n\n{head}\n\n{table_c(args.storage, {})}\n"
+    write_section("bench_search:c", md)
+    print(md)
 
 
 def hv_curve(study, ref) -> dict[int, float]:
@@ -318,7 +334,8 @@ def table_c(storage: str, extra: dict[str, list[float]]) -> str:
     for name, v in stages.items():
         lines.append(f"| {name} | {np.median(v):.3f} | {np.percentile(v, 90):.3f} |")
     lines.append(f"| whole trial | {np.median(totals):.3f} | {np.percentile(totals, 90):.3f} |")
-    lines.append("| *per model of the front's second stage (part b):* | | |")
+    if extra:
+        lines.append("| *per model of the front's second stage (part b):* | | |")
     for name, v in extra.items():
         lines.append(f"| {name} | {np.median(v):.3f} | {np.percentile(v, 90):.3f} |")
     return "\n".join(lines)
@@ -328,7 +345,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", type=Path, default=Path("results/fmnist_bench/supernet.pt"))
     p.add_argument("--storage", default="sqlite:///results/fmnist_bench/search.db")
-    p.add_argument("--part", choices=["a", "b", "budget", "second", "table"], required=True)
+    p.add_argument("--part", choices=["a", "b", "budget", "second", "table", "c"], required=True)
     p.add_argument("--trials", type=int, default=200)
     p.add_argument("--val-batches", type=int, default=8, help="128-image batches for (a)")
     p.add_argument("--jobs", type=int, default=2)
@@ -338,6 +355,8 @@ def main() -> None:
     args = p.parse_args()
     if args.part == "a":
         part_a(args)
+    elif args.part == "c":
+        part_c(args)
     elif args.part == "b":
         part_b(args)
     elif args.part == "budget":

@@ -191,7 +191,9 @@ class LatencyPredictor:
         calls["exit"] = partial(head.to(dev).eval(), x)
         for i, c in enumerate([Candidate.full(spec), *cal]):
             calls[f"whole|{i}"] = partial(elastic.extract(c).eval().to(dev), images)
-        bar = tqdm(total=repeats, desc="latency table", disable=not progress, file=sys.stderr)
+        bar = tqdm(
+            total=repeats, desc="latency table", disable=None if progress else True, file=sys.stderr
+        )
         times = time_calls(
             calls, dev, repeats, warmup=2, seed=seed, progress=lambda r: bar.update(1)
         )

@@ -28,7 +28,7 @@ class SearchProgress:
             total=self.trials,
             desc=f"search {self.study.study_name}",
             unit="trial",
-            disable=not self.enabled,
+            disable=None if self.enabled else True,  # a bar on a terminal only
             file=sys.stderr,
             dynamic_ncols=True,
         )

@@ -183,7 +183,7 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
         total=len(todo),
         desc=f"front of {name}",
         unit="model",
-        disable=not progress,
+        disable=None if progress else True,  # bars on a terminal only
         file=sys.stderr,
     )
     for t, metrics, blob in scorer(todo, steps):

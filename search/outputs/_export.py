@@ -102,7 +102,7 @@ def _write(study, trials, dirs, models, supernet, force, portable, progress) -> 
         list(zip(trials, dirs, models, strict=True)),
         desc="export",
         unit="model",
-        disable=not progress,
+        disable=None if progress else True,  # bars on a terminal only
         file=sys.stderr,
     ):
         metrics = {k: v for k, v in t.user_attrs.items() if k not in ("artifacts",)}

@@ -92,7 +92,11 @@ def measure(
         params[name] = count_params(m)
     x = torch.randn(batch, 3, *s.img_size, device=device)
     bar = tqdm(
-        total=repeats, desc="timing rounds", disable=not progress, file=sys.stderr, leave=False
+        total=repeats,
+        desc="timing rounds",
+        disable=None if progress else True,
+        file=sys.stderr,
+        leave=False,
     )
     times = time_interleaved(fns, x, repeats=repeats, progress=lambda r: bar.update(1))
     bar.close()

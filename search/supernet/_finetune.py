@@ -68,7 +68,13 @@ def train_compressed(
     if gen is not None:
         gen.manual_seed(c.seed)
     batches = itertools.chain.from_iterable(itertools.repeat(data.train))
-    bar = tqdm(range(c.steps), desc="train", disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(
+        range(c.steps),
+        desc="train",
+        disable=None if progress else True,
+        file=sys.stderr,
+        leave=False,
+    )
     t0 = time.perf_counter()
     for _ in bar:
         x, y = next(batches)

@@ -232,7 +232,7 @@ class SupernetTrainer:
             bar = tqdm(
                 self.data.train,
                 desc=f"epoch {self.epoch + 1}/{c.epochs}",
-                disable=not progress,
+                disable=None if progress else True,  # bars on a terminal only
                 file=sys.stderr,
                 leave=False,
                 dynamic_ncols=True,

@@ -3,7 +3,9 @@ and nothing already stored changed."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -141,3 +143,28 @@ def test_an_unreachable_ray_cluster_is_refused_at_once(net, tmp_path):
     assert out.returncode == 2 and "no Ray cluster answers at '127.0.0.1:1'" in out.stderr
     assert "Traceback" not in out.stderr and time.monotonic() - start < 60
     assert not (tmp_path / "r.db").exists()
+
+
+def test_a_disk_too_small_for_the_checkpoint_is_found_before_training(
+    capsys, tmp_path, monkeypatch
+):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    refused(capsys, [*TRAIN, "--out", tmp_path / "n.pt"], "MiB free", "choose another --out")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_during_export_leaves_nothing_behind(capsys, net, db, tmp_path, monkeypatch):
+    path, url = db
+    real = os.replace
+
+    def full(src, dst):
+        if "trial_" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    out = tmp_path / "models"
+    args = ["export", "--storage", url, "--study", "s", "--pareto", "--out", out, "--no-portable"]
+    refused(capsys, [*args, "--supernet", net], "No space left on device")
+    assert not out.exists()
