@@ -64,7 +64,7 @@ def _run(args_tuple):
     config = SearchConfig(
         sampler=sampler,
         seed=seed,
-        population=population,
+        population=population or 10,  # NSGA-II's only; the others ignore it
         latency="predicted",
         max_batches=val_batches,
         latency_batch=64,

@@ -21,14 +21,25 @@ from vitpareto.evaluators._data import (
     Data,
     load_data,
 )
-from vitpareto.evaluators._latency import LatencyEvaluator, dynamic_latency, expected_latency
+from vitpareto.evaluators._deployed import IMAGES_PER_ROUND, ExitPath, time_deployed
+from vitpareto.evaluators._latency import dynamic_latency, expected_latency
+from vitpareto.evaluators._latency_eval import LatencyEvaluator
 from vitpareto.evaluators._predictor import (
     LatencyPredictor,
     PredictedLatencyEvaluator,
     measure_candidates,
     sample_candidates,
 )
-from vitpareto.evaluators._runtime import RUNTIMES, export_onnx, prepare
+from vitpareto.evaluators._runtime import (
+    DYNAMIC,
+    RUNTIMES,
+    check_runtime,
+    deployed,
+    export_onnx,
+    export_pt2,
+    ort_session,
+    prepare,
+)
 from vitpareto.evaluators._timing import (
     Timing,
     device_fingerprint,
@@ -39,7 +50,15 @@ from vitpareto.evaluators._timing import (
 )
 
 __all__ = [
+    "DYNAMIC",
+    "IMAGES_PER_ROUND",
     "DEFAULT_MEAN",
+    "ExitPath",
+    "check_runtime",
+    "deployed",
+    "export_pt2",
+    "ort_session",
+    "time_deployed",
     "DEFAULT_STD",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",

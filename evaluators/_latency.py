@@ -9,21 +9,11 @@ wide. Every result records the device fingerprint it was measured on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from vitpareto.evaluators._base import Evaluator
-from vitpareto.evaluators._runtime import prepare
-from vitpareto.evaluators._timing import (
-    _timer,
-    device_fingerprint,
-    resolve_device,
-    speedup,
-    summarize,
-    time_interleaved,
-)
-from vitpareto.spaces import Candidate, ElasticViT, VitParetoError
+from vitpareto.errors import VitParetoError
+from vitpareto.evaluators._timing import _timer, speedup, summarize, time_interleaved
 
 
 @dataclass(frozen=True)
@@ -85,120 +75,6 @@ def measure_pair(
     )
 
 
-class LatencyEvaluator(Evaluator):
-    """Milliseconds per batch of a candidate on ``device`` under ``runtime``.
-
-    For a candidate with early exits, ``latency_ms`` is the expected latency per batch
-    under the exit policy: each segment (the blocks up to an exit and its head, or the
-    whole model) is measured, and weighted by the exit distribution measured by the
-    accuracy evaluator (``context['exit_fraction']``; without it, every sample is assumed
-    to run to the end).
-    """
-
-    name = "latency"
-    keys = (
-        "latency_ms",
-        "latency_iqr_ms",
-        "latency_count",
-        "reference_ms",
-        "speedup",
-        "latency_flagged",
-        "latency_attempts",
-        "exit_latency_ms",
-        "runtime",
-        "batch_size",
-        "device_fingerprint",
-    )
-
-    def __init__(
-        self,
-        device: str = "cpu",
-        batch_size: int = 1,
-        threads: int | None = None,
-        runtime: str = "eager",
-        repeats: int = 30,
-        warmup: int = 5,
-        max_rel_iqr: float = 0.10,
-        max_attempts: int = 3,
-    ):
-        if batch_size < 1:
-            raise VitParetoError(f"batch size must be at least 1, got {batch_size}")
-        if threads is not None and threads < 1:
-            raise VitParetoError(f"threads must be at least 1, got {threads}")
-        self.device = resolve_device(device)
-        self.batch_size, self.threads, self.runtime = batch_size, threads, runtime
-        self.repeats, self.warmup = repeats, warmup
-        self.max_rel_iqr, self.max_attempts = max_rel_iqr, max_attempts
-        self._reference: tuple[int, Any] | None = None
-
-    def _input(self, elastic: ElasticViT) -> torch.Tensor:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(self.batch_size, 3, *elastic.spec.img_size, generator=g)
-        return x.to(self.device)
-
-    def _reference_fn(self, elastic: ElasticViT, x: torch.Tensor):
-        # a compiled reference is compiled again for each candidate (``prepare`` resets dynamo)
-        if (
-            self._reference is None
-            or self._reference[0] != id(elastic)
-            or self.runtime == "compile"
-        ):
-            full = elastic.extract(Candidate.full(elastic.spec)).to(self.device)
-            self._reference = (id(elastic), prepare(full, x, self.runtime))
-        return self._reference[1]
-
-    def evaluate(
-        self, elastic: ElasticViT, candidate: Candidate, context: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        before = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            return self._measure(elastic, candidate, context)
-        finally:
-            torch.set_num_threads(before)  # the threads are the measurement's, not the caller's
-
-    def _measure(self, elastic, candidate, context):
-        x = self._input(elastic)
-        model = elastic.extract(candidate).eval().to(self.device)
-        candidate_fn = prepare(model, x, self.runtime)
-        reference = self._reference_fn(elastic, x)
-        settings = dict(
-            repeats=self.repeats,
-            warmup=self.warmup,
-            max_rel_iqr=self.max_rel_iqr,
-            max_attempts=self.max_attempts,
-        )
-        main = measure_pair(candidate_fn, reference, x, **settings)
-        out = {
-            "latency_ms": main.median_ms,
-            "latency_iqr_ms": main.iqr_ms,
-            "latency_count": main.count,
-            "reference_ms": main.reference_ms,
-            "speedup": main.speedup,
-            "latency_flagged": main.flagged,
-            "latency_attempts": main.attempts,
-            "exit_latency_ms": None,
-            "runtime": self.runtime,
-            "batch_size": self.batch_size,
-            "device_fingerprint": device_fingerprint(self.device),
-        }
-        if candidate.exits:
-            segments = [
-                measure_pair(
-                    prepare(_ExitPrefix(model, j), x, self.runtime), reference, x, **settings
-                )
-                for j in range(len(candidate.exits))
-            ]
-            seg_ms = [m.median_ms for m in segments] + [main.median_ms]
-            expected = expected_latency(seg_ms, (context or {}).get("exit_fraction"))
-            out["exit_latency_ms"] = seg_ms
-            out["latency_ms"] = expected
-            out["speedup"] = main.reference_ms / expected
-            out["latency_flagged"] = main.flagged or any(m.flagged for m in segments)
-        return out
-
-
 def expected_latency(segments: list[float], fractions: list[float] | None) -> float:
     """Milliseconds of a multi-exit model, each exit's prefix time weighted by the share of
     samples leaving there (the last segment: the whole model); no shares: all run to the end."""
@@ -208,17 +84,6 @@ def expected_latency(segments: list[float], fractions: list[float] | None) -> fl
             f"exit_fraction has {len(fractions)} entries, expected {len(segments)}"
         )
     return sum(f * t for f, t in zip(fractions, segments, strict=True))
-
-
-class _ExitPrefix(torch.nn.Module):
-    """The part of a multi-exit model a sample leaving at exit ``index`` runs."""
-
-    def __init__(self, model, index: int):
-        super().__init__()
-        self.model, self.index = model, index
-
-    def forward(self, x):
-        return self.model.forward_exit(x, self.index)
 
 
 @torch.inference_mode()

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._latency import expected_latency
+from vitpareto.evaluators._runtime import check_runtime, prepare
 from vitpareto.evaluators._timing import (
     device_fingerprint,
     resolve_device,
@@ -111,11 +112,15 @@ class LatencyPredictor:
             raise VitParetoError(f"cannot read latency table {str(path)!r}: {e}") from None
 
     @staticmethod
-    def key(elastic: ElasticViT, space: JointSpace, device: str, batch_size: int) -> str:
-        """Identifies a table: device fingerprint, model shape, batch size and space."""
+    def key(
+        elastic: ElasticViT, space: JointSpace, device: str, batch_size: int, runtime: str = "eager"
+    ) -> str:
+        """Identifies a table: device fingerprint, model shape, batch size, space, runtime."""
         fp = device_fingerprint(resolve_device(device))
         blob = json.dumps(
-            [fp, repr(elastic.spec), batch_size, space.to_dict(), FORMAT], sort_keys=True
+            [fp, repr(elastic.spec), batch_size, space.to_dict(), FORMAT]
+            + ([runtime] if runtime != "eager" else []),  # eager tables keep their names
+            sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -127,13 +132,16 @@ class LatencyPredictor:
         device: str = "cpu",
         batch_size: int = 1,
         cache_dir: str | os.PathLike = "results/latency",
+        runtime: str = "eager",
         **build_kwargs,
     ) -> LatencyPredictor:
-        """The table for this device, model, batch size and space: loaded if built before."""
-        path = Path(cache_dir) / f"{cls.key(elastic, space, device, batch_size)}.json"
+        """The table for this device, model, batch size, space and runtime: loaded if built
+        before."""
+        key = cls.key(elastic, space, device, batch_size, runtime)
+        path = Path(cache_dir) / f"{key}.json"
         if path.exists():
             return cls.load(path)
-        predictor = cls.build(elastic, space, device, batch_size, **build_kwargs)
+        predictor = cls.build(elastic, space, device, batch_size, runtime=runtime, **build_kwargs)
         predictor.save(path)
         return predictor
 
@@ -151,9 +159,12 @@ class LatencyPredictor:
         validate: int = 10,
         seed: int = 0,
         progress: bool = True,
+        runtime: str = "eager",
     ) -> LatencyPredictor:
         """Measure the parts, fit the correction on ``calibrate`` whole candidates and state
-        the error on ``validate`` others (all drawn from ``space``)."""
+        the error on ``validate`` others (all drawn from ``space``); every part and whole
+        candidate is timed under ``runtime`` (for ONNX Runtime, each as its own graph)."""
+        check_runtime(runtime, device)
 
         dev = resolve_device(device)
         spec = elastic.spec
@@ -180,17 +191,19 @@ class LatencyPredictor:
         for n in shapes["grid"]:
             x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
             for name, part in parts.items():
-                calls[f"{name}|{n}"] = partial(part, x)
+                calls[f"{name}|{n}"] = partial(prepare(part, x, runtime), x)
         for p in shapes["patch"]:
             empty = Candidate.full(spec).replace(
                 patch_size=p, heads=(0,) * spec.depth, mlp=(0,) * spec.depth
             )
-            calls[f"base|{p}"] = partial(elastic.extract(empty).eval().to(dev), images)
+            base = elastic.extract(empty).eval().to(dev)
+            calls[f"base|{p}"] = partial(prepare(base, images, runtime), images)
         head = ExitHead(spec.embed_dim, spec.num_classes, spec.global_pool, spec.num_prefix_tokens)
         x = torch.randn(batch_size, shapes["grid"][-1], spec.embed_dim, device=dev)
-        calls["exit"] = partial(head.to(dev).eval(), x)
+        calls["exit"] = partial(prepare(head.to(dev).eval(), x, runtime), x)
         for i, c in enumerate([Candidate.full(spec), *cal]):
-            calls[f"whole|{i}"] = partial(elastic.extract(c).eval().to(dev), images)
+            whole = elastic.extract(c).eval().to(dev)
+            calls[f"whole|{i}"] = partial(prepare(whole, images, runtime), images)
         bar = tqdm(
             total=repeats, desc="latency table", disable=None if progress else True, file=sys.stderr
         )
@@ -216,6 +229,7 @@ class LatencyPredictor:
             spec=_spec_dict(spec),
             fingerprint=device_fingerprint(dev),
             batch_size=batch_size,
+            runtime=runtime,
             exit=ms["exit"],
             reference_ms=whole[0],
             calibration=[1.0, 0.0],
@@ -235,7 +249,7 @@ class LatencyPredictor:
         errors = []
         for _ in range(2):
             checked = measure_candidates(
-                elastic, val, batch_size, str(dev), repeats, reference_ms=whole[0]
+                elastic, val, batch_size, str(dev), repeats, reference_ms=whole[0], runtime=runtime
             )
             errors += [abs(predictor.predict(c) - t) / t for c, t in zip(val, checked, strict=True)]
         if errors:
@@ -251,6 +265,7 @@ def measure_candidates(
     device: str = "cpu",
     repeats: int = 10,
     reference_ms: float | None = None,
+    runtime: str = "eager",
 ) -> list[float]:
     """Measured milliseconds per batch of each candidate, interleaved with the full model.
 
@@ -262,7 +277,8 @@ def measure_candidates(
     images = torch.randn(batch_size, 3, *elastic.spec.img_size, device=dev)
     models = {str(i): elastic.extract(c).eval().to(dev) for i, c in enumerate(cands)}
     models["full"] = elastic.extract(Candidate.full(elastic.spec)).eval().to(dev)
-    times = time_interleaved(models, images, repeats=repeats, warmup=2)
+    fns = {k: prepare(m, images, runtime) for k, m in models.items()}
+    times = time_interleaved(fns, images, repeats=repeats, warmup=2)
     scale = 1.0 if reference_ms is None else reference_ms / statistics.median(times["full"])
     return [statistics.median(times[str(i)]) * scale for i in range(len(cands))]
 
@@ -324,7 +340,14 @@ class PredictedLatencyEvaluator(Evaluator):
     table states; ``latency_predicted`` marks the figure as a prediction."""
 
     name = "latency_predicted"
-    keys = ("latency_ms", "exit_latency_ms", "speedup", "latency_error", "latency_predicted")
+    keys = (
+        "latency_ms",
+        "exit_latency_ms",
+        "speedup",
+        "latency_error",
+        "latency_predicted",
+        "runtime",
+    )
 
     def __init__(self, predictor: LatencyPredictor):
         self.predictor = predictor
@@ -342,4 +365,5 @@ class PredictedLatencyEvaluator(Evaluator):
             "speedup": reference / expected,
             "latency_error": self.predictor.error,
             "latency_predicted": True,
+            "runtime": self.predictor.table.get("runtime", "eager"),
         }

@@ -1,11 +1,17 @@
-"""Runtimes a compressed model ships on: eager PyTorch, ``torch.compile`` and ONNX Runtime.
+"""Runtimes a compressed model ships on, and the files that carry it there.
 
-Each turns a module into a callable on a fixed input shape, so the latency evaluator can
-time what the user will actually deploy.
+Eager PyTorch, ``torch.compile``, ONNX Runtime and, on CUDA, CUDA graphs and TensorRT. Each
+turns a module into a callable on a fixed input shape, built from the same artifact
+``vitpareto export`` writes for that runtime (the same ONNX graph, with the same session
+options; the same exported program), so the latency a search measures is the deployed
+model's. A candidate with early exits ships as its exit policy (``DeployedViT``): eager
+and ONNX Runtime run that graph (data-dependent row gathers); the compiled runtimes need
+static shapes and run the static forward.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -14,55 +20,109 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from vitpareto.spaces import VitParetoError
+from vitpareto.errors import VitParetoError
+from vitpareto.spaces import DeployedViT
 
-RUNTIMES = ("eager", "compile", "onnxruntime")
+RUNTIMES = ("eager", "compile", "onnxruntime", "cudagraphs", "tensorrt")
+DYNAMIC = ("eager", "onnxruntime")  # the runtimes that run an exit policy's graph
+_NEEDS = {"onnxruntime": "onnxruntime", "tensorrt": "torch_tensorrt"}
+_EXTRA = {"onnxruntime": "pip install 'vitpareto[onnx]'", "tensorrt": "pip install torch-tensorrt"}
 
 
-def prepare(model: nn.Module, example: torch.Tensor, runtime: str = "eager") -> Callable:
-    """A callable running ``model`` on inputs shaped like ``example`` under ``runtime``."""
+def check_runtime(runtime: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, with what to do, a runtime that is unknown, not installed, or needs CUDA
+    on another device: before any work, not at the first trial."""
+    if runtime not in RUNTIMES:
+        raise VitParetoError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    package = _NEEDS.get(runtime)
+    if package and importlib.util.find_spec(package) is None:
+        raise VitParetoError(f"runtime {runtime!r} needs the {package} package: {_EXTRA[runtime]}")
+    if runtime in ("cudagraphs", "tensorrt") and torch.device(device).type != "cuda":
+        raise VitParetoError(f"runtime {runtime!r} runs on CUDA GPUs only; pass --device cuda")
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """What ships for ``model``: its exit policy when it has early exits, else itself."""
+    return DeployedViT(model) if getattr(model, "exit_heads", None) else model
+
+
+def prepare(
+    model: nn.Module,
+    example: torch.Tensor,
+    runtime: str = "eager",
+    onnx: str | os.PathLike | None = None,
+) -> Callable:
+    """A callable running ``model`` (as given: wrap it in ``deployed`` for the exit
+    policy) on inputs shaped like ``example`` under ``runtime``; for ONNX Runtime, the
+    graph in the file ``onnx`` when given (an exported model's own), else one exported now
+    as ``vitpareto export`` writes it."""
+    check_runtime(runtime, example.device)
     model = model.eval()
     if runtime == "eager":
         return model
-    if runtime == "compile":
+    if runtime in ("compile", "cudagraphs"):
         # every CompressedViT shares one forward: without a reset, dynamo's guards pile
         # up across models until it hits its recompile limit and silently runs eager
         torch._dynamo.reset()
-        return torch.compile(model, dynamic=False)
-    if runtime == "onnxruntime":
-        return _onnxruntime(model, example)
-    raise VitParetoError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        mode = "reduce-overhead" if runtime == "cudagraphs" else None
+        return torch.compile(model, dynamic=False, mode=mode)
+    if runtime == "tensorrt":
+        import torch_tensorrt  # optional: checked above
+
+        return torch_tensorrt.compile(model, inputs=[example], ir="dynamo")
+    if onnx is not None:
+        session = ort_session(onnx, example.device)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            export_onnx(model, example, path)
+            session = ort_session(path, example.device)
+
+    def run(x: torch.Tensor):
+        outs = session.run(None, {"images": x.detach().cpu().numpy()})
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    return run
 
 
 def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: str | os.PathLike, dynamic_batch: bool = False
+    model: nn.Module, example: torch.Tensor, path: str | os.PathLike, dynamic_batch: bool = True
 ) -> None:
-    """Write ``model`` as an ONNX graph (opset 17; input ``images``, output ``logits``) for
-    inputs shaped like ``example``, or of any batch size with ``dynamic_batch``."""
-    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    """Write ``model`` as an ONNX graph (opset 17; input ``images``; output ``logits``, and
+    ``exit`` for an exit policy) for any batch size (or ``example``'s alone)."""
+    outputs = ["logits", "exit"] if isinstance(model, DeployedViT) else ["logits"]
+    axes = {name: {0: "batch"} for name in ("images", *outputs)} if dynamic_batch else None
+    model = model.eval().to(example.device)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(),
+            model,
             (example,),
             str(path),
             input_names=["images"],
-            output_names=["logits"],
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=17,
             dynamo=False,
         )
 
 
-def _onnxruntime(model: nn.Module, example: torch.Tensor) -> Callable:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise VitParetoError(
-            "runtime 'onnxruntime' needs the onnxruntime package: pip install 'vitpareto[onnx]'"
-        ) from None
+def export_pt2(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> None:
+    """``torch.export`` of ``model``'s forward, batch size free (1 and up); ``example``
+    should hold 2 images or more (a batch of 1 would be specialised)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(path))
+
+
+def ort_session(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """An ONNX Runtime session as vitpareto times and benchmarks one: this process's CPU
+    threads, idle threads that do not spin, CUDA when the device is a GPU."""
+    import onnxruntime as ort  # optional: checked by check_runtime
+
     providers = ["CPUExecutionProvider"]
-    if example.device.type == "cuda":
+    if torch.device(device).type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise VitParetoError(
                 "runtime 'onnxruntime' on CUDA needs onnxruntime-gpu; this onnxruntime has "
@@ -74,12 +134,4 @@ def _onnxruntime(model: nn.Module, example: torch.Tensor) -> Callable:
     # idle ORT threads must not spin: they would steal the cores from whatever runs next
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        export_onnx(model.cpu() if example.device.type != "cuda" else model, example, path)
-        session = ort.InferenceSession(path, opts, providers=providers)
-
-    def run(x: torch.Tensor):
-        return session.run(None, {"images": x.detach().cpu().numpy()})[0]
-
-    return run
+    return ort.InferenceSession(str(path), opts, providers=providers)

@@ -3,7 +3,7 @@ and the modules a compressed model is made of."""
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
-from vitpareto.spaces._compress import CompressedViT, PrunedBlock
+from vitpareto.spaces._compress import CompressedViT, DeployedViT, PrunedBlock
 from vitpareto.spaces._elastic import ElasticViT, compress
 from vitpareto.spaces._exits import exit_assignment
 from vitpareto.spaces._importance import CRITERIA, BlockScores, rank
@@ -15,6 +15,7 @@ from vitpareto.spaces._spec import ViTSpec, describe
 __all__ = [
     "CRITERIA",
     "ClassAttention",
+    "DeployedViT",
     "ExitHead",
     "PrunedBlock",
     "TokenSelect",

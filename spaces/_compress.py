@@ -142,27 +142,34 @@ class CompressedViT(nn.Module):
         """Multi-exit inference: each sample leaves at the first exit whose softmax
         confidence reaches the candidate's threshold, and later blocks run only on the
         samples still in. Returns the logits and the exit index of each sample
-        (``len(exits)`` for the final head)."""
+        (``len(exits)`` for the final head).
+
+        Written with gathers and scatters of the rows still in (no Python branch on the
+        data), so that ``torch.export`` and ONNX export it as it runs: a batch whose
+        samples all left runs the later blocks on no rows."""
         t = self.candidate.exit_threshold
         x = self._stem(x)
-        logits = torch.empty(x.shape[0], self.vit.num_classes, device=x.device, dtype=x.dtype)
-        where = torch.full((x.shape[0],), len(self.exit_heads), device=x.device, dtype=torch.long)
-        alive = torch.arange(x.shape[0], device=x.device)
-        pending = list(enumerate(zip(self.exit_heads, self.exit_after, strict=True)))
-        for j in range(len(self.vit.blocks) + 1):
-            while pending and pending[0][1][1] == j and len(alive):
-                e, (head, _) = pending.pop(0)
-                out = head(x)
-                leave = out.softmax(-1).amax(-1) >= t
-                logits[alive[leave]] = out[leave]
-                where[alive[leave]] = e
-                x, alive = x[~leave], alive[~leave]
-            if j == len(self.vit.blocks) or not len(alive):
-                break
-            x = self.vit.blocks[j](x)
-        if len(alive):
-            logits[alive] = self.vit.forward_head(self.vit.norm(x))
-        return logits, where
+        n = x.shape[0]
+        logits = x.new_zeros(n, self.vit.num_classes)
+        where = torch.full((n,), len(self.exit_heads), dtype=torch.long, device=x.device)
+        alive = torch.arange(n, device=x.device)
+        start = 0
+        for e, (head, at) in enumerate(zip(self.exit_heads, self.exit_after, strict=True)):
+            for blk in self.vit.blocks[start:at]:
+                x = blk(x)
+            start = at
+            out = head(x)
+            leave = out.softmax(-1).amax(-1) >= t
+            gone = leave.nonzero().squeeze(1)
+            rows = alive.index_select(0, gone)
+            logits = logits.index_put((rows,), out.index_select(0, gone).to(logits.dtype))
+            where = where.index_put((rows,), torch.full_like(gone, e))
+            stay = (~leave).nonzero().squeeze(1)
+            x, alive = x.index_select(0, stay), alive.index_select(0, stay)
+        for blk in self.vit.blocks[start:]:
+            x = blk(x)
+        out = self.vit.forward_head(self.vit.norm(x))
+        return logits.index_put((alive,), out.to(logits.dtype)), where
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         vit = self.vit
@@ -199,3 +206,15 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
     out = CompressedViT(vit, heads, exit_after, candidate)
     out.train(elastic.training)
     return out
+
+
+class DeployedViT(nn.Module):
+    """What ships for a candidate with early exits: its forward is the exit policy
+    (``CompressedViT.forward_dynamic``), returning the logits and each sample's exit."""
+
+    def __init__(self, model: CompressedViT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_dynamic(x)

@@ -180,14 +180,11 @@ def select_tokens(
     if k >= n:
         return x
     rest = x[:, npt:]
-    order = scores.argsort(dim=1, descending=True)
-    idx = order[:, :k].unsqueeze(-1).expand(-1, -1, x.shape[-1])
-    parts = [x[:, :npt], rest.gather(1, idx)]
-    if fuse:
-        drop = order[:, k:]
-        dropped = rest.gather(1, drop.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        weight = scores.gather(1, drop).unsqueeze(-1)
-        parts.append((dropped * weight).sum(1, keepdim=True))
+    top = scores.topk(k, dim=1).indices  # best first, as a descending sort would order them
+    parts = [x[:, :npt], rest.gather(1, top.unsqueeze(-1).expand(-1, -1, x.shape[-1]))]
+    if fuse:  # the pruned tokens' score-weighted sum: one product, no second gather
+        weight = scores.scatter(1, top, 0.0).unsqueeze(1)  # B, 1, n (zero where kept)
+        parts.append(weight.to(rest.dtype) @ rest)
     return torch.cat(parts, dim=1)
 
 

@@ -21,7 +21,15 @@ FOLDERS = {
     "evaluators": "vitpareto.evaluators",
     "search": "vitpareto.search",
 }
-LAZY_ALLOWED = ("ray", "plotly", "matplotlib", "onnx", "onnxruntime", "onnxscript")
+LAZY_ALLOWED = (
+    "ray",
+    "plotly",
+    "matplotlib",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "torch_tensorrt",
+)
 MAX_LINES = 400
 
 

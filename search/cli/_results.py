@@ -5,13 +5,23 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 from vitpareto.errors import VitParetoError
 from vitpareto.files import check_parent
 from vitpareto.search.cli._common import positive, storage_arg
-from vitpareto.search.explore import describe_reference, front_hypervolume_of, load_study
+from vitpareto.search.explore import (
+    RUNTIMES,
+    describe_reference,
+    front_hypervolume_of,
+    load_study,
+)
 from vitpareto.search.outputs import (
     MAIN_COLUMNS,
+    bench_dirs,
+    check_dirs,
     export_trials,
+    format_bench,
     parse_sort,
     parse_where,
     pick_trials,
@@ -75,6 +85,11 @@ def add_parsers(sub) -> None:
     e.add_argument(
         "--no-portable", action="store_true", help="skip model.pt2 and model.onnx (faster)"
     )
+    e.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="skip timing each model as it ships on this machine (deployed_latency_ms)",
+    )
 
     e.set_defaults(handler=cmd_export)
 
@@ -89,6 +104,28 @@ def add_parsers(sub) -> None:
     r.add_argument("--study", required=True, help="study name")
     r.add_argument("--out", type=Path, required=True, help="directory for the report files")
     r.set_defaults(handler=cmd_report)
+
+    b = sub.add_parser(
+        "bench",
+        help="time exported models as they ship, on this machine, beside the full model",
+        description="Time each exported model directory as it ships for a runtime (its "
+        "model.onnx under ONNX Runtime; the exit policy where it has exits), interleaved with "
+        "the full model built from the same recipe, and print them beside the latency the "
+        "search measured. Copy the directories to the target device and run it there.",
+        epilog="example: vitpareto bench results/models/trial_* --runtime onnxruntime",
+    )
+    b.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="exported model directories")
+    b.add_argument("--runtime", choices=RUNTIMES, help="(default: the one each was searched under)")
+    b.add_argument("--batch", type=int, help="images per forward (default: the searched batch)")
+    b.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    b.add_argument("--repeats", type=int, default=20, help="timed rounds (default: 20)")
+    b.add_argument(
+        "--dataset",
+        help="dataset spec whose validation images time an exit policy as deployed (without "
+        "one, its latency is derived from the exit shares the search measured)",
+    )
+    b.set_defaults(handler=cmd_bench)
 
 
 def cmd_query(args) -> int:
@@ -149,6 +186,7 @@ def cmd_export(args) -> int:
         force=args.force,
         portable=not args.no_portable,
         artifacts=args.artifacts,
+        measure=not args.no_measure,
     )
     for t, p in zip(trials, paths, strict=True):
         acc = t.user_attrs.get("accuracy")
@@ -163,4 +201,16 @@ def cmd_report(args) -> int:
     study = load_study(args.storage, args.study)
     paths = write_report(study, args.out)
     print(f"report: {paths['html']}\nplots:  {paths['front']}, {paths['knobs']}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    positive("batch", args.batch)
+    positive("threads", args.threads)
+    positive("repeats", args.repeats)
+    check_dirs(args.dirs)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = bench_dirs(args.dirs, args.runtime, args.batch, args.device, args.dataset, args.repeats)
+    print(format_bench(rows))
     return 0

@@ -10,6 +10,7 @@ from vitpareto.files import check_parent
 from vitpareto.search.cli._common import finite, positive, storage_arg
 from vitpareto.search.explore import (
     DIRECTIONS,
+    RUNTIMES,
     SAMPLERS,
     SearchConfig,
     check_study_name,
@@ -63,6 +64,14 @@ def add_parsers(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
     s.add_argument(
         "--population", type=int, default=10, help="NSGA-II generation size (default: 10)"
+    )
+    s.add_argument(
+        "--runtime",
+        default="eager",
+        choices=RUNTIMES,
+        help="what runs the deployed model, and so what latency is timed under: eager "
+        "PyTorch (vitpareto.load), torch.compile, ONNX Runtime (the model.onnx export "
+        "writes), and on CUDA, CUDA graphs or TensorRT (default: eager)",
     )
     s.add_argument(
         "--latency",
@@ -156,6 +165,7 @@ def _config(args) -> SearchConfig:
         min_accuracy=args.min_accuracy,
         max_macs=args.max_macs,
         latency=args.latency,
+        runtime=args.runtime,
     )
 
 

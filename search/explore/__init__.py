@@ -3,7 +3,13 @@ scoring, backends (this process, worker processes, a Ray cluster) and the front'
 stage."""
 
 from vitpareto.search.explore._backend import Backend
-from vitpareto.search.explore._config import DIRECTIONS, SAMPLERS, SETTINGS, SearchConfig
+from vitpareto.search.explore._config import (
+    DIRECTIONS,
+    RUNTIMES,
+    SAMPLERS,
+    SETTINGS,
+    SearchConfig,
+)
 from vitpareto.search.explore._front import LocalFrontScorer, load_weights, weights_blob
 from vitpareto.search.explore._local import LocalBackend, ProcessBackend
 from vitpareto.search.explore._loop import Started, TrialLoop
@@ -51,6 +57,7 @@ from vitpareto.search.explore._study import (
 __all__ = [
     "DEFAULT_STORAGE",
     "DIRECTIONS",
+    "RUNTIMES",
     "SAMPLERS",
     "SETTINGS",
     "SUFFIX",

@@ -14,10 +14,14 @@ from typing import Any
 
 import torch
 
-from vitpareto.evaluators import Evaluator, device_fingerprint, resolve_device
+from vitpareto.evaluators import Evaluator, check_runtime, device_fingerprint, resolve_device
 from vitpareto.search.explore._config import SearchConfig
 from vitpareto.search.explore._front import LocalFrontScorer
-from vitpareto.search.explore._scoring import local_latency, measured_latency
+from vitpareto.search.explore._scoring import (
+    local_latency,
+    measured_latency,
+    validation_images,
+)
 
 
 class Backend(abc.ABC):
@@ -30,6 +34,7 @@ class Backend(abc.ABC):
         what this backend decides filled in (the threads latency is measured with)."""
         resolve_device(config.device)
         resolve_device(config.accuracy_device)
+        check_runtime(config.runtime, config.device)
         if config.threads is None:
             config = replace(config, threads=torch.get_num_threads())
         return config
@@ -48,7 +53,8 @@ class Backend(abc.ABC):
 
     def measured(self, supernet, config: SearchConfig) -> Evaluator:
         """Latency measured for real on the target (the front's second stage)."""
-        return measured_latency(config)
+        data = supernet.load_data(batch_size=128)
+        return measured_latency(config, validation_images(data, config))
 
     @abc.abstractmethod
     def run(self, study, storage, supernet, trials: int, config: SearchConfig, bar) -> None:

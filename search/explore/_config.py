@@ -20,10 +20,12 @@ DIRECTIONS = {
     "params": "minimize",
 }
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
+RUNTIMES = ("eager", "compile", "onnxruntime", "cudagraphs", "tensorrt")
 LATENCY_SOURCES = ("measured", "predicted")
 # what a resumed study must keep: trials scored otherwise would not compare
 SETTINGS = (
     "device",
+    "runtime",
     "latency_batch",
     "latency_repeats",
     "latency",
@@ -59,6 +61,7 @@ class SearchConfig:
     max_macs: float | None = None
     latency: str = "measured"  # or "predicted": from the latency table, re-measured on the front
     threads: int | None = None  # CPU threads latency is measured with (None: this process's)
+    runtime: str = "eager"  # what runs the deployed model: latency is timed under it
 
     def __post_init__(self):
         if isinstance(self.objectives, str):
@@ -77,6 +80,10 @@ class SearchConfig:
         if self.sampler not in SAMPLERS:
             raise VitParetoError(
                 f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise VitParetoError(
+                f"unknown runtime {self.runtime!r}; choose from {', '.join(RUNTIMES)}"
             )
         if self.latency not in LATENCY_SOURCES:
             raise VitParetoError(

@@ -58,7 +58,7 @@ class LocalFrontScorer:
         elastic = self.supernet.elastic.eval()
         cand = Candidate.from_dict(attrs["candidate"])
         metrics: dict[str, Any] = dict(attrs)
-        metrics["fidelity"], blob = "shared", None
+        metrics["fidelity"], blob, model = "shared", None, None
         if steps:
             ft = finetune(
                 self.supernet,
@@ -71,15 +71,23 @@ class LocalFrontScorer:
             )
             metrics.update(ft.metrics["finetuned"])
             metrics["finetune"] = ft.metrics["finetune"]
-            segments = metrics.get("exit_latency_ms")
-            if segments and not attrs.get("latency_predicted"):
-                # exits: the expected latency follows where the fine-tuned model's samples leave
-                expected = expected_latency(segments, metrics["exit_fraction"])
-                metrics["speedup"] = metrics["speedup"] * metrics["latency_ms"] / expected
-                metrics["latency_ms"] = expected
-            metrics["fidelity"], blob = "finetuned", weights_blob(ft.model)
-        if self.latency is not None and attrs.get("latency_predicted"):
-            remeasured(metrics, self.latency(elastic, cand, metrics))
+            metrics["fidelity"], blob, model = "finetuned", weights_blob(ft.model), ft.model
+        predicted = attrs.get("latency_predicted")
+        exits_moved = model is not None and bool(cand.exits)  # its samples leave elsewhere
+        if self.latency is not None and (predicted or exits_moved):
+            if model is not None and hasattr(self.latency, "measure"):
+                measured = self.latency.measure(elastic, model, metrics)  # as it ships
+            else:
+                measured = self.latency(elastic, cand, metrics)
+            if predicted:
+                remeasured(metrics, measured)
+            else:
+                metrics.update(measured)
+        elif exits_moved and metrics.get("exit_latency_ms"):
+            # a derived latency follows where the fine-tuned model's samples leave
+            expected = expected_latency(metrics["exit_latency_ms"], metrics["exit_fraction"])
+            metrics["speedup"] = metrics["speedup"] * metrics["latency_ms"] / expected
+            metrics["latency_ms"] = expected
         return metrics, blob
 
 

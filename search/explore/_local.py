@@ -15,7 +15,7 @@ import torch
 from vitpareto.errors import VitParetoError
 from vitpareto.search.explore._backend import Backend
 from vitpareto.search.explore._loop import TrialLoop
-from vitpareto.search.explore._scoring import local_latency, make_scorer
+from vitpareto.search.explore._scoring import local_latency, make_scorer, validation_images
 from vitpareto.search.explore._study import open_study
 from vitpareto.search.supernet import load_supernet
 
@@ -26,7 +26,9 @@ class LocalBackend(Backend):
     name = "local"
 
     def run(self, study, storage, supernet, trials, config, bar) -> None:
-        scorer = make_scorer(supernet, config, self.latency(supernet, config))
+        data = supernet.load_data(batch_size=128)
+        latency = local_latency(supernet, config, images=validation_images(data, config))
+        scorer = make_scorer(supernet, config, latency, data=data)
         elastic = supernet.elastic.eval()
         loop = TrialLoop(study, storage, supernet.space, trials, config)
         loop.run(lambda candidate: scorer(elastic, candidate), on_trial=bar.refresh)
@@ -87,7 +89,9 @@ def _worker(path, url, name, trials, config, threads, lock, index, parent) -> No
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     supernet = load_supernet(path)
     study, storage = open_study(url, name, supernet, config, worker=index + 1)
-    scorer = make_scorer(supernet, config, local_latency(supernet, config, lock))
+    data = supernet.load_data(batch_size=128)
+    latency = local_latency(supernet, config, lock, validation_images(data, config))
+    scorer = make_scorer(supernet, config, latency, data=data)
     elastic = supernet.elastic.eval()
     try:
         TrialLoop(study, storage, supernet.space, trials, config).run(

@@ -27,11 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from vitpareto.errors import VitParetoError
-from vitpareto.evaluators import Evaluator, PredictedLatencyEvaluator, device_fingerprint
+from vitpareto.evaluators import (
+    Evaluator,
+    PredictedLatencyEvaluator,
+    check_runtime,
+    device_fingerprint,
+)
 from vitpareto.files import atomic_write
 from vitpareto.search.explore._config import SearchConfig
 from vitpareto.search.explore._front import LocalFrontScorer
-from vitpareto.search.explore._scoring import latency_table, make_scorer, measured_latency
+from vitpareto.search.explore._scoring import (
+    latency_table,
+    make_scorer,
+    measured_latency,
+    validation_images,
+)
 from vitpareto.search.supernet import FinetuneConfig, load_supernet
 from vitpareto.spaces import Candidate
 
@@ -56,6 +66,9 @@ def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` ('auto', HOST:PORT), or start Ray on this machine;
     an address nothing answers at is refused within ``CONNECT_TIMEOUT_S``."""
     ray = ray_module()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment tables on stdout
     if ray.is_initialized():
         return
     if address and address != "auto":
@@ -67,9 +80,6 @@ def connect(address: str | None) -> None:
                 f"no Ray cluster answers at {address!r} ({getattr(e, 'strerror', None) or e}); "
                 "start one with `ray start --head`, or leave out --address to run Ray here"
             ) from None
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -123,7 +133,9 @@ def comparable(fp: dict) -> dict:
     return {k: v for k, v in fp.items() if k not in ("node", "threads")}
 
 
-def check_fingerprints(name: str, device: str, nodes: list[dict], say=print) -> list[dict]:
+def check_fingerprints(
+    name: str, device: str, nodes: list[dict], say=print, runtime: str = "eager"
+) -> list[dict]:
     """Each target node's device fingerprint; nodes of one target that differ are reported
     (their latencies would not compare)."""
     ray = ray_module()
@@ -135,7 +147,7 @@ def check_fingerprints(name: str, device: str, nodes: list[dict], say=print) -> 
             resources={PREFIX + name: 1},
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
         )
-        .remote(device)
+        .remote(device, runtime)
         for n in nodes
     ]
     try:
@@ -164,7 +176,8 @@ def tasks() -> dict:
     ray = ray_module()
 
     @ray.remote(num_cpus=0)
-    def fingerprint(device):
+    def fingerprint(device, runtime="eager"):
+        check_runtime(runtime, device)  # the target has the runtime's package and device
         return {"node": ray.get_runtime_context().get_node_id(), **device_fingerprint(device)}
 
     @ray.remote(num_cpus=0, max_retries=3)
@@ -173,7 +186,8 @@ def tasks() -> dict:
         net, config = _supernet(holder), SearchConfig(**config)
         if table:
             return latency_table(net, config, str(NODE_DIR / "latency"))
-        metrics = measured_latency(config)(
+        images = validation_images(net.load_data(batch_size=128), config)
+        metrics = measured_latency(config, images)(
             net.elastic.eval(), Candidate.from_dict(candidate), context or {}
         )
         metrics["latency_node"] = ray.get_runtime_context().get_node_id()
@@ -247,8 +261,8 @@ def trial(params: dict, ctx: dict) -> None:
             latency = PredictedLatencyEvaluator(ctx["table"])
         elif ctx["target"]:
             latency = OnNode(ctx["holder"], ctx["config"], ctx["target"], {})
-        else:
-            latency = measured_latency(config)  # on this trial's own CPUs
+        else:  # on this trial's own CPUs
+            latency = measured_latency(config, validation_images(net.load_data(128), config))
         _CACHE[key] = make_scorer(net, config, latency)
     metrics = _CACHE[key](net.elastic.eval(), Candidate.from_dict(params["candidate"]))
     metrics["trial_node"] = ray.get_runtime_context().get_node_id()

@@ -75,7 +75,9 @@ class RayBackend(Backend):
         connect(self.address)
         if self.target_name:
             nodes = wait_for_target(self.target_name, self.wait, self.say)
-            fps = check_fingerprints(self.target_name, config.device, nodes, self.say)
+            fps = check_fingerprints(
+                self.target_name, config.device, nodes, self.say, config.runtime
+            )
             self.fingerprint = comparable(fps[0])
             if config.threads is None:  # the target's own threads, recorded with the study
                 config = replace(config, threads=fps[0]["threads"])

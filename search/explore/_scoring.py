@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vitpareto.evaluators import (
+    IMAGES_PER_ROUND,
     AccuracyEvaluator,
     CostEvaluator,
     Evaluator,
@@ -53,14 +54,19 @@ class Scorer:
             start = time.perf_counter()
             metrics.update(self.evaluators[name](elastic, candidate, metrics))
             seconds[name] = time.perf_counter() - start
+        if "artifact_seconds" in metrics:  # building the runtime's artifact: its own stage
+            seconds["artifact"] = metrics["artifact_seconds"]
+            seconds["latency"] -= metrics["artifact_seconds"]
         metrics["stage_seconds"] = seconds
         return metrics
 
 
-def make_scorer(supernet, config: SearchConfig, latency: Evaluator, device: str | None = None):
+def make_scorer(
+    supernet, config: SearchConfig, latency: Evaluator, device: str | None = None, data=None
+):
     """Cost, accuracy on the shared weights (on ``device``, by default the config's
     accuracy device, over the split the supernet was trained with) and ``latency``."""
-    data = supernet.load_data(batch_size=128)
+    data = data or supernet.load_data(batch_size=128)
     acc = AccuracyEvaluator(
         data.val,
         device=device or config.accuracy_device,
@@ -70,14 +76,30 @@ def make_scorer(supernet, config: SearchConfig, latency: Evaluator, device: str 
     return Scorer({"cost": CostEvaluator(), "accuracy": acc, "latency": latency})
 
 
-def measured_latency(config: SearchConfig) -> LatencyEvaluator:
-    """Latency measured for real, as the study measures it (device, batch, repeats, threads)."""
+def measured_latency(config: SearchConfig, images=None) -> LatencyEvaluator:
+    """Latency measured for real, as the study measures it (device, batch, repeats, threads,
+    runtime); ``images``: real validation images, on which an exit policy is timed."""
     return LatencyEvaluator(
         device=config.device,
         batch_size=config.latency_batch,
         repeats=config.latency_repeats,
         threads=config.threads,
+        runtime=config.runtime,
+        images=images,
     )
+
+
+def validation_images(data, config: SearchConfig):
+    """The first validation images, as many as an exit policy is timed on: the same images
+    for every candidate."""
+    need = max(config.latency_batch, IMAGES_PER_ROUND)
+    chunks, n = [], 0
+    for x, _ in data.val:
+        chunks.append(x)
+        n += len(x)
+        if n >= need:
+            break
+    return torch.cat(chunks)[:need]
 
 
 def latency_table(supernet, config: SearchConfig, tables: str = TABLES) -> LatencyPredictor:
@@ -89,12 +111,14 @@ def latency_table(supernet, config: SearchConfig, tables: str = TABLES) -> Laten
         )
 
 
-def local_latency(supernet, config: SearchConfig, lock: str | None = None) -> Evaluator:
+def local_latency(
+    supernet, config: SearchConfig, lock: str | None = None, images=None
+) -> Evaluator:
     """The study's latency evaluator in this process: read from the latency table, or
     measured (under ``lock``, an exclusive file lock, when workers share the machine)."""
     if config.latency == "predicted":
         return PredictedLatencyEvaluator(latency_table(supernet, config))
-    latency = measured_latency(config)
+    latency = measured_latency(config, images)
     return Locked(latency, lock) if lock else latency
 
 

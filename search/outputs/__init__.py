@@ -1,12 +1,20 @@
 """What a search leaves behind: queries of the results database, the report, and the
 front exported as standalone models."""
 
+from vitpareto.search.outputs._bench import (
+    bench_dirs,
+    check_dirs,
+    disagreement,
+    format_bench,
+    full_model,
+    measure_deployed,
+)
 from vitpareto.search.outputs._export import (
     build_model,
-    export_pt2,
     export_trials,
     model_card,
     pick_trials,
+    portable_files,
 )
 from vitpareto.search.outputs._expr import ExpressionError, parse_sort, parse_where
 from vitpareto.search.outputs._modeldir import (
@@ -32,10 +40,15 @@ from vitpareto.search.outputs._showcase import format_table, measure, showcase
 __all__ = [
     "MAIN_COLUMNS",
     "ExpressionError",
+    "bench_dirs",
+    "disagreement",
+    "measure_deployed",
     "build_model",
+    "check_dirs",
+    "format_bench",
+    "full_model",
     "check_writable",
     "completed_trials",
-    "export_pt2",
     "export_trials",
     "format_front",
     "format_table",
@@ -48,6 +61,7 @@ __all__ = [
     "parse_sort",
     "parse_where",
     "pick_trials",
+    "portable_files",
     "read_config",
     "rebuild",
     "save_finetuned",

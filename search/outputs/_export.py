@@ -20,8 +20,21 @@ import torch
 from tqdm import tqdm
 
 from vitpareto.errors import VitParetoError
-from vitpareto.evaluators import DEFAULT_MEAN, DEFAULT_STD, export_onnx
+from vitpareto.evaluators import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    IMAGES_PER_ROUND,
+    deployed,
+    export_onnx,
+    export_pt2,
+)
 from vitpareto.search.explore import load_weights
+from vitpareto.search.outputs._bench import (
+    disagreement,
+    full_model,
+    image_size,
+    measure_deployed,
+)
 from vitpareto.search.outputs._modeldir import check_writable, model_files, rebuild, write_model_dir
 from vitpareto.search.outputs._query import completed_trials
 from vitpareto.spaces import Candidate
@@ -72,8 +85,11 @@ def export_trials(
     portable: bool = True,
     progress: bool = True,
     artifacts: str | os.PathLike | None = None,
+    measure: bool = True,
 ) -> list[Path]:
     """Write one model directory per trial under ``out`` (``trial_N``); return their paths.
+    With ``measure``, each model's latency as it ships is timed here first and written into
+    its metrics.json and card beside the search's figure.
 
     Every directory is checked and every model built before any is written, so a missing
     file or an existing directory stops the export before anything changes."""
@@ -82,9 +98,10 @@ def export_trials(
         raise VitParetoError(f"--out {str(out)!r} is a file, not a directory")
     dirs = [check_writable(out / f"trial_{t.number}", force) for t in trials]
     models = [build_model(study, t, supernet, artifacts) for t in trials]
+    timing = deployed_timing(study, supernet) if measure else None
     made = not out.exists()
     try:
-        return _write(study, trials, dirs, models, supernet, force, portable, progress)
+        return _write(study, trials, dirs, models, supernet, force, portable, progress, timing)
     except OSError as e:
         raise VitParetoError(
             f"cannot write the models under {str(out)!r} ({e.strerror or e}); the directories "
@@ -95,7 +112,7 @@ def export_trials(
             out.rmdir()  # nothing written: no empty directory left behind
 
 
-def _write(study, trials, dirs, models, supernet, force, portable, progress) -> list[Path]:
+def _write(study, trials, dirs, models, supernet, force, portable, progress, timing):
     attrs = study.user_attrs
     written = []
     for t, d, model in tqdm(
@@ -107,6 +124,11 @@ def _write(study, trials, dirs, models, supernet, force, portable, progress) -> 
     ):
         metrics = {k: v for k, v in t.user_attrs.items() if k not in ("artifacts",)}
         metrics.update(study=study.study_name, trial=t.number, values=list(t.values))
+        if timing is not None:  # this machine's latency of what is written, as it ships
+            metrics.update(timing(model, t.user_attrs.get("exit_fraction")))
+            why = disagreement(metrics)
+            if why:
+                print(f"warning: trial {t.number}: {why}", file=sys.stderr)
         files = model_files(
             model,
             attrs["model"]["name"],
@@ -117,15 +139,43 @@ def _write(study, trials, dirs, models, supernet, force, portable, progress) -> 
             preprocessing(model),
         )
         files["candidate.json"] = json.dumps(t.user_attrs["candidate"], indent=2) + "\n"
-        files["README.md"] = model_card(study, t, model)
+        files["README.md"] = model_card(study, t, model, metrics)
         if portable:
-            example = torch.randn(2, 3, *image_size(model))  # 2: batch 1 would be specialised
-            files["model.pt2"] = lambda dest, m=model, x=example: export_pt2(m, x, dest)
-            files["model.onnx"] = lambda dest, m=model, x=example: export_onnx(
-                m, x, dest, dynamic_batch=True
-            )
+            files.update(portable_files(model))
         written.append(write_model_dir(d, files, force=force))
     return written
+
+
+def portable_files(model) -> dict[str, Any]:
+    """``model.pt2`` and ``model.onnx``, which load without vitpareto: the exit policy for a
+    model with exits (outputs: logits and each sample's exit), beside ``model_static.*``
+    (every block, the final head) for runtimes that cannot take its control flow."""
+    x = torch.randn(2, 3, *image_size(model))  # 2: a batch of 1 would be specialised
+    shipped = deployed(model)
+    files = {
+        "model.pt2": lambda dest: export_pt2(shipped, x, dest),
+        "model.onnx": lambda dest: export_onnx(shipped, x, dest),
+    }
+    if shipped is not model:
+        files["model_static.pt2"] = lambda dest: export_pt2(model, x, dest)
+        files["model_static.onnx"] = lambda dest: export_onnx(model, x, dest)
+    return files
+
+
+def deployed_timing(study, supernet, device: str = "cpu", repeats: int = 20):
+    """What times each exported model on this machine: the study's runtime and batch,
+    against the full model; on the supernet's validation images for an exit policy."""
+    config = study.user_attrs.get("config") or {}
+    runtime, batch = config.get("runtime", "eager"), int(config.get("latency_batch", 1))
+    if supernet is not None:
+        reference = supernet.elastic.extract(Candidate.full(supernet.elastic.spec)).eval()
+        data = supernet.load_data(batch_size=max(batch, IMAGES_PER_ROUND))
+        images = next(iter(data.val))[0]
+    else:
+        reference, images = full_model(study.user_attrs["model"]), None
+    return lambda model, fraction: measure_deployed(
+        model, reference, runtime, batch, device, images, fraction, repeats=repeats
+    )
 
 
 def _classes(supernet, model) -> list[str]:
@@ -134,24 +184,20 @@ def _classes(supernet, model) -> list[str]:
     return [str(i) for i in range(model.head.out_features)]
 
 
-def export_pt2(model, example: torch.Tensor, dest) -> None:
-    """``torch.export`` of the static forward, batch size free (1 and up)."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
-        ep = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(ep, str(dest))
-
-
-def model_card(study, trial, model) -> str:
-    """README.md of an exported model: what it is, how it scored, how to load it."""
-    a, m, c = study.user_attrs, trial.user_attrs, trial.user_attrs["candidate"]
+def model_card(study, trial, model, metrics: dict | None = None) -> str:
+    """README.md of an exported model: what it is, how it scored, how fast it runs as it
+    ships, how to load it."""
+    a, c = study.user_attrs, trial.user_attrs["candidate"]
+    m = metrics if metrics is not None else trial.user_attrs
     h, w = image_size(model)
     pre = preprocessing(model)
     batch = m.get("batch_size") or (a.get("config") or {}).get("latency_batch", "?")
     segments = m.get("exit_latency_ms")
     static_ms = segments[-1] if segments else m.get("latency_ms")
-    target = a.get("target") or {}
+    target = a.get("target") if isinstance(a.get("target"), dict) else {}
     hardware = f"{target.get('gpu') or target.get('cpu', '?')} ({target.get('device', '?')})"
+    if not target:
+        hardware = "each trial's own node (the study's target is 'per trial')"
     rows = [
         ("accuracy", _fmt(m.get("accuracy"))),
         ("accuracy of the final head alone", _fmt(m.get("final_accuracy"))),
@@ -162,19 +208,30 @@ def model_card(study, trial, model) -> str:
             _fmt(m.get("latency_ms")) if segments else "-",
         ),
         ("speedup over the full model (as searched)", _fmt(m.get("speedup"))),
+        (
+            f"latency as deployed here, {m.get('deployed_runtime', '-')} "
+            f"({m.get('deployed_method', '-')}, ms per batch of {m.get('deployed_batch', '-')})",
+            _fmt(m.get("deployed_latency_ms")),
+        ),
+        ("speedup as deployed here", _fmt(m.get("deployed_speedup"))),
         ("MACs per image", f"{int(m['macs']):,}" if "macs" in m else "-"),
         ("parameters", f"{int(m['params']):,}" if "params" in m else "-"),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     exits = (
-        f"Early exits after blocks {list(c['exits'])} (threshold {c['exit_threshold']}): "
-        "`vitpareto.load(dir).forward_dynamic(x)` lets confident samples leave early; the "
-        "`.pt2` and `.onnx` files run the static forward (every block, the final head), "
-        "whose accuracy is the final head's above."
+        f"Early exits after blocks {list(c['exits'])} (threshold {c['exit_threshold']}). "
+        "`model.pt2` and `model.onnx` run the exit policy: each sample leaves at the first "
+        "exit whose softmax confidence reaches the threshold, later blocks run only on the "
+        "samples still in; they return the logits and each sample's exit (the last index: "
+        "the final head), as `vitpareto.load(dir).forward_dynamic(x)` does. "
+        "`model_static.pt2` and `model_static.onnx` run every block and the final head, for "
+        "runtimes that cannot take data-dependent shapes (TensorRT, CUDA graphs); their "
+        "accuracy is the final head's above."
         if c.get("exits")
         else "No early exits: every format runs the same forward."
     )
     source = f", from trial {m['source_trial']}" if "source_trial" in m else ""
+    outputs = "(logits, exit of each sample)" if c.get("exits") else "logits"
     return f"""# {a["model"]["name"]}, compressed (study `{study.study_name}`, trial {trial.number}{source})
 
 A standalone Vision Transformer cut from a vitpareto supernet: {len(c["heads"])} blocks,
@@ -186,8 +243,11 @@ Fidelity: `{m.get("fidelity")}` (`shared`: scored on the supernet's weights;
 |---|---|
 {table}
 
-Latency on {hardware}, torch {target.get("torch", "?")}
-({"predicted from the latency table" if m.get("latency_predicted") else "measured"}).
+Searched latency on {hardware}, torch {target.get("torch", "?")}
+({"predicted from the latency table" if m.get("latency_predicted") else "measured"}, under
+{m.get("runtime", "eager")}); "as deployed here": the exported model timed by `vitpareto
+export` on {(m.get("deployed_fingerprint") or {}).get("cpu", "?")}; time it where it will
+run with `vitpareto bench DIR`.
 
 ## The candidate
 
@@ -208,10 +268,11 @@ model = vitpareto.load("this/directory")
 
 import torch                           # torch alone
 model = torch.export.load("model.pt2").module()
+outputs = model(images)                # {outputs}
 
 import onnxruntime as ort              # no torch at all
 session = ort.InferenceSession("model.onnx")
-logits = session.run(None, {{"images": images_nchw_float32}})[0]
+outputs = session.run(None, {{"images": images_nchw_float32}})
 ```
 
 Inputs: float32 images, N x 3 x {h} x {w}: pixel values scaled to 0..1, resized
@@ -224,11 +285,6 @@ Inputs: float32 images, N x 3 x {h} x {w}: pixel values scaled to 0..1, resized
 def preprocessing(model) -> dict[str, Any]:
     """What the model expects of its input (vitpareto's datasets all normalise so)."""
     return {"image_size": list(image_size(model)), "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
-
-
-def image_size(model) -> tuple[int, int]:
-    """Input height and width of a compressed model."""
-    return tuple(model.vit.patch_embed.img_size)
 
 
 def _fmt(v: Any) -> str:

@@ -11,10 +11,13 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from vitpareto.evaluators import (
+    ExitPath,
     analytic_macs,
+    check_runtime,
     count_params,
     exit_head_macs,
     mac_profile,
+    prepare,
     speedup,
     summarize,
     time_interleaved,
@@ -71,8 +74,11 @@ def measure(
     device: str = "cpu",
     candidates: dict[str, Candidate] | None = None,
     progress: bool = True,
+    runtime: str = "eager",
 ) -> list[Row]:
-    """Compress ``model`` with each candidate and time all of them interleaved on ``device``."""
+    """Compress ``model`` with each candidate and time all of them interleaved on ``device``
+    under ``runtime`` (each in the form export writes for it)."""
+    check_runtime(runtime, device)
     model = model.eval()
     s = describe(model)
     cands = candidates or showcase(model)
@@ -84,13 +90,14 @@ def measure(
     for name, c in cands.items():
         m = elastic.extract(c).eval().to(device)
         if c.exits:  # a sample that leaves at the first exit runs only the blocks before it
-            fns[name] = lambda x, m=m: m.forward_exit(x, 0)
+            fns[name] = ExitPath(m, 0)
             macs[name] = mac_profile(s, c)[c.exits[0]] + exit_head_macs(s)
         else:
             fns[name] = m
             macs[name] = analytic_macs(s, c)
         params[name] = count_params(m)
     x = torch.randn(batch, 3, *s.img_size, device=device)
+    fns = {name: prepare(fn, x, runtime) for name, fn in fns.items()}
     bar = tqdm(
         total=repeats,
         desc="timing rounds",

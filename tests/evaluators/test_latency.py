@@ -148,6 +148,11 @@ def test_cuda_where_there_is_none():
         LatencyEvaluator(device="cuda:1")
 
 
-def test_unknown_runtime(elastic):
-    with pytest.raises(VitParetoError, match="unknown runtime 'tensorrt'"):
-        LatencyEvaluator(runtime="tensorrt", repeats=2)(elastic, Candidate.full(elastic.spec))
+def test_unknown_or_unavailable_runtime():
+    with pytest.raises(VitParetoError, match="unknown runtime 'openvino'"):
+        LatencyEvaluator(runtime="openvino", repeats=2)
+    if not torch.cuda.is_available():  # refused before any work, saying what is missing
+        with pytest.raises(VitParetoError, match="cudagraphs.*CUDA GPUs only"):
+            LatencyEvaluator(runtime="cudagraphs", repeats=2)
+        with pytest.raises(VitParetoError, match="tensorrt"):
+            LatencyEvaluator(runtime="tensorrt", repeats=2)

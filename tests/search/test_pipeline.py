@@ -23,6 +23,7 @@ from vitpareto.search import (
     rescore_front,
     search,
 )
+from vitpareto.search.outputs import disagreement
 from vitpareto.spaces import VitParetoError
 
 CONFIG = dict(latency_repeats=3)
@@ -60,7 +61,8 @@ sys.modules["timm"] = None
 import numpy as np, torch, onnxruntime as ort
 d = sys.argv[1]
 x = torch.from_numpy(np.load(d + "/x.npy"))
-pt2 = torch.export.load(d + "/model.pt2").module()(x).detach().numpy()
+pt2 = torch.export.load(d + "/model.pt2").module()(x)
+pt2 = (pt2[0] if isinstance(pt2, (tuple, list)) else pt2).detach().numpy()  # logits first
 onnx = ort.InferenceSession(d + "/model.onnx").run(None, {"images": x.numpy()})[0]
 np.save(d + "/pt2.npy", pt2); np.save(d + "/onnx.npy", onnx)
 """
@@ -84,6 +86,10 @@ def test_export_reload_equals_stored_accuracy_and_portable_logits(searched, tmp_
             assert (mdir / name).is_file()
         assert "## Loading" in (mdir / "README.md").read_text()
         assert json.loads((mdir / "candidate.json").read_text()) == t.user_attrs["candidate"]
+        metrics = json.loads((mdir / "metrics.json").read_text())
+        assert metrics["deployed_latency_ms"] > 0 and metrics["deployed_speedup"] > 0
+        # the deployed figure agrees with the search's, or the export said why not
+        assert disagreement(metrics) is None or f"trial {t.number}:" in out.stderr
         model = vitpareto.load(mdir)
         assert _accuracy(model, net) == t.user_attrs["accuracy"]
         x = torch.randn(3, 3, 32, 32)
@@ -92,8 +98,8 @@ def test_export_reload_equals_stored_accuracy_and_portable_logits(searched, tmp_
             [sys.executable, "-c", PORTABLE, str(mdir)], capture_output=True, text=True
         )
         assert run.returncode == 0, run.stderr
-        with torch.no_grad():
-            ref = model(x).numpy()
+        with torch.no_grad():  # a model with exits ships its exit policy
+            ref = (model.forward_dynamic(x)[0] if model.exit_heads else model(x)).numpy()
         assert np.abs(np.load(mdir / "pt2.npy") - ref).max() < 1e-5
         assert np.abs(np.load(mdir / "onnx.npy") - ref).max() < 1e-4
 

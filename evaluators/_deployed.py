@@ -1,0 +1,128 @@
+"""The latency of what ships: one timing function for the search, export and ``bench``.
+
+A compressed model is timed in the form it is deployed in for a runtime (the same ONNX
+graph, the same exported program), interleaved with the full model in the same runtime.
+A model with early exits ships as its exit policy: where the runtime runs that graph
+(eager, ONNX Runtime) it is timed as deployed, on real validation images (whose exits are
+real), against the full model on the same images (``dynamic``). Elsewhere its latency is
+derived: each exit's path (the blocks before it and every exit head a sample passes on
+its way) is timed, and weighted by the shares of samples leaving there (``derived``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vitpareto.evaluators._latency import expected_latency, measure_pair
+from vitpareto.evaluators._runtime import DYNAMIC, deployed, prepare
+from vitpareto.evaluators._timing import device_fingerprint
+
+IMAGES_PER_ROUND = 8  # real images timed per round (at least one batch) for an exit policy
+
+
+class ExitPath(nn.Module):
+    """What a sample leaving at exit ``index`` runs: the blocks before it, and every exit
+    head up to it (the earlier heads' confidences are outputs, so no compiler drops them)."""
+
+    def __init__(self, model, index: int):
+        super().__init__()
+        self.model, self.index = model, index
+
+    def forward(self, x):
+        m = self.model
+        x = m._stem(x)
+        start, confidences = 0, []
+        for head, at in list(zip(m.exit_heads, m.exit_after, strict=True))[: self.index + 1]:
+            for blk in m.vit.blocks[start:at]:
+                x = blk(x)
+            start = at
+            out = head(x)
+            confidences.append(out.softmax(-1).amax(-1))
+        return out, torch.stack(confidences)
+
+
+def batches_of(images: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """``images`` cut into batches of ``batch`` (one round's worth, the last one full)."""
+    rounds = max(1, math.ceil(IMAGES_PER_ROUND / batch))
+    if len(images) < batch:
+        raise ValueError(f"{len(images)} images are fewer than one batch of {batch}")
+    n = min(rounds, len(images) // batch)
+    return [images[i * batch : (i + 1) * batch] for i in range(n)]
+
+
+def per_round(settings: dict[str, Any], batches: int) -> dict[str, Any]:
+    """Timing settings for rounds of ``batches`` batches: about as many batches timed in
+    all as a static measurement times (a round's sum is already an average), at least 5
+    rounds, so an exit policy costs a trial no more than its static graph would."""
+    return {
+        **settings,
+        "repeats": max(5, math.ceil(settings.get("repeats", 30) / batches)),
+        "warmup": max(1, math.ceil(settings.get("warmup", 5) / batches)),
+    }
+
+
+def time_deployed(
+    model,
+    reference,
+    x: torch.Tensor,
+    runtime: str,
+    settings: dict[str, Any],
+    images: torch.Tensor | None = None,
+    exit_fraction: list[float] | None = None,
+    onnx: str | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``model`` (a ``CompressedViT``) as deployed under ``runtime`` against
+    ``reference`` (the full model, prepared for the runtime); ``x``: a batch of the study's
+    size; ``images``: real images for an exit policy; ``settings``: ``measure_pair``'s;
+    ``onnx``: the exported graph to time (ONNX Runtime; by default one exported now)."""
+    start = time.perf_counter()
+    exits = bool(getattr(model, "exit_heads", None))
+    dynamic = exits and runtime in DYNAMIC and images is not None
+    fn = prepare(
+        deployed(model) if dynamic else model, x, runtime, onnx if dynamic or not exits else None
+    )
+    artifact = time.perf_counter() - start
+    out: dict[str, Any] = {"exit_latency_ms": None, "latency_method": "static"}
+    if dynamic:
+        rounds = batches_of(images.to(x.device), x.shape[0])
+        main = measure_pair(
+            lambda _: [fn(b) for b in rounds], lambda _: [reference(b) for b in rounds], x,
+            **per_round(settings, len(rounds)),
+        )  # fmt: skip
+        scale = 1 / len(rounds)
+        out["latency_method"] = "dynamic"
+    else:
+        main, scale = measure_pair(fn, reference, x, **settings), 1.0
+    out.update(
+        latency_ms=main.median_ms * scale,
+        latency_iqr_ms=main.iqr_ms * scale,
+        latency_count=main.count,
+        reference_ms=main.reference_ms * scale,
+        speedup=main.speedup,
+        latency_flagged=main.flagged,
+        latency_attempts=main.attempts,
+        artifact_seconds=artifact,
+        runtime=runtime,
+        batch_size=x.shape[0],
+        device_fingerprint=device_fingerprint(x.device),
+    )
+    if exits and not dynamic:
+        paths = [
+            measure_pair(prepare(ExitPath(model, j), x, runtime), reference, x, **settings)
+            for j in range(len(model.exit_heads))
+        ]
+        seg_ms = [m.median_ms for m in paths] + [main.median_ms]
+        expected = expected_latency(seg_ms, exit_fraction)
+        out.update(
+            exit_latency_ms=seg_ms,
+            latency_ms=expected,
+            speedup=main.reference_ms / expected,
+            latency_flagged=main.flagged or any(m.flagged for m in paths),
+            latency_method="derived",
+        )
+    return out

@@ -1,0 +1,159 @@
+"""The deployed latency of exported models: measured at export, and again wherever the
+user copies them (``vitpareto bench``).
+
+Each model is timed as it ships for the runtime (its ``model.onnx`` for ONNX Runtime; the
+exit policy where it has exits and the runtime runs it), interleaved with the full model
+built from the same recipe and exported the same way (random weights: latency does not
+depend on weight values). The figures go beside the search's own: where the two differ by
+more than the measurement's spread, the export says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitpareto.errors import VitParetoError
+from vitpareto.evaluators import check_runtime, load_data, prepare, resolve_device, time_deployed
+from vitpareto.search.outputs._modeldir import load_model, read_config
+from vitpareto.spaces import Candidate, ElasticViT, check_recipe, create_model
+
+KEYS = {  # metrics.json key -> time_deployed's
+    "deployed_latency_ms": "latency_ms",
+    "deployed_iqr_ms": "latency_iqr_ms",
+    "deployed_speedup": "speedup",
+    "deployed_method": "latency_method",
+    "deployed_runtime": "runtime",
+    "deployed_batch": "batch_size",
+    "deployed_fingerprint": "device_fingerprint",
+}
+
+
+def full_model(recipe: dict) -> torch.nn.Module:
+    """The uncompressed model of a recipe, as a compressed model with nothing removed."""
+    name, kwargs = check_recipe(recipe, "the model recipe")
+    vit = create_model(name, pretrained=False, **kwargs).eval()
+    return ElasticViT(vit, importance="identity").extract(Candidate.full(vit)).eval()
+
+
+def image_size(model) -> tuple[int, int]:
+    """Input height and width of a compressed model."""
+    return tuple(model.vit.patch_embed.img_size)
+
+
+def measure_deployed(
+    model,
+    reference,
+    runtime: str,
+    batch: int,
+    device: str = "cpu",
+    images: torch.Tensor | None = None,
+    exit_fraction: list[float] | None = None,
+    onnx: str | None = None,
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """``model``'s deployed latency against the full ``reference``: metrics.json's keys."""
+    dev = resolve_device(device)
+    check_runtime(runtime, dev)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, *image_size(model), generator=g).to(dev)
+    ref = prepare(reference.to(dev), x, runtime)
+    settings = dict(repeats=repeats, warmup=3, max_rel_iqr=0.10, max_attempts=3)
+    got = time_deployed(model.to(dev), ref, x, runtime, settings, images, exit_fraction, onnx)
+    return {k: got[v] for k, v in KEYS.items()}
+
+
+def disagreement(metrics: dict[str, Any]) -> str | None:
+    """Why the deployed latency differs from the search's, when it does by more than the
+    spread of the two measurements (and their runtimes and batches are the same)."""
+    searched, deployed = metrics.get("latency_ms"), metrics.get("deployed_latency_ms")
+    if searched is None or deployed is None:
+        return None
+    if metrics.get("runtime", "eager") != metrics["deployed_runtime"]:
+        return (
+            f"searched under {metrics.get('runtime')}, deployed under {metrics['deployed_runtime']}"
+        )
+    spread = (metrics.get("latency_iqr_ms") or 0.0) + (metrics.get("deployed_iqr_ms") or 0.0)
+    if abs(deployed - searched) <= max(spread, 0.05 * searched):
+        return None
+    why = "predicted" if metrics.get("latency_predicted") else "measured"
+    return (
+        f"deployed {deployed:.3f} ms against {searched:.3f} ms {why} by the search "
+        f"(spread {spread:.3f} ms)"
+    )
+
+
+def validation_images(spec: str | None, size: tuple[int, int], n: int) -> torch.Tensor | None:
+    """The first ``n`` validation images of a dataset spec (None without one)."""
+    if spec is None:
+        return None
+    data = load_data(spec, size, batch_size=n)
+    return next(iter(data.val))[0]
+
+
+def bench_dirs(
+    dirs: list[Path],
+    runtime: str | None = None,
+    batch: int | None = None,
+    device: str = "cpu",
+    dataset: str | None = None,
+    repeats: int = 20,
+) -> list[dict[str, Any]]:
+    """Each exported directory timed as it ships (see the module), and the full model."""
+    rows, full = [], None
+    for d in dirs:
+        cfg = read_config(d)
+        stored = json.loads((Path(d) / "metrics.json").read_text())
+        rt = runtime or stored.get("deployed_runtime") or stored.get("runtime") or "eager"
+        b = batch or stored.get("deployed_batch") or stored.get("batch_size") or 1
+        model = load_model(d, device)
+        reference = full_model(cfg["model"])
+        images = validation_images(dataset, image_size(model), max(b, 32))
+        onnx = Path(d) / "model.onnx"
+        got = measure_deployed(
+            model, reference, rt, b, device, images, stored.get("exit_fraction"),
+            str(onnx) if onnx.exists() else None, repeats,
+        )  # fmt: skip
+        rows.append({"model": str(d), **got, "searched_ms": stored.get("latency_ms")})
+        full = full or (reference, rt, b)
+    if full is not None:
+        reference, rt, b = full
+        rows.append(
+            {"model": "full model", **measure_deployed(reference, reference, rt, b, device)}
+        )
+        rows[-1]["searched_ms"] = None
+    return rows
+
+
+def format_bench(rows: list[dict[str, Any]]) -> str:
+    head = ("model", "runtime", "batch", "method", "ms", "IQR ms", "speedup", "searched ms")
+    body = [
+        (
+            r["model"],
+            r["deployed_runtime"],
+            str(r["deployed_batch"]),
+            r["deployed_method"],
+            f"{r['deployed_latency_ms']:.3f}",
+            f"{r['deployed_iqr_ms']:.3f}",
+            f"{r['deployed_speedup']:.2f}x",
+            "-" if r["searched_ms"] is None else f"{r['searched_ms']:.3f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        str(c).ljust(w) if i == 0 else str(c).rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+    fp = rows[0]["deployed_fingerprint"] if rows else {}
+    where = f"{fp.get('gpu') or fp.get('cpu', '?')} ({fp.get('threads', '?')} threads)"
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body), "", where])
+
+
+def check_dirs(dirs: list[Path]) -> None:
+    for d in dirs:
+        if not (Path(d) / "metrics.json").is_file():
+            raise VitParetoError(f"{str(d)!r} is not an exported model directory (no metrics.json)")

@@ -1,0 +1,119 @@
+"""The latency on the front is the deployed model's: searched under the runtime that ships,
+exits inside the exported files, every export timed again, `vitpareto bench`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from tests.search.hostile import refused, small_supernet
+from vitpareto.errors import VitParetoError
+from vitpareto.evaluators import LatencyEvaluator
+from vitpareto.search import SearchConfig, load_supernet, search
+from vitpareto.search.cli import main
+from vitpareto.search.outputs import model_files, portable_files, write_model_dir
+from vitpareto.spaces import Candidate
+
+PORTABLE = """
+import sys
+sys.modules["vitpareto"] = None  # these files must load without vitpareto (or timm)
+sys.modules["timm"] = None
+import numpy as np, torch, onnxruntime as ort
+d = sys.argv[1]
+for name in ("x1", "x8"):
+    x = torch.from_numpy(np.load(f"{d}/{name}.npy"))
+    logits, where = torch.export.load(d + "/model.pt2").module()(x)
+    np.save(f"{d}/{name}-pt2-logits.npy", logits.detach().numpy())
+    np.save(f"{d}/{name}-pt2-exit.npy", where.numpy())
+    logits, where = ort.InferenceSession(d + "/model.onnx").run(None, {"images": x.numpy()})
+    np.save(f"{d}/{name}-onnx-logits.npy", logits)
+    np.save(f"{d}/{name}-onnx-exit.npy", where)
+"""
+CONFIG = dict(max_batches=1, latency_repeats=3, threads=1)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return load_supernet(small_supernet(tmp_path_factory.mktemp("net") / "net.pt"))
+
+
+def _mixed(net, images):
+    """A candidate with exits after blocks 2 and 3, its threshold the median confidence at
+    its first exit on ``images``: some samples leave there, some go on."""
+    cand = Candidate.make(net.elastic.spec, exits=(2, 3), exit_threshold=0.5)
+    with torch.no_grad():
+        first = net.elastic.extract(cand).forward_exits(images)[0]
+    t = float(first.softmax(-1).amax(-1).median()) + 1e-7
+    return cand.replace(exit_threshold=min(t, 1.0))
+
+
+def test_exported_exit_policy_equals_forward_dynamic(net, tmp_path):
+    x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    cand = _mixed(net, x8)
+    model = net.elastic.extract(cand).eval()
+    files = model_files(model, net.model_name, net.model_kwargs, net.data["classes"], {})
+    write_model_dir(tmp_path / "m", {**files, **portable_files(model)})
+    d = tmp_path / "m"
+    assert {"model.onnx", "model_static.onnx", "model.pt2", "model_static.pt2"} <= {
+        p.name for p in d.iterdir()
+    }
+    np.save(d / "x1.npy", x8[:1].numpy())
+    np.save(d / "x8.npy", x8.numpy())
+    run = subprocess.run([sys.executable, "-c", PORTABLE, str(d)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    for name, x in (("x1", x8[:1]), ("x8", x8)):
+        with torch.no_grad():
+            logits, where = model.forward_dynamic(x)
+        if name == "x8":
+            assert len(set(where.tolist())) > 1  # a batch of mixed exits
+        for fmt, tol in (("pt2", 1e-4), ("onnx", 1e-4)):
+            got = np.load(d / f"{name}-{fmt}-logits.npy")
+            assert np.abs(got - logits.numpy()).max() < tol, (name, fmt)
+            assert (np.load(d / f"{name}-{fmt}-exit.npy") == where.numpy()).all(), (name, fmt)
+
+
+def test_an_exit_candidate_is_timed_as_deployed_on_real_images(net):
+    data = net.load_data(batch_size=64)
+    images = next(iter(data.val))[0]
+    cand = _mixed(net, images[:32])
+    ev = LatencyEvaluator(batch_size=1, repeats=5, images=images[:32], runtime="onnxruntime")
+    got = ev(net.elastic.eval(), cand)
+    assert got["latency_method"] == "dynamic" and got["exit_latency_ms"] is None
+    assert got["runtime"] == "onnxruntime" and got["artifact_seconds"] > 0
+    derived = LatencyEvaluator(batch_size=1, repeats=5, runtime="compile")
+    got = derived(net.elastic.eval(), cand, {"exit_fraction": [0.5, 0.25, 0.25]})
+    assert got["latency_method"] == "derived" and len(got["exit_latency_ms"]) == 3
+    seg = got["exit_latency_ms"]
+    assert got["latency_ms"] == pytest.approx(0.5 * seg[0] + 0.25 * seg[1] + 0.25 * seg[2])
+
+
+def test_a_search_under_onnxruntime_and_its_export_timed_again(net, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    config = SearchConfig(runtime="onnxruntime", **CONFIG)
+    study = search(net, url, "o", 3, config, progress=False)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert all(t.user_attrs["runtime"] == "onnxruntime" for t in trials)
+    assert all("artifact" in t.user_attrs["stage_seconds"] for t in trials)
+    assert study.user_attrs["config"]["runtime"] == "onnxruntime"
+    with pytest.raises(VitParetoError, match="runtime 'onnxruntime', not 'eager'"):
+        search(net, url, "o", 4, SearchConfig(**CONFIG), progress=False)
+    out = tmp_path / "models"
+    args = ["export", "--storage", url, "--study", "o", "--pareto", "--out", out]
+    assert main([str(a) for a in [*args, "--supernet", net.path]]) == 0
+    dirs = sorted(out.iterdir())
+    for d in dirs:
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["deployed_runtime"] == "onnxruntime" and m["deployed_latency_ms"] > 0
+        assert m["deployed_speedup"] > 0 and m["deployed_fingerprint"]["cpu"]
+        assert "as deployed here" in (d / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", *map(str, dirs[:2]), "--repeats", "5"]) == 0
+    table = capsys.readouterr().out
+    assert "full model" in table and all(str(d) in table for d in dirs[:2])
+    refused(capsys, ["bench", str(tmp_path)], "not an exported model directory")
