@@ -67,23 +67,37 @@ def measure_deployed(
 
 
 def disagreement(metrics: dict[str, Any]) -> str | None:
-    """Why the deployed latency differs from the search's, when it does by more than the
-    spread of the two measurements (and their runtimes and batches are the same)."""
-    searched, deployed = metrics.get("latency_ms"), metrics.get("deployed_latency_ms")
+    """Why the deployed figure differs from the search's, when it does: another runtime,
+    or a speedup over the full model that moved by more than the two measurements'
+    relative spread (at least 5%). Speedups, not milliseconds, are compared: each is timed
+    interleaved with the full model, so a machine slower or faster as a whole moves both
+    models alike."""
+    searched, deployed = metrics.get("speedup"), metrics.get("deployed_speedup")
     if searched is None or deployed is None:
         return None
     if metrics.get("runtime", "eager") != metrics["deployed_runtime"]:
         return (
             f"searched under {metrics.get('runtime')}, deployed under {metrics['deployed_runtime']}"
         )
-    spread = (metrics.get("latency_iqr_ms") or 0.0) + (metrics.get("deployed_iqr_ms") or 0.0)
-    if abs(deployed - searched) <= max(spread, 0.05 * searched):
+    spread = max(
+        0.05,
+        _relative(metrics, "latency_iqr_ms", "latency_ms")
+        + _relative(metrics, "deployed_iqr_ms", "deployed_latency_ms"),
+    )
+    if abs(deployed / searched - 1) <= spread:
         return None
     why = "predicted" if metrics.get("latency_predicted") else "measured"
     return (
-        f"deployed {deployed:.3f} ms against {searched:.3f} ms {why} by the search "
-        f"(spread {spread:.3f} ms)"
+        f"deployed speedup {deployed:.2f}x against {searched:.2f}x {why} by the search "
+        f"({deployed / searched - 1:+.0%}, beyond the measurements' spread of {spread:.0%}; "
+        f"{metrics.get('deployed_latency_ms', 0):.3f} ms against {metrics.get('latency_ms', 0):.3f} ms)"
     )
+
+
+def _relative(metrics: dict[str, Any], iqr: str, median: str) -> float:
+    """A measurement's interquartile range over its median (0 where unknown)."""
+    m = metrics.get(median)
+    return (metrics.get(iqr) or 0.0) / m if m else 0.0
 
 
 def validation_images(spec: str | None, size: tuple[int, int], n: int) -> torch.Tensor | None:

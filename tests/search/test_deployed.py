@@ -17,7 +17,7 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import LatencyEvaluator
 from vitpareto.search import SearchConfig, load_supernet, search
 from vitpareto.search.cli import main
-from vitpareto.search.outputs import model_files, portable_files, write_model_dir
+from vitpareto.search.outputs import disagreement, model_files, portable_files, write_model_dir
 from vitpareto.spaces import Candidate
 
 PORTABLE = """
@@ -117,3 +117,19 @@ def test_a_search_under_onnxruntime_and_its_export_timed_again(net, tmp_path, ca
     table = capsys.readouterr().out
     assert "full model" in table and all(str(d) in table for d in dirs[:2])
     refused(capsys, ["bench", str(tmp_path)], "not an exported model directory")
+
+
+def test_disagreement_compares_speedups_not_the_machines_mood():
+    """Both figures are timed against the full model: a machine slower at export than
+    during the search moves both alike and is no disagreement; a speedup that moved by
+    more than the two measurements' spread is, and the line says by how much."""
+    base = dict(runtime="eager", deployed_runtime="eager", latency_iqr_ms=0.05)
+    slower = dict(latency_ms=1.5, speedup=1.37, deployed_latency_ms=2.15, deployed_speedup=1.37)
+    assert disagreement({**base, **slower, "deployed_iqr_ms": 0.07}) is None
+    moved = dict(latency_ms=1.5, speedup=1.6, deployed_latency_ms=1.5, deployed_speedup=1.2)
+    why = disagreement({**base, **moved, "deployed_iqr_ms": 0.05})
+    assert why and "1.60x" in why and "1.20x" in why
+    noisy = {**base, **moved, "latency_iqr_ms": 0.4, "deployed_iqr_ms": 0.3}
+    assert disagreement(noisy) is None  # within the spread of two noisy measurements
+    other = {**base, **slower, "deployed_runtime": "onnxruntime", "deployed_iqr_ms": 0.07}
+    assert "searched under eager, deployed under onnxruntime" in disagreement(other)
