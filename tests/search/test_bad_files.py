@@ -196,3 +196,24 @@ def test_a_locked_database_is_reported_as_locked(net, db, tmp_path):
     assert out.returncode == 2 and "locked by another process" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
     assert digest(path) == before
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr")
+def test_a_read_only_database_is_named_before_any_work(capsys, net, db, tmp_path):
+    """A database the user cannot write: refused as read-only, with what to do, before a
+    trial runs; the file unchanged. (An immutable file is read-only even to root.)"""
+    ro = copy_db(db[0], tmp_path / "ro.db")
+    if os.geteuid() == 0:
+        made = subprocess.run(["chattr", "+i", str(ro)], capture_output=True)
+        if made.returncode:
+            pytest.skip("this file system cannot make a file immutable")
+    else:
+        ro.chmod(0o444)
+    before = digest(ro)
+    try:
+        args = ["search", "--supernet", net, "--storage", f"sqlite:///{ro}", "--study", "s"]
+        refused(capsys, [*args, "--trials", "5", "--no-progress"], "read-only", "writable")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(ro)], check=True)
+    assert digest(ro) == before
