@@ -60,6 +60,9 @@ class TrialLoop:
         self.beat = Heartbeat(storage)
         self._stale_checked = 0.0
         self._waiting_since: float | None = None
+        # how long running trials of other processes that never send a heartbeat (made by
+        # hand, or killed before their first) block the last places of the study
+        self.foreign_grace_s = 4 * HEARTBEAT_S
         self.known_complete = 0  # as of the last read, plus this process's since
         self.queue_empty = False  # no trial waits in the study's queue, as of the last read
         self._snapshot()
@@ -141,8 +144,12 @@ class TrialLoop:
             return True
         now = time.monotonic()
         self._waiting_since = self._waiting_since or now
-        foreign = any(t.trial_id not in self.beat.ids for t in running)
-        return foreign and now - self._waiting_since > 4 * HEARTBEAT_S
+        if now - self._waiting_since <= self.foreign_grace_s:
+            return False
+        # past the grace, foreign trials still running count as never completing; this
+        # process's own trials still do, so two trials are not started for one place
+        ours = [t for t in running if t.trial_id in self.beat.ids]
+        return self.known_complete + len(ours) < self.trials
 
     def _twin(self, number: int, key: str, snapshot: list) -> int | None:
         """An earlier trial (complete, or running ahead of this one) with the candidate of

@@ -16,11 +16,22 @@ import pytest
 import torch
 
 import vitpareto
-from tests.search.hostile import copy_db, digest, refused
+from tests.search.hostile import copy_db, digest, refused, searched, small_supernet
 from vitpareto.errors import VitParetoError
 from vitpareto.search import load_supernet
 from vitpareto.search.cli import main
 from vitpareto.search.supernet import SupernetTrainer, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return small_supernet(tmp_path_factory.mktemp("net") / "net.pt")
+
+
+@pytest.fixture(scope="module")
+def db(net, tmp_path_factory):
+    path = tmp_path_factory.mktemp("db") / "r.db"
+    return path, searched(net, path)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,19 @@ import time
 
 import pytest
 
-from tests.search.hostile import digest, refused, small_supernet
+from tests.search.hostile import digest, refused, searched, small_supernet
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return small_supernet(tmp_path_factory.mktemp("net") / "net.pt")
+
+
+@pytest.fixture(scope="module")
+def db(net, tmp_path_factory):
+    path = tmp_path_factory.mktemp("db") / "r.db"
+    return path, searched(net, path)
+
 
 TRAIN = ["train", "--model", "test_vit", "--dataset", "digits"]
 

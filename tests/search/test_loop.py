@@ -124,3 +124,24 @@ def test_every_process_joining_a_study_draws_its_own_candidates():
     assert creator == 3  # a study's creator is reproducible
     joiners = {sampler_seed(config, created=False, worker=w, trials=0) for w in range(4)}
     assert creator not in joiners and len(joiners) == 4
+
+
+def test_a_foreign_trial_without_heartbeat_never_lets_two_trials_take_one_place(net, tmp_path):
+    """A trial left running with no heartbeat (its process killed before its first beat,
+    or made by hand) stops blocking after a grace; then exactly the missing places are
+    started, however often a backend polls (Ray asks for a trial whenever a slot is free)."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    config = SearchConfig(**CONFIG)
+    study, storage = open_study(url, "f", net, config)
+    TrialLoop(study, storage, net.space, 2, config).run(fake_score)
+    study.ask()  # running forever, no heartbeat
+    loop = TrialLoop(study, storage, net.space, 3, config)
+    with loop.beat:
+        assert loop.start(wait=False) is None  # within the grace, the foreign trial may end
+        loop.foreign_grace_s = 0.0
+        first = loop.start(wait=False)
+        assert first is not None
+        assert loop.start(wait=False) is None  # one place left, and it is taken
+        assert loop.finish(first, fake_score(first.candidate))
+        assert loop.start(wait=False) is None and loop.done()
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
