@@ -21,7 +21,12 @@ from vitpareto.evaluators._data import (
     Data,
     load_data,
 )
-from vitpareto.evaluators._deployed import IMAGES_PER_ROUND, ExitPath, time_deployed
+from vitpareto.evaluators._deployed import (
+    IMAGES_PER_ROUND,
+    ExitPath,
+    first_images,
+    time_deployed,
+)
 from vitpareto.evaluators._latency import dynamic_latency, expected_latency
 from vitpareto.evaluators._latency_eval import LatencyEvaluator
 from vitpareto.evaluators._predictor import (
@@ -52,6 +57,7 @@ from vitpareto.evaluators._timing import (
 __all__ = [
     "DYNAMIC",
     "IMAGES_PER_ROUND",
+    "first_images",
     "DEFAULT_MEAN",
     "ExitPath",
     "check_runtime",

@@ -46,6 +46,19 @@ class ExitPath(nn.Module):
         return out, torch.stack(confidences)
 
 
+def first_images(loader, batch: int) -> torch.Tensor:
+    """The first validation images of ``loader``, as many as an exit policy is timed on at
+    batch size ``batch``: the same images for every candidate, the search and the export."""
+    need = max(batch, IMAGES_PER_ROUND)
+    chunks, n = [], 0
+    for x, _ in loader:
+        chunks.append(x)
+        n += len(x)
+        if n >= need:
+            break
+    return torch.cat(chunks)[:need]
+
+
 def batches_of(images: torch.Tensor, batch: int) -> list[torch.Tensor]:
     """``images`` cut into batches of ``batch`` (one round's worth, the last one full)."""
     rounds = max(1, math.ceil(IMAGES_PER_ROUND / batch))

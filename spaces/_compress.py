@@ -130,14 +130,6 @@ class CompressedViT(nn.Module):
         vit = self.vit
         return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
 
-    def forward_exit(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Logits of exit ``index``, running only the blocks before it: what a sample that
-        leaves there costs."""
-        x = self._stem(x)
-        for blk in self.vit.blocks[: self.exit_after[index]]:
-            x = blk(x)
-        return self.exit_heads[index](x)
-
     def forward_dynamic(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Multi-exit inference: each sample leaves at the first exit whose softmax
         confidence reaches the candidate's threshold, and later blocks run only on the

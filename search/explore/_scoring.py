@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from vitpareto.evaluators import (
-    IMAGES_PER_ROUND,
     AccuracyEvaluator,
     CostEvaluator,
     Evaluator,
     LatencyEvaluator,
     LatencyPredictor,
     PredictedLatencyEvaluator,
+    first_images,
 )
 from vitpareto.search.explore._config import SearchConfig
 from vitpareto.spaces import Candidate
@@ -90,16 +90,8 @@ def measured_latency(config: SearchConfig, images=None) -> LatencyEvaluator:
 
 
 def validation_images(data, config: SearchConfig):
-    """The first validation images, as many as an exit policy is timed on: the same images
-    for every candidate."""
-    need = max(config.latency_batch, IMAGES_PER_ROUND)
-    chunks, n = [], 0
-    for x, _ in data.val:
-        chunks.append(x)
-        n += len(x)
-        if n >= need:
-            break
-    return torch.cat(chunks)[:need]
+    """The validation images an exit policy is timed on in this search."""
+    return first_images(data.val, config.latency_batch)
 
 
 def latency_table(supernet, config: SearchConfig, tables: str = TABLES) -> LatencyPredictor:

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from vitpareto.errors import VitParetoError
-from vitpareto.evaluators import check_runtime, load_data, prepare, resolve_device, time_deployed
+from vitpareto.evaluators import (
+    check_runtime,
+    first_images,
+    load_data,
+    prepare,
+    resolve_device,
+    time_deployed,
+)
 from vitpareto.search.outputs._modeldir import load_model, read_config
 from vitpareto.spaces import Candidate, ElasticViT, check_recipe, create_model
 
@@ -100,12 +107,11 @@ def _relative(metrics: dict[str, Any], iqr: str, median: str) -> float:
     return (metrics.get(iqr) or 0.0) / m if m else 0.0
 
 
-def validation_images(spec: str | None, size: tuple[int, int], n: int) -> torch.Tensor | None:
-    """The first ``n`` validation images of a dataset spec (None without one)."""
+def validation_images(spec: str | None, size: tuple[int, int], batch: int) -> torch.Tensor | None:
+    """The validation images of a dataset spec an exit policy is timed on (None without one)."""
     if spec is None:
         return None
-    data = load_data(spec, size, batch_size=n)
-    return next(iter(data.val))[0]
+    return first_images(load_data(spec, size, batch_size=128).val, batch)
 
 
 def bench_dirs(
@@ -125,7 +131,7 @@ def bench_dirs(
         b = batch or stored.get("deployed_batch") or stored.get("batch_size") or 1
         model = load_model(d, device)
         reference = full_model(cfg["model"])
-        images = validation_images(dataset, image_size(model), max(b, 32))
+        images = validation_images(dataset, image_size(model), b)
         onnx = Path(d) / "model.onnx"
         got = measure_deployed(
             model, reference, rt, b, device, images, stored.get("exit_fraction"),

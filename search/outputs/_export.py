@@ -23,10 +23,10 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     DEFAULT_MEAN,
     DEFAULT_STD,
-    IMAGES_PER_ROUND,
     deployed,
     export_onnx,
     export_pt2,
+    first_images,
 )
 from vitpareto.search.explore import load_weights
 from vitpareto.search.outputs._bench import (
@@ -169,8 +169,7 @@ def deployed_timing(study, supernet, device: str = "cpu", repeats: int = 20):
     runtime, batch = config.get("runtime", "eager"), int(config.get("latency_batch", 1))
     if supernet is not None:
         reference = supernet.elastic.extract(Candidate.full(supernet.elastic.spec)).eval()
-        data = supernet.load_data(batch_size=max(batch, IMAGES_PER_ROUND))
-        images = next(iter(data.val))[0]
+        images = first_images(supernet.load_data(batch_size=128).val, batch)
     else:
         reference, images = full_model(study.user_attrs["model"]), None
     return lambda model, fraction: measure_deployed(
