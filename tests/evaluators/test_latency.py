@@ -63,17 +63,21 @@ def test_expected_latency_weights_segments_by_exit_distribution(elastic):
         ev(elastic, c, {"exit_fraction": [0.5, 0.5]})
 
 
+@pytest.mark.xdist_group("supernet")
 def test_expected_latency_agrees_with_real_dynamic_inference(elastic):
     c = Candidate.make(elastic, exits=(1,), exit_threshold=0.1)  # 10 classes: everyone leaves
     model = elastic.extract(c).eval()
     images = torch.randn(12, 3, 128, 128)
-    ms, fractions = dynamic_latency(model, images)
-    assert fractions == [1.0, 0.0]
-    r = LatencyEvaluator(batch_size=1, repeats=12, warmup=2)(
-        elastic, c, {"exit_fraction": fractions}
-    )
-    # the segment estimate and the real dynamic run, measured in the same process
-    assert 0.5 < r["latency_ms"] / ms < 2.0
+    ev = LatencyEvaluator(batch_size=1, repeats=12, warmup=2)
+    # the segment estimate and the real dynamic run, measured in turn in the same process; the
+    # median of five rounds' ratios, so that one stall of a shared machine decides nothing
+    ratios = []
+    for _ in range(5):
+        ms, fractions = dynamic_latency(model, images)
+        assert fractions == [1.0, 0.0]
+        r = ev(elastic, c, {"exit_fraction": fractions})
+        ratios.append(r["latency_ms"] / ms)
+    assert 0.5 < sorted(ratios)[2] < 2.0, ratios
 
 
 # timing claims need a quiet machine: run on the worker that holds the supernet trainings, so
