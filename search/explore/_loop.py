@@ -29,8 +29,9 @@ from vitpareto.search.explore._storage import HEARTBEAT_S
 from vitpareto.search.explore._study import WORKER
 from vitpareto.search.explore.internals import (
     active_trials,
-    ask,
-    suggest_buffered,
+    ask_suggest,
+    fast,
+    record_heartbeats,
     tell,
     trial_id,
     write_rows,
@@ -56,6 +57,7 @@ class TrialLoop:
         self.study, self.storage, self.space = study, storage, space
         self.trials, self.config = trials, config
         self.keys: dict[int, str | None] = {}  # trial number -> candidate key, once complete
+        self.mine: dict[int, str] = {}  # the same, of this process's running trials
         self.stood_down = 0
         self.beat = Heartbeat(storage)
         self._stale_checked = 0.0
@@ -75,11 +77,12 @@ class TrialLoop:
     def done(self) -> bool:
         return self.completed() >= self.trials
 
-    def _snapshot(self) -> list:
+    def _snapshot(self, asked: int | None = None) -> list:
         """The study's running, waiting and complete trials, read once for every check
-        below (parameters only of the trials whose candidates are not known yet)."""
+        below (parameters only of the trials whose candidates are not known yet: neither
+        complete and seen before, nor this process's, nor the trial numbered ``asked``)."""
         self._fail_stale()
-        rows = active_trials(self.storage, self.study, set(self.keys))
+        rows = active_trials(self.storage, self.study, {asked, *self.keys, *self.mine})
         self.known_complete = sum(r.state == TrialState.COMPLETE for r in rows)
         self.queue_empty = not any(r.state == TrialState.WAITING for r in rows)
         return rows
@@ -105,20 +108,29 @@ class TrialLoop:
                     time.sleep(0.5)
                     continue
                 return None
-            trial = ask(self.study, self.queue_empty)
-            self.beat.add(trial)
-            candidate, params = suggest_buffered(trial, self.space.suggest)
+            asked = ask_suggest(self.study, self.queue_empty, self.space.suggest)
+            trial, candidate = asked.trial, asked.result
+            # its first heartbeat goes with its parameters, unless it has to wait for them
+            self.beat.add(trial, now=not fast(self.storage))
             key = candidate_key(candidate)
-            while not self._needed(trial.number, snapshot := self._snapshot()):
+            while not self._needed(trial.number, snapshot := self._snapshot(trial.number)):
                 if not wait or self.known_complete >= self.trials:
-                    self._stand_down(trial, "the study has the trials it needs", params)
+                    self._stand_down(trial, "the study has the trials it needs", asked)
                     return None
+                self.beat.new.set()
                 time.sleep(0.5)
             twin = self._twin(trial.number, key, snapshot)
             if twin is None:
-                write_rows(self.storage, trial, params)
+                write_rows(
+                    self.storage,
+                    trial,
+                    asked.params,
+                    system_attrs=asked.system_attrs,
+                    heartbeat=True,
+                )
+                self.mine[trial.number] = key
                 return Started(trial, candidate, key)
-            self._stand_down(trial, f"trial {twin} has this candidate", params)
+            self._stand_down(trial, f"trial {twin} has this candidate", asked)
             self.stood_down += 1
             if self.stood_down >= MAX_STOOD_DOWN:
                 raise VitParetoError(
@@ -167,6 +179,8 @@ class TrialLoop:
     def _key(self, t) -> str | None:
         if t.number in self.keys:
             return self.keys[t.number]
+        if t.number in self.mine:
+            return self.mine[t.number]
         if t.params is None:
             return None
         try:
@@ -177,10 +191,13 @@ class TrialLoop:
             self.keys[t.number] = key
         return key
 
-    def _stand_down(self, trial, why: str, params=None) -> None:
-        rows = {"params": params or {}, "user_attrs": {"stood_down": why}}
+    def _stand_down(self, trial, why: str, asked=None) -> None:
+        rows = {"user_attrs": {"stood_down": why}}
+        if asked is not None:
+            rows.update(params=asked.params, system_attrs=asked.system_attrs)
         tell(self.study, trial, None, TrialState.PRUNED, self.storage, **rows)
         self.beat.remove(trial)
+        self.mine.pop(trial.number, None)
 
     def finish(self, started: Started, metrics: dict[str, Any], **extra: Any) -> bool:
         """Store a scored trial and tell its values; False when it stood down because a
@@ -196,6 +213,7 @@ class TrialLoop:
             values = self.config.values(metrics)
             tell(self.study, trial, values, TrialState.COMPLETE, self.storage, **rows)
             self.known_complete += 1
+            self.keys[trial.number] = started.key
         except optuna.exceptions.UpdateFinishedTrialError:
             # its heartbeat went stale (the database was out of reach) and another process
             # failed it: its candidate is free again, and the loop goes on
@@ -205,6 +223,7 @@ class TrialLoop:
             return False
         finally:
             self.beat.remove(trial)
+            self.mine.pop(trial.number, None)
         self.stood_down = 0
         return True
 
@@ -212,6 +231,7 @@ class TrialLoop:
         """Mark a trial failed (its candidate can be proposed again)."""
         self.study.tell(started.trial, state=TrialState.FAIL, skip_if_finished=True)
         self.beat.remove(started.trial)
+        self.mine.pop(started.trial.number, None)
 
     def run(self, score: Callable[[Candidate], dict], on_trial: Callable[[], None] = lambda: None):
         """Score trials in this process until the study is complete."""
@@ -239,11 +259,13 @@ class Heartbeat(threading.Thread):
         self.new = threading.Event()
         self.missed = 0
 
-    def add(self, trial) -> None:
-        """Beat for ``trial`` from now on (its first beat at once, off this thread)."""
+    def add(self, trial, now: bool = True) -> None:
+        """Beat for ``trial`` from now on (with ``now``, its first beat at once, off this
+        thread; else at the next interval, or sent by the caller)."""
         with self.lock:
             self.ids.add(trial_id(trial))
-        self.new.set()
+        if now:
+            self.new.set()
 
     def remove(self, trial) -> None:
         with self.lock:
@@ -252,13 +274,12 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         with self.lock:
             ids = list(self.ids)
-        for tid in ids:
-            try:
-                self.storage.record_heartbeat(tid)
-            except Exception as e:  # the database went away for a moment: beat next interval
-                self.missed += 1
-                if self.missed == 1:
-                    print(f"warning: a heartbeat was not recorded ({e}); retrying", file=sys.stderr)
+        try:
+            record_heartbeats(self.storage, ids)
+        except Exception as e:  # the database went away for a moment: beat next interval
+            self.missed += 1
+            if self.missed == 1:
+                print(f"warning: a heartbeat was not recorded ({e}); retrying", file=sys.stderr)
 
     def run(self) -> None:
         while not self.stop.is_set():
