@@ -46,7 +46,9 @@ def steady(study, since: float) -> tuple[int, float]:
 
 def run(backend: str, workers: int, latency: str, args, url: str, name: str) -> dict:
     net = load_supernet(args.supernet)
-    config = SearchConfig(latency=latency, max_batches=args.val_batches, threads=1)
+    config = SearchConfig(
+        latency=latency, max_batches=args.val_batches, threads=1, sampler=args.sampler
+    )
     start = time.time()
     if backend == "ray":
         ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
@@ -73,7 +75,7 @@ def db_cost(url: str, supernet, source, trials: int = 40) -> float:
     ask, suggest, the duplicate check, the parameters written) and finish (the duplicate
     check, the metrics of a real trial stored, tell), as the Ray driver runs it for every
     trial; the median of ``trials``."""
-    config = SearchConfig(latency="predicted", threads=1)
+    config = SearchConfig(latency="predicted", threads=1, sampler="nsga2")
     study, storage = open_study(url, f"db-{time.time_ns()}", supernet, config)
     metrics = {
         k: v
@@ -100,6 +102,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="runs per setting (default: 2)")
     p.add_argument("--val-batches", type=int, default=8, help="accuracy batches (default: 8)")
     p.add_argument("--postgres", help="a PostgreSQL URL, for its per-trial cost too")
+    p.add_argument("--sampler", default="nsga2", help="the searches' sampler (default: nsga2)")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
@@ -156,7 +159,8 @@ Model of throughput on N worker nodes of w CPUs (one trial per CPU), from these 
         f"{date.today()}, this machine: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}, torch "
         f"{torch.__version__}, optuna {optuna.__version__}, ray {ray.__version__}. Supernet "
-        f"{args.supernet.name} (Fashion-MNIST, benchmarks/fmnist), {args.trials} trials per run, "
+        f"{args.supernet.name} (Fashion-MNIST, benchmarks/fmnist), {args.trials} trials per run "
+        f"({args.sampler}), "
         f"accuracy on {args.val_batches} batches, latency at batch 1 on 1 thread.\n\n"
         + "\n".join(rows)
         + "\n"

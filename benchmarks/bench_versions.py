@@ -2,7 +2,8 @@
 
     git worktree add /tmp/before <commit>        # the version to compare against
     python benchmarks/bench_versions.py --before /tmp/before \\
-        --supernet results/fmnist_bench/supernet.pt [--trials 30] [--repeats 2]
+        --supernet results/fmnist_bench/supernet.pt [--trials 30] [--repeats 2] \\
+        [--search-args "--backend ray" --latencies measured --section bench_versions:ray]
 
 Each version runs `vitpareto search` through its own command line (the one interface every
 version shares), on the same supernet, interleaved (before, after, after, before, ...), with
@@ -47,11 +48,11 @@ def package(checkout: Path, into: Path) -> Path:
     return into
 
 
-def run(path: Path, supernet: Path, url: str, trials: int, latency: str, cwd: Path) -> None:
+def run(path: Path, supernet: Path, url: str, trials: int, latency: str, cwd: Path, extra=()):
     env = {**os.environ, "PYTHONPATH": str(path)}
     cmd = [sys.executable, "-m", "vitpareto.search.cli", "search", "--supernet", str(supernet),
            "--storage", url, "--study", "t", "--trials", str(trials), "--latency", latency,
-           "--no-progress"]  # fmt: skip
+           "--no-progress", *extra]  # fmt: skip
     out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
@@ -83,21 +84,26 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--label", default="", help="what the two versions are, for the table")
+    p.add_argument("--search-args", default="", help="more options for both searches")
+    p.add_argument("--latencies", default="predicted,measured", help="(default: both)")
+    p.add_argument("--section", default="bench_versions", help="where in RESULTS.md")
     args = p.parse_args()
+    latencies = args.latencies.split(",")
+    extra = args.search_args.split()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="bench-versions-"))
     paths = {v: package(getattr(args, v).resolve(), work / v) for v in ("before", "after")}
     got: dict[tuple, list[dict]] = {}
     for r in range(args.repeats):
         order = ("before", "after") if r % 2 == 0 else ("after", "before")
-        for latency in ("predicted", "measured"):
+        for latency in latencies:
             for v in order:
                 url = f"sqlite:///{work / f'{v}-{latency}-{r}.db'}"
-                run(paths[v], args.supernet.resolve(), url, args.trials, latency, work / v)
+                run(paths[v], args.supernet.resolve(), url, args.trials, latency, work / v, extra)
                 got.setdefault((latency, v), []).append(figures(url))
                 print(latency, v, got[(latency, v)][-1], flush=True)
     rows = ["| latency | figure | before | after | after / before |", "|---|---|---|---|---|"]
-    for latency in ("predicted", "measured"):
+    for latency in latencies:
         keys = list(got[(latency, "after")][0])
         for k in keys:
             med = {
@@ -113,9 +119,10 @@ def main() -> None:
         f"{date.today()}, {platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, optuna {optuna.__version__}. Supernet {args.supernet.name}, "
         f"{args.trials} trials per search, {args.repeats} interleaved repeats (medians), "
-        "accuracy on the whole validation set, latency at batch 1.\n\n" + "\n".join(rows)
+        f"accuracy on the whole validation set, latency at batch 1"
+        f"{'; options ' + args.search_args if args.search_args else ''}.\n\n" + "\n".join(rows)
     )
-    write_section("bench_versions", md)
+    write_section(args.section, md)
     print(md)
 
 

@@ -58,9 +58,9 @@ def run_demo(
         f"{last.get('smallest_accuracy', float('nan')):.3f} (validation set, shared weights)"
     )
 
-    step(f"2/5 search: {trials} trials, NSGA-II, latency measured here -> {db}")
     supernet = load_supernet(ckpt)
     config = SearchConfig(latency_batch=64)
+    step(f"2/5 search: {trials} trials, {config.sampler} sampler, latency measured here -> {db}")
     study = search(supernet, storage, "demo", trials, config)
     print(format_front(study))
 

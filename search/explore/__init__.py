@@ -17,9 +17,8 @@ from vitpareto.search.explore._pareto import (
     describe_reference,
     front_hypervolume,
     front_hypervolume_of,
-    hypervolume,
-    nondominated,
 )
+from vitpareto.search.explore._predictive import PredictorSampler
 from vitpareto.search.explore._ray import tune_space
 from vitpareto.search.explore._raybackend import RayBackend
 from vitpareto.search.explore._scoring import (
@@ -49,10 +48,12 @@ from vitpareto.search.explore._study import (
     SUFFIX,
     WORKER,
     front_study,
+    make_sampler,
     objectives_of,
     open_study,
     sampler_seed,
 )
+from vitpareto.search.explore._volume import hypervolume, nondominated
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -65,6 +66,7 @@ __all__ = [
     "Backend",
     "LocalBackend",
     "LocalFrontScorer",
+    "PredictorSampler",
     "ProcessBackend",
     "RayBackend",
     "Scorer",
@@ -83,6 +85,7 @@ __all__ = [
     "load_study",
     "load_weights",
     "make_backend",
+    "make_sampler",
     "make_scorer",
     "measured_latency",
     "needed",

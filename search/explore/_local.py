@@ -15,7 +15,12 @@ import torch
 from vitpareto.errors import VitParetoError
 from vitpareto.search.explore._backend import Backend
 from vitpareto.search.explore._loop import TrialLoop
-from vitpareto.search.explore._scoring import local_latency, make_scorer, validation_images
+from vitpareto.search.explore._scoring import (
+    local_latency,
+    make_scorer,
+    table_of,
+    validation_images,
+)
 from vitpareto.search.explore._study import open_study
 from vitpareto.search.supernet import load_supernet
 
@@ -30,7 +35,7 @@ class LocalBackend(Backend):
         latency = local_latency(supernet, config, images=validation_images(data, config))
         scorer = make_scorer(supernet, config, latency, data=data)
         elastic = supernet.elastic.eval()
-        loop = TrialLoop(study, storage, supernet.space, trials, config)
+        loop = TrialLoop(study, storage, supernet.space, trials, config, table_of(latency))
         loop.run(lambda candidate: scorer(elastic, candidate), on_trial=bar.refresh)
 
 
@@ -94,7 +99,7 @@ def _worker(path, url, name, trials, config, threads, lock, index, parent) -> No
     scorer = make_scorer(supernet, config, latency, data=data)
     elastic = supernet.elastic.eval()
     try:
-        TrialLoop(study, storage, supernet.space, trials, config).run(
+        TrialLoop(study, storage, supernet.space, trials, config, table_of(latency)).run(
             lambda candidate: scorer(elastic, candidate)
         )
     except KeyboardInterrupt:

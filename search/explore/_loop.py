@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from vitpareto.errors import VitParetoError
+from vitpareto.evaluators import analytic_macs
 from vitpareto.search.explore._config import SearchConfig
 from vitpareto.search.explore._scoring import candidate_key, trial_attrs
 from vitpareto.search.explore._storage import HEARTBEAT_S
@@ -53,9 +54,11 @@ class Started:
 class TrialLoop:
     """Runs the trials of ``study`` on ``space`` until ``trials`` are complete."""
 
-    def __init__(self, study, storage, space, trials: int, config: SearchConfig):
+    def __init__(self, study, storage, space, trials: int, config: SearchConfig, table=None):
         self.study, self.storage, self.space = study, storage, space
         self.trials, self.config = trials, config
+        self.table = table  # the latency table, where latency is predicted: checked up front
+        self.infeasible = 0  # proposals in a row over a budget, never scored
         self.keys: dict[int, str | None] = {}  # trial number -> candidate key, once complete
         self.mine: dict[int, str] = {}  # the same, of this process's running trials
         self.stood_down = 0
@@ -113,6 +116,11 @@ class TrialLoop:
             # its first heartbeat goes with its parameters, unless it has to wait for them
             self.beat.add(trial, now=not fast(self.storage))
             key = candidate_key(candidate)
+            why = self._over_budget(candidate)
+            if why is not None:
+                self._stand_down(trial, f"{why}: not scored", asked)
+                self._count_infeasible(why)
+                continue
             while not self._needed(trial.number, snapshot := self._snapshot(trial.number)):
                 if not wait or self.known_complete >= self.trials:
                     self._stand_down(trial, "the study has the trials it needs", asked)
@@ -120,6 +128,7 @@ class TrialLoop:
                 self.beat.new.set()
                 time.sleep(0.5)
             twin = self._twin(trial.number, key, snapshot)
+            self.infeasible = 0
             if twin is None:
                 write_rows(
                     self.storage,
@@ -139,6 +148,30 @@ class TrialLoop:
                     f"combinations) holds fewer new candidates than the {self.trials} trials "
                     "asked for; ask for fewer --trials or widen the space"
                 )
+
+    def _over_budget(self, candidate: Candidate) -> str | None:
+        """Why ``candidate`` cannot meet the constraints, known before it is scored: its
+        MACs (counted as the search counts them) or, from the latency table, the latency
+        of its fastest path."""
+        c = self.config
+        if c.max_macs is not None:
+            macs = analytic_macs(self.space.spec, candidate)
+            if macs > c.max_macs:
+                return f"{macs:,} MACs, over --max-macs {c.max_macs:,.0f}"
+        if c.max_latency_ms is not None and self.table is not None:
+            fastest = min(self.table.predict_segments(candidate))
+            if fastest > c.max_latency_ms:
+                return f"{fastest:.3g} ms predicted at best, over --max-latency-ms {c.max_latency_ms:g}"
+        return None
+
+    def _count_infeasible(self, why: str) -> None:
+        self.infeasible += 1
+        if self.infeasible >= MAX_STOOD_DOWN:
+            raise VitParetoError(
+                f"the sampler proposed {MAX_STOOD_DOWN} candidates in a row that cannot meet "
+                f"the constraints (the last: {why}); loosen --max-macs or --max-latency-ms, "
+                "or narrow the space to smaller candidates"
+            )
 
     def _needed(self, number: int | None, snapshot: list) -> bool:
         """Whether a trial (numbered ``number``) is still needed: not while trials running

@@ -116,7 +116,7 @@ class RayBackend(Backend):
         ray_module()
         from ray import tune
 
-        loop = TrialLoop(study, storage, supernet.space, trials, config)
+        loop = TrialLoop(study, storage, supernet.space, trials, config, self.table)
         ctx = {
             "holder": self.holder,
             "config": asdict(config),

@@ -114,6 +114,11 @@ def local_latency(
     return Locked(latency, lock) if lock else latency
 
 
+def table_of(latency: Evaluator) -> LatencyPredictor | None:
+    """The latency table behind a study's latency evaluator, where latency is predicted."""
+    return getattr(latency, "predictor", None)
+
+
 def reference_latency(latency: Evaluator, elastic) -> float:
     """The full model's latency as ``latency`` gives it: the hypervolume's reference."""
     return float(latency(elastic.eval(), Candidate.full(elastic.spec))["latency_ms"])

@@ -193,19 +193,37 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
         raise VitParetoError(f"storage {url!r}: {str(path)!r} holds no studies")
 
 
-def _tables(url: str, path: Path) -> set[str]:
-    """The tables of an SQLite file, read without writing (waiting while it is locked)."""
-    uri = path.resolve().as_uri() + "?mode=ro"  # as a URI: '#' and '?' in the path escaped
-    try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)) as db:
-            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            return {r[0] for r in rows}
-    except sqlite3.OperationalError as e:
-        raise VitParetoError(_operational(url, e)) from None
-    except sqlite3.DatabaseError as e:
-        raise VitParetoError(
-            f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
-        ) from None
+TRANSIENT = ("disk I/O error", "not a database", "malformed")  # see _tables
+
+
+def _tables(url: str, path: Path, attempts: int = 5) -> set[str]:
+    """The tables of an SQLite file, read without writing (waiting while it is locked).
+
+    A look at a database in write-ahead logging can fail ("disk I/O error", "file is not a
+    database", "malformed") while other processes write and checkpoint it (a search's
+    workers): such a failure is tried again, and reported only when it stays, so a
+    damaged file is still named as damaged."""
+    uri = path.resolve().as_uri()  # as a URI: '#' and '?' in the path escaped
+    if not Path(f"{path}-wal").exists():
+        # no write-ahead log: nothing writes it now, and a read-only look cannot change it;
+        # with a log, a plain connection takes part in its locking (a read-only one read
+        # pages in the middle of other processes' checkpoints) and still writes nothing
+        uri += "?mode=ro"
+    for attempt in range(attempts):
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)) as db:
+                rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                return {r[0] for r in rows}
+        except sqlite3.DatabaseError as e:
+            if any(t in str(e) for t in TRANSIENT) and attempt + 1 < attempts:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            if isinstance(e, sqlite3.OperationalError):
+                raise VitParetoError(_operational(url, e)) from None
+            raise VitParetoError(
+                f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
+            ) from None
+    return set()  # not reached: the last attempt returns or raises
 
 
 def _sqlite_pragmas(storage, write: bool) -> None:

@@ -22,6 +22,7 @@ import optuna
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import analytic_macs, count_params
 from vitpareto.search.explore._config import DIRECTIONS, SETTINGS, SearchConfig
+from vitpareto.search.explore._predictive import PredictorSampler
 from vitpareto.search.explore._storage import check_study_name, open_storage
 from vitpareto.search.explore.internals import storage_of
 from vitpareto.spaces import Candidate
@@ -52,15 +53,33 @@ def study_attrs(supernet, config: SearchConfig, target: Any) -> dict[str, Any]:
     }
 
 
+GRID_LIMIT = 1_000_000  # combinations Optuna's grid sampler holds in memory at once
+
+
 def make_sampler(config: SearchConfig, space, seed: int):
-    """Optuna's sampler; NSGA-II and TPE read the constraints each trial sets."""
+    """The study's sampler; each reads the constraints every trial sets."""
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=config.population, seed=seed)
     if config.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if config.sampler == "gp":  # Gaussian processes, expected hypervolume improvement
+        return optuna.samplers.GPSampler(seed=seed)
+    if config.sampler == "predictor":
+        return PredictorSampler(space, config, seed=seed)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    check_sampler(config, space)
     return optuna.samplers.GridSampler(space.params(), seed=seed)
+
+
+def check_sampler(config: SearchConfig, space) -> None:
+    """Refuse, before a study is opened, a grid the machine could not hold."""
+    if config.sampler == "grid" and space.size() > GRID_LIMIT:
+        raise VitParetoError(
+            f"--sampler grid enumerates every parameter combination, and this space has "
+            f"{space.size():,} (at most {GRID_LIMIT:,}): narrow the space or choose another "
+            "sampler"
+        )
 
 
 def sampler_seed(config: SearchConfig, created: bool, worker: int, trials: int) -> int:
@@ -85,6 +104,7 @@ def open_study(
     settings; returns ``(study, storage)``. ``extra``: more attributes for a new study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_study_name(name)
+    check_sampler(config, supernet.space)
     if name.endswith(SUFFIX):
         raise VitParetoError(
             f"study names ending in {SUFFIX} hold a search's second stage; use another --study"

@@ -77,12 +77,19 @@ def test_exact_count_same_records_no_twins_and_the_front(net, backend, tmp_path)
 
 def test_resume_after_sigkill_loses_nothing(net, backend, tmp_path):
     name, options = backend
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    cmd = search_cmd(net, url, "k", 10, *options)
+    kill_and_resume(search_cmd(net, f"sqlite:///{tmp_path / 'r.db'}", "k", 10, *options), 3)
+
+
+def kill_and_resume(cmd: list[str], kill_at: int) -> None:
+    """Run a search (``cmd``), SIGKILL it once ``kill_at`` trials are complete, run it
+    again: every trial completed before the kill is kept as it was, the study ends with
+    exactly the trials asked for, and no candidate is counted twice."""
+    url, name = cmd[cmd.index("--storage") + 1], cmd[cmd.index("--study") + 1]
+    trials = int(cmd[cmd.index("--trials") + 1])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     try:
-        while len(complete(url, "k")) < 3:
+        while len(complete(url, name)) < kill_at:
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.monotonic() < deadline, "no progress"
             time.sleep(0.3)
@@ -92,13 +99,13 @@ def test_resume_after_sigkill_loses_nothing(net, backend, tmp_path):
         if proc.poll() is None:
             proc.kill()
     time.sleep(3)  # workers that outlived their parent would go on completing trials
-    kept = {t.number: t.values for t in complete(url, "k")}
+    kept = {t.number: t.values for t in complete(url, name)}
     time.sleep(5)
-    assert {t.number for t in complete(url, "k")} == set(kept), "a worker outlived its parent"
+    assert {t.number for t in complete(url, name)} == set(kept), "a worker outlived its parent"
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    done = complete(url, "k")
-    assert len(done) == 10
+    done = complete(url, name)
+    assert len(done) == trials
     assert all(kept[t.number] == t.values for t in done if t.number in kept)
     assert set(kept) <= {t.number for t in done}
-    assert len(set(candidates(done))) == 10
+    assert len(set(candidates(done))) == trials

@@ -20,6 +20,7 @@ from tests.search.hostile import copy_db, digest, refused, searched, small_super
 from vitpareto.errors import VitParetoError
 from vitpareto.search import load_supernet
 from vitpareto.search.cli import main
+from vitpareto.search.explore import open_storage
 from vitpareto.search.supernet import SupernetTrainer, read_checkpoint
 
 
@@ -228,3 +229,22 @@ def test_a_read_only_database_is_named_before_any_work(capsys, net, db, tmp_path
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(ro)], check=True)
     assert digest(ro) == before
+
+
+def test_a_passing_disk_io_error_of_a_busy_database_is_tried_again(tmp_path, monkeypatch):
+    """A read-only look at a database in write-ahead logging can fail with "disk I/O error"
+    while another process's last connection closes: a search starting then goes on."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    optuna.create_study(storage=open_storage(url), study_name="s")
+    real, calls = sqlite3.connect, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", flaky)
+    storage = open_storage(url)
+    assert len(calls) >= 2 and calls[0] == calls[1]  # the look, failed once, then again
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
