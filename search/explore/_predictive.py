@@ -65,7 +65,7 @@ class PredictorSampler(BaseSampler):
         self._pending: list[dict] = []
         self._fitted_on = -1  # completed trials of the current round's fit
         self._figures: dict = {}
-        self._macs: dict[str, float] = {}  # candidate key -> MACs
+        self._decoded: dict[tuple, tuple[str, float]] = {}  # parameters -> (key, MACs)
 
     # -- Optuna's sampler interface -------------------------------------------------------
     def reseed_rng(self) -> None:
@@ -183,19 +183,26 @@ class PredictorSampler(BaseSampler):
     # -- features -------------------------------------------------------------------------
     def _features(self, params: dict) -> list[float]:
         """The parameters as numbers (a choice's value where choices are numbers, else its
-        index), then log MACs of the candidate they decode to (last)."""
+        index), then the MACs of the candidate they decode to (last)."""
         out = []
         for name, choices in self.params.items():
             v = params[name]
             out.append(float(v) if self.numeric[name] else float(choices.index(v)))
-        key = self._key(params)
-        if key not in self._macs:
-            self._macs[key] = float(analytic_macs(self.space.spec, self.space.decode(params)))
-        out.append(self._macs[key])
+        out.append(self._decode(params)[1])
         return out
 
     def _key(self, params: dict) -> str:
-        return candidate_key(self.space.decode(params))
+        return self._decode(params)[0]
+
+    def _decode(self, params: dict) -> tuple[str, float]:
+        """The candidate key and counted MACs of a parameter set, decoded once: the inner
+        search and every proposal's duplicate check see the same sets again and again."""
+        values = tuple(params[name] for name in self.params)
+        if values not in self._decoded:
+            candidate = self.space.decode(params)
+            macs = float(analytic_macs(self.space.spec, candidate))
+            self._decoded[values] = (candidate_key(candidate), macs)
+        return self._decoded[values]
 
     def _taken(self, study) -> set[str]:
         """Candidates of the study's complete and running trials."""
