@@ -104,7 +104,7 @@ def main() -> None:
                 print(latency, v, got[(latency, v)][-1], flush=True)
     rows = ["| latency | figure | before | after | after / before |", "|---|---|---|---|---|"]
     for latency in latencies:
-        keys = list(got[(latency, "after")][0])
+        keys = [k for k in got[(latency, "after")][0] if k in got[(latency, "before")][0]]
         for k in keys:
             med = {
                 v: statistics.median(x[k] for x in got[(latency, v)] if k in x)
