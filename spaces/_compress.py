@@ -35,6 +35,14 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return lin
 
 
+def _eager() -> bool:
+    """Whether this forward runs as plain Python, not captured into a graph (torch.export,
+    torch.compile, TorchScript tracing), where a branch on the data would be baked in."""
+    return not (
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    )
+
+
 class PrunedAttention(nn.Module):
     """Self-attention with ``heads`` heads, ``qk_dim`` q/k channels and ``head_dim`` value
     channels per head; the fused attention kernel does the work."""
@@ -137,8 +145,9 @@ class CompressedViT(nn.Module):
         (``len(exits)`` for the final head).
 
         Written with gathers and scatters of the rows still in (no Python branch on the
-        data), so that ``torch.export`` and ONNX export it as it runs: a batch whose
-        samples all left runs the later blocks on no rows."""
+        data inside a captured graph), so that ``torch.export`` and ONNX export it as it
+        runs: there a batch whose samples all left runs the later blocks on no rows; run
+        eagerly it returns at once, as the segment timings of the expected latency assume."""
         t = self.candidate.exit_threshold
         x = self._stem(x)
         n = x.shape[0]
@@ -158,6 +167,8 @@ class CompressedViT(nn.Module):
             where = where.index_put((rows,), torch.full_like(gone, e))
             stay = (~leave).nonzero().squeeze(1)
             x, alive = x.index_select(0, stay), alive.index_select(0, stay)
+            if _eager() and x.shape[0] == 0:
+                return logits, where  # nobody left: an eager run skips the blocks' dispatch
         for blk in self.vit.blocks[start:]:
             x = blk(x)
         out = self.vit.forward_head(self.vit.norm(x))

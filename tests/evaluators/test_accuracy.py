@@ -115,6 +115,25 @@ def test_policy_matches_forward_dynamic():
     assert m["accuracy"] == float((logits.argmax(-1) == labels).float().mean())
 
 
+def test_an_eager_dynamic_run_stops_when_every_sample_left():
+    # the expected latency times an exit's prefix alone; an eager run must cost the same,
+    # not dispatch the later blocks on no rows (exported graphs keep them: test_deployed)
+    torch.manual_seed(0)
+    elastic = ElasticViT(timm.create_model("test_vit", img_size=32, num_classes=10).eval())
+    ran = []
+    for threshold in (0.05, 1.0):  # 10 classes: everyone leaves after block 1; nobody does
+        model = elastic.extract(Candidate.make(elastic, exits=(1,), exit_threshold=threshold))
+        for i, blk in enumerate(model.eval().vit.blocks):
+            blk.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+        ran.clear()
+        with torch.no_grad():
+            logits, where = model.forward_dynamic(torch.randn(4, 3, 32, 32))
+        if threshold < 1:
+            assert ran == [0, 1] and where.tolist() == [0] * 4  # blocks 0 and 1, no more
+        else:
+            assert ran == list(range(6)) and where.tolist() == [1] * 4
+
+
 # -- a tiny model trained on digits ------------------------------------------------------------
 def _train_digits(seed: int = 0) -> torch.nn.Module:
     """A 3-block test_vit trained 2 epochs on the digits train split (about 4 s on one core)."""

@@ -77,7 +77,7 @@ def test_expected_latency_agrees_with_real_dynamic_inference(elastic):
         assert fractions == [1.0, 0.0]
         r = ev(elastic, c, {"exit_fraction": fractions})
         ratios.append(r["latency_ms"] / ms)
-    assert 0.5 < sorted(ratios)[2] < 2.0, ratios
+    assert 0.7 < sorted(ratios)[2] < 1.4, ratios
 
 
 # timing claims need a quiet machine: run on the worker that holds the supernet trainings, so
