@@ -41,6 +41,19 @@ def check_runtime(runtime: str, device: str | torch.device = "cpu") -> None:
         raise VitParetoError(f"runtime {runtime!r} runs on CUDA GPUs only; pass --device cuda")
 
 
+def _own_frame(model: nn.Module) -> Callable:
+    """``model``'s forward behind a code object of its own. Dynamo keeps compiled graphs per
+    code object, at most eight each, and every compressed model shares one forward: the
+    ninth model compiled in a process (a benchmark's showcase, a predictor's table) would
+    run eager without a word, and the others would check each other's guards on every call."""
+
+    def forward(x):
+        return model(x)
+
+    forward.__code__ = forward.__code__.replace(co_name=f"forward_{id(model):x}")
+    return forward
+
+
 def deployed(model: nn.Module) -> nn.Module:
     """What ships for ``model``: its exit policy when it has early exits, else itself."""
     return DeployedViT(model) if getattr(model, "exit_heads", None) else model
@@ -61,11 +74,8 @@ def prepare(
     if runtime == "eager":
         return model
     if runtime in ("compile", "cudagraphs"):
-        # every CompressedViT shares one forward: without a reset, dynamo's guards pile
-        # up across models until it hits its recompile limit and silently runs eager
-        torch._dynamo.reset()
         mode = "reduce-overhead" if runtime == "cudagraphs" else None
-        return torch.compile(model, dynamic=False, mode=mode)
+        return torch.compile(_own_frame(model), dynamic=False, mode=mode)
     if runtime == "tensorrt":
         import torch_tensorrt  # optional: checked above
 

@@ -144,6 +144,26 @@ def test_runtimes_agree_with_eager(runtime):
     assert torch.allclose(got, expected, atol=1e-4)
 
 
+def test_every_model_compiled_in_one_process_is_compiled():
+    # dynamo keeps at most eight graphs per code object and every compressed model shares one
+    # forward: a showcase of ten or a predictor's table must not run its ninth model eager
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    el = ElasticViT(timm.create_model("test_vit", img_size=32, num_classes=10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    models = [el.extract(Candidate.make(el, mlp=32 + 8 * i)).eval() for i in range(10)]
+    fns = [prepare(m, x, "compile") for m in models]
+    before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for m, fn in zip(models, fns, strict=True):
+            torch.testing.assert_close(fn(x), m(x), atol=1e-4, rtol=0)
+        assert counters["stats"]["unique_graphs"] - before == 10
+        for fn in fns:  # called again, interleaved as the timing loops do: nothing recompiles
+            fn(x)
+    assert counters["stats"]["unique_graphs"] - before == 10
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
