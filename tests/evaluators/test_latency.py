@@ -162,6 +162,12 @@ def test_every_model_compiled_in_one_process_is_compiled():
         for fn in fns:  # called again, interleaved as the timing loops do: nothing recompiles
             fn(x)
     assert counters["stats"]["unique_graphs"] - before == 10
+    # a search under torch.compile compiles each trial's candidate, its reference only once
+    ev = LatencyEvaluator(batch_size=1, repeats=2, warmup=1, runtime="compile")
+    before = counters["stats"]["unique_graphs"]
+    for i in range(2):
+        ev(el, Candidate.make(el, mlp=40 + 8 * i))
+    assert counters["stats"]["unique_graphs"] - before == 3  # two candidates, one reference
 
 
 @pytest.mark.parametrize(
