@@ -196,19 +196,21 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
 TRANSIENT = ("disk I/O error", "not a database", "malformed")  # see _tables
 
 
-def _tables(url: str, path: Path, attempts: int = 5) -> set[str]:
+def _tables(url: str, path: Path, attempts: int = 10) -> set[str]:
     """The tables of an SQLite file, read without writing (waiting while it is locked).
 
     A look at a database in write-ahead logging can fail ("disk I/O error", "file is not a
     database", "malformed") while other processes write and checkpoint it (a search's
-    workers): such a failure is tried again, and reported only when it stays, so a
-    damaged file is still named as damaged."""
+    workers; seen for seconds at a time with SQLite 3.40): such a failure is tried again
+    for about ten seconds, and reported only when it stays, so a damaged file is still
+    named as damaged. Without a log nothing writes the file, and a failure is final."""
     uri = path.resolve().as_uri()  # as a URI: '#' and '?' in the path escaped
     if not Path(f"{path}-wal").exists():
         # no write-ahead log: nothing writes it now, and a read-only look cannot change it;
         # with a log, a plain connection takes part in its locking (a read-only one read
         # pages in the middle of other processes' checkpoints) and still writes nothing
         uri += "?mode=ro"
+        attempts = 1
     for attempt in range(attempts):
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)) as db:
