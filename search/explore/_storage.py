@@ -184,6 +184,8 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
             f"storage {url!r}: {str(path)!r} is not an SQLite database; give another path"
         )
     tables = _tables(url, path)
+    if tables is None:  # in use by other processes: Optuna's opening reads it as they do
+        return
     if tables and not tables & _OPTUNA_TABLES:
         raise VitParetoError(
             f"storage {url!r}: {str(path)!r} is an SQLite database of another program "
@@ -196,28 +198,29 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
 TRANSIENT = ("disk I/O error", "not a database", "malformed")  # see _tables
 
 
-def _tables(url: str, path: Path, attempts: int = 10) -> set[str]:
-    """The tables of an SQLite file, read without writing (waiting while it is locked).
+def _tables(url: str, path: Path, attempts: int = 5) -> set[str] | None:
+    """The tables of an SQLite file, read without writing (waiting while it is locked);
+    None when a file in use could not be looked at (Optuna's own opening checks it then).
 
     A look at a database in write-ahead logging can fail ("disk I/O error", "file is not a
     database", "malformed") while other processes write and checkpoint it (a search's
-    workers; seen for seconds at a time with SQLite 3.40): such a failure is tried again
-    for about ten seconds, and reported only when it stays, so a damaged file is still
-    named as damaged. Without a log nothing writes the file, and a failure is final."""
+    workers; with SQLite 3.40 for ten seconds and more, on a file found intact afterwards):
+    such a failure is tried again, and a file in use is never called damaged for it.
+    Without a log nothing writes the file, and a failure is final."""
     uri = path.resolve().as_uri()  # as a URI: '#' and '?' in the path escaped
-    if not Path(f"{path}-wal").exists():
+    in_use = Path(f"{path}-wal").exists()
+    if not in_use:
         # no write-ahead log: nothing writes it now, and a read-only look cannot change it;
         # with a log, a plain connection takes part in its locking (a read-only one read
         # pages in the middle of other processes' checkpoints) and still writes nothing
         uri += "?mode=ro"
-        attempts = 1
-    for attempt in range(attempts):
+    for attempt in range(attempts if in_use else 1):
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)) as db:
                 rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
                 return {r[0] for r in rows}
         except sqlite3.DatabaseError as e:
-            if any(t in str(e) for t in TRANSIENT) and attempt + 1 < attempts:
+            if in_use and any(t in str(e) for t in TRANSIENT):
                 time.sleep(0.2 * (attempt + 1))
                 continue
             if isinstance(e, sqlite3.OperationalError):
@@ -225,7 +228,7 @@ def _tables(url: str, path: Path, attempts: int = 10) -> set[str]:
             raise VitParetoError(
                 f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
             ) from None
-    return set()  # not reached: the last attempt returns or raises
+    return None
 
 
 def _sqlite_pragmas(storage, write: bool) -> None:
