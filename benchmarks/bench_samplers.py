@@ -29,7 +29,13 @@ from optuna.trial import TrialState
 
 from vitpareto.evaluators import Evaluator, LatencyPredictor, PredictedLatencyEvaluator
 from vitpareto.search import SearchConfig, SupernetTrainer, TrainConfig, load_supernet
-from vitpareto.search.explore import TrialLoop, hypervolume, make_scorer, open_study
+from vitpareto.search.explore import (
+    TrialLoop,
+    enqueue_design,
+    hypervolume,
+    make_scorer,
+    open_study,
+)
 from vitpareto.spaces import Candidate, ElasticViT, JointSpace
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -100,6 +106,7 @@ def _search(job) -> None:
     lat, big = table()
     url = f"sqlite:///{WORK / 'searches.db'}"
     study, storage = open_study(url, f"{sampler}-{seed}", net, config)
+    enqueue_design(study, net.space, config, trials)  # as search() does for a new study
     scorer = make_scorer(net, config, AtFullSize(lat, big))
     elastic = net.elastic.eval()
     TrialLoop(study, storage, net.space, trials, config).run(lambda c: scorer(elastic, c))

@@ -224,16 +224,21 @@ class JointSpace:
     def smallest(self) -> Candidate:
         """The cheapest candidate: fewest heads, channels and tokens, the largest patch, every
         exit on (so that supernet training reaches every exit head)."""
+        return self._build(self.extreme_params())
+
+    def extreme_params(self, largest: bool = False) -> dict[str, Any]:
+        """The parameters of the cheapest candidate (``smallest``) or of the largest: most
+        heads, channels and tokens, the smallest patch, no exit."""
         values = {}
         for name, choices in self.params().items():
             knob = name.split(".")[0]
-            if knob in ("patch_size", "exit", "exit_threshold"):
-                values[name] = max(choices)
-            elif knob == "fuse":
+            if knob == "fuse":
                 values[name] = choices[0]
+            elif knob in ("patch_size", "exit", "exit_threshold"):
+                values[name] = min(choices) if largest else max(choices)
             else:
-                values[name] = min(choices)
-        return self._build(values)
+                values[name] = max(choices) if largest else min(choices)
+        return values
 
     # -- read / write ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -50,9 +50,11 @@ def add_parsers(sub) -> None:
         choices=SAMPLERS,
         help="gp: Gaussian processes (Optuna's, expected hypervolume improvement); predictor: "
         "regressors fitted on the trials so far propose each batch; tpe; nsga2; random; grid. "
-        "Default gp: it reached random search's 200-trial hypervolume in 50 trials on both "
-        "spaces of benchmarks/RESULTS.md (tpe: 50 and more than 50, nsga2: 100 and more than "
-        "50), at about 0.7 s per proposal (tpe 0.01 s): for thousands of cheap trials, tpe",
+        "gp, tpe, predictor and nsga2 start a new study from a design of ten (the cheapest "
+        "and the largest candidate, eight between, spread over MACs), which passed random "
+        "search's 200-trial hypervolume within 10 trials on the Fashion-MNIST space of "
+        "benchmarks/RESULTS.md. Default gp: the best front on deit_small shapes; about 0.7 s "
+        "per proposal (tpe 0.01 s): for thousands of cheap trials, tpe",
     )
     s.add_argument(
         "--device",

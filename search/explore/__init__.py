@@ -10,6 +10,7 @@ from vitpareto.search.explore._config import (
     SETTINGS,
     SearchConfig,
 )
+from vitpareto.search.explore._design import enqueue_design, initial_design
 from vitpareto.search.explore._front import LocalFrontScorer, load_weights, weights_blob
 from vitpareto.search.explore._local import LocalBackend, ProcessBackend
 from vitpareto.search.explore._loop import Started, TrialLoop
@@ -76,11 +77,13 @@ __all__ = [
     "candidate_key",
     "check_study_name",
     "default_artifacts",
+    "enqueue_design",
     "describe_reference",
     "front_hypervolume",
     "front_hypervolume_of",
     "front_study",
     "hypervolume",
+    "initial_design",
     "latency_table",
     "load_study",
     "load_weights",

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from vitpareto.errors import VitParetoError
 from vitpareto.search.explore._backend import Backend
 from vitpareto.search.explore._config import SearchConfig
+from vitpareto.search.explore._design import enqueue_design
 from vitpareto.search.explore._front import store_weights
 from vitpareto.search.explore._local import LocalBackend, ProcessBackend
 from vitpareto.search.explore._progress import SearchProgress
@@ -62,6 +63,7 @@ def search(
             latency = backend.latency(supernet, config)
             full["latency_ms"] = reference_latency(latency, supernet.elastic)
             study.set_user_attr("full", full)
+        enqueue_design(study, supernet.space, config, trials)  # a new study's first trials
         with SearchProgress(study, trials, config.objectives, enabled=progress) as bar:
             backend.run(study, storage, supernet, trials, config, bar)
     return study

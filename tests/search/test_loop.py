@@ -20,7 +20,7 @@ from vitpareto.search import (
     rescore_front,
     search,
 )
-from vitpareto.search.explore import TrialLoop, open_study, sampler_seed
+from vitpareto.search.explore import TrialLoop, initial_design, open_study, sampler_seed
 from vitpareto.spaces import JointSpace
 
 # 8 parameter sets, 4 candidates: heads 0 leaves no attention to keep tokens by (keep 1.0),
@@ -145,3 +145,19 @@ def test_a_foreign_trial_without_heartbeat_never_lets_two_trials_take_one_place(
         assert loop.finish(first, fake_score(first.candidate))
         assert loop.start(wait=False) is None and loop.done()
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+
+
+@pytest.mark.parametrize("sampler", ["gp", "random"])
+def test_a_new_study_of_a_modelling_sampler_starts_from_the_design(net, tmp_path, sampler):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    config = SearchConfig(**{**CONFIG, "sampler": sampler})
+    study = search(net, url, "d", 3, config, progress=False)
+    first = [t.params for t in sorted(study.get_trials(), key=lambda t: t.number)]
+    design = initial_design(net.space, 3, seed=0)
+    if sampler == "gp":  # the cheapest, the largest, one between; nothing left queued
+        assert first == design and net.space.decode(first[0]) == net.space.smallest()
+    else:  # random search keeps its own definition
+        assert not any(t.system_attrs.get("fixed_params") for t in study.get_trials())
+    search(net, url, "d", 4, config, progress=False)  # a resumed study queues nothing more
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert not study.get_trials(states=(TrialState.WAITING,))

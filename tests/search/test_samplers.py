@@ -22,6 +22,7 @@ from vitpareto.search.explore import (
     TrialLoop,
     candidate_key,
     hypervolume,
+    initial_design,
     make_sampler,
     open_storage,
 )
@@ -133,3 +134,21 @@ def test_the_predictor_sampler_is_stateless_between_processes(space, tmp_path):
     a._round(study, complete)
     b._round(study, complete)
     assert a._pending == b._pending and a._pending
+
+
+def test_the_initial_design_spans_the_cost_axis_from_its_cheapest_candidate(space):
+    design = initial_design(space, 10, seed=0)
+    cands = [space.decode(p) for p in design]
+    macs = [analytic_macs(space.spec, c) for c in cands]
+    assert len({candidate_key(c) for c in cands}) == 10  # distinct candidates
+    assert cands[0] == space.smallest() and macs[0] == min(macs)  # both ends
+    assert cands[1] == space.decode(space.extreme_params(largest=True)) and macs[1] == max(macs)
+    inner = macs[2:]
+    assert inner == sorted(inner) and macs[0] < inner[0] and inner[-1] < macs[1]
+    # as many points in the cheaper half of log-MACs as in the dearer: the cheap end is covered
+    mid = (np.log(macs[0]) + np.log(macs[1])) / 2
+    assert sum(np.log(m) < mid for m in inner) >= 3
+    assert initial_design(space, 10, seed=0) == design  # deterministic in the seed
+    capped = initial_design(space, 10, seed=0, max_macs=macs[4])
+    assert all(analytic_macs(space.spec, space.decode(p)) <= macs[4] for p in capped)
+    assert initial_design(space, 0, seed=0) == []
