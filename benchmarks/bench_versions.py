@@ -9,7 +9,9 @@ Each version runs `vitpareto search` through its own command line (the one inter
 version shares), on the same supernet, interleaved (before, after, after, before, ...), with
 latency predicted and measured. The figures come from what each search stored: trials per
 minute from the first to the last completion, and each trial's seconds by stage (cost,
-accuracy, latency, and the rest: sampler, database, bookkeeping). Medians over repeats.
+accuracy, latency, and the rest: sampler, database, bookkeeping), and the CPU seconds the
+whole search spent by process role (the driver, Ray's trial workers and services; Linux).
+Medians over repeats.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from datetime import date
@@ -29,6 +30,7 @@ import torch
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _proc import run_sampled  # noqa: E402
 from _results import write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1]
@@ -53,9 +55,10 @@ def run(path: Path, supernet: Path, url: str, trials: int, latency: str, cwd: Pa
     cmd = [sys.executable, "-m", "vitpareto.search.cli", "search", "--supernet", str(supernet),
            "--storage", url, "--study", "t", "--trials", str(trials), "--latency", latency,
            "--no-progress", *extra]  # fmt: skip
-    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    out, cpu = run_sampled(cmd, env, cwd)
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
+    return {f"{role} CPU s": seconds for role, seconds in sorted(cpu.items())}
 
 
 def figures(url: str) -> dict[str, float]:
@@ -99,8 +102,10 @@ def main() -> None:
         for latency in latencies:
             for v in order:
                 url = f"sqlite:///{work / f'{v}-{latency}-{r}.db'}"
-                run(paths[v], args.supernet.resolve(), url, args.trials, latency, work / v, extra)
-                got.setdefault((latency, v), []).append(figures(url))
+                cpu = run(
+                    paths[v], args.supernet.resolve(), url, args.trials, latency, work / v, extra
+                )
+                got.setdefault((latency, v), []).append({**figures(url), **cpu})
                 print(latency, v, got[(latency, v)][-1], flush=True)
     rows = ["| latency | figure | before | after | after / before |", "|---|---|---|---|---|"]
     for latency in latencies:
