@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,29 +27,54 @@ def _role(pid: int, cmdline: str, driver: int) -> str | None:
     return None
 
 
-def _cpu_seconds(pid: str) -> float:
+def _stat(pid: str) -> tuple[int, float]:
+    """A process's parent and its CPU seconds (user + system)."""
     fields = (PROC / pid / "stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_sampled(cmd: list[str], env: dict, cwd: Path, every: float = 0.5):
     """Run ``cmd``; return its completed process and the CPU seconds by role (driver, trial
-    workers, Ray services), each process's last reading before it ended."""
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    last: dict[int, tuple[str, float]] = {}
-    while proc.poll() is None:
-        for pid in (p.name for p in PROC.iterdir() if p.name.isdigit()) if PROC.is_dir() else ():
-            try:
-                cmdline = (PROC / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                role = _role(int(pid), cmdline, proc.pid)
-                if role:
-                    last[int(pid)] = (role, _cpu_seconds(pid))
-            except (OSError, ValueError, IndexError):  # it ended while being read
-                continue
-        time.sleep(every)
-    out, err = proc.communicate()
+    workers, Ray services) of it and its descendants, each process's last reading before
+    it ended (a process shorter than ``every`` can be missed)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
+        last: dict[int, tuple[str, float]] = {}
+        while proc.poll() is None:
+            _sample(proc.pid, last)
+            time.sleep(every)
+        out.seek(0), err.seek(0)
+        done = subprocess.CompletedProcess(
+            cmd,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
     roles: dict[str, float] = {}
     for role, seconds in last.values():
         roles[role] = roles.get(role, 0.0) + seconds
-    done = subprocess.CompletedProcess(cmd, proc.returncode, out.decode(), err.decode())
     return done, roles
+
+
+def _sample(root: int, last: dict[int, tuple[str, float]]) -> None:
+    """Read the CPU seconds of ``root`` and its descendants into ``last``."""
+    if not PROC.is_dir():
+        return
+    stats, cmdlines = {}, {}
+    for p in PROC.iterdir():
+        if p.name.isdigit():
+            try:
+                stats[int(p.name)] = _stat(p.name)
+                cmdlines[int(p.name)] = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ValueError, IndexError):  # it ended while being read
+                continue
+    family = {root}
+    grew = True
+    while grew:  # descendants: a parent in the family
+        new = {pid for pid, (ppid, _) in stats.items() if ppid in family} - family
+        family |= new
+        grew = bool(new)
+    for pid in family & stats.keys():
+        role = _role(pid, cmdlines.get(pid, ""), root)
+        if role:
+            last[pid] = (role, stats[pid][1])

@@ -74,8 +74,16 @@ class LatencyEvaluator(Evaluator):
 
     def _reference_fn(self, elastic: ElasticViT, x: torch.Tensor):
         # built once per supernet: a compiled reference stays compiled (each model compiled
-        # has a forward of its own, see ``prepare``), so a trial compiles its candidate only
-        if self._reference is None or self._reference[0] != id(elastic):
+        # has a forward of its own, see ``prepare``), so a trial compiles its candidate only.
+        # Under CUDA graphs every trial starts afresh: dynamo's reset is what frees the
+        # graph trees of the trials before, which would otherwise grow for the whole search
+        if self.runtime == "cudagraphs":
+            torch._dynamo.reset()
+        if (
+            self._reference is None
+            or self._reference[0] != id(elastic)
+            or self.runtime == "cudagraphs"
+        ):
             full = elastic.extract(Candidate.full(elastic.spec)).to(self.device)
             self._reference = (id(elastic), prepare(full, x, self.runtime))
         return self._reference[1]

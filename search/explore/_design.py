@@ -20,7 +20,7 @@ from vitpareto.search.explore._config import SearchConfig
 from vitpareto.search.explore._scoring import candidate_key
 
 DESIGNED = ("gp", "tpe", "predictor", "nsga2")  # the samplers whose start is this design
-SIZE = 10  # each of them models the trials once ten are complete (NSGA-II: its population)
+SIZE = 10  # GP and TPE model the trials once ten are complete (NSGA-II: its first generation)
 POOL = 40  # random parameter sets drawn per design point, to spread over MACs
 
 

@@ -90,6 +90,8 @@ def open_storage(url: str, create: bool = True, write: bool = True):
             racing = "locked" in str(e) or "already exists" in str(e)
             if not racing or attempt == 5:
                 raise VitParetoError(_operational(url, e)) from None
+        except sqlalchemy.exc.DatabaseError as e:  # "malformed", "not a database": damaged
+            raise VitParetoError(_operational(url, e)) from None
         except ImportError as e:
             hint = "pip install 'vitpareto[postgres]'" if url.startswith("postgres") else str(e)
             raise VitParetoError(f"storage {url!r} needs a database driver: {hint}") from None

@@ -169,6 +169,9 @@ def test_what_is_wrong_with_a_database_is_named(capsys, db, tmp_path):
     damaged = tmp_path / "damaged.db"
     damaged.write_bytes(copy_db(db[0], tmp_path / "c.db").read_bytes()[:100] + b"\0" * 5000)
     refused(capsys, [*q, f"sqlite:///{damaged}"], "damaged")
+    # a crash leaves the write-ahead log behind, and a crash is how files get damaged
+    (tmp_path / "damaged.db-wal").write_bytes(b"")
+    refused(capsys, [*q, f"sqlite:///{damaged}"], "damaged", "restore it from a copy")
     other = tmp_path / "other.db"
     _sql(other, "CREATE TABLE t (x)")
     refused(capsys, [*q, f"sqlite:///{other}"], "another program")
