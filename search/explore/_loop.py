@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
 
 from vitpareto.errors import VitParetoError
@@ -131,20 +130,13 @@ class TrialLoop:
             twin = self._twin(trial.number, key, snapshot)
             self.infeasible = 0
             if twin is None:
-                try:
-                    write_rows(
-                        self.storage,
-                        trial,
-                        asked.params,
-                        system_attrs=asked.system_attrs,
-                        heartbeat=True,
-                        owner=f"{WORKER}:{id(self):x}",
-                    )
-                except sqlalchemy.exc.IntegrityError:
-                    # another process popped the same queued trial (SQLite locks no row)
-                    # and started it first: it is theirs; ask again
-                    self.beat.remove(trial)
-                    continue
+                write_rows(
+                    self.storage,
+                    trial,
+                    asked.params,
+                    system_attrs=asked.system_attrs,
+                    heartbeat=True,
+                )
                 self.mine[trial.number] = key
                 return Started(trial, candidate, key)
             self._stand_down(trial, f"trial {twin} has this candidate", asked)

@@ -63,7 +63,10 @@ def search(
             latency = backend.latency(supernet, config)
             full["latency_ms"] = reference_latency(latency, supernet.elastic)
             study.set_user_attr("full", full)
-        enqueue_design(study, supernet.space, config, trials)  # a new study's first trials
+        if not isinstance(backend, ProcessBackend):
+            # a new study's first trials; not with worker processes, whose trial loops count
+            # the running trials ahead of theirs by number, which a queued trial breaks
+            enqueue_design(study, supernet.space, config, trials)
         with SearchProgress(study, trials, config.objectives, enabled=progress) as bar:
             backend.run(study, storage, supernet, trials, config, bar)
     return study

@@ -161,32 +161,3 @@ def test_a_new_study_of_a_modelling_sampler_starts_from_the_design(net, tmp_path
     search(net, url, "d", 4, config, progress=False)  # a resumed study queues nothing more
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     assert not study.get_trials(states=(TrialState.WAITING,))
-
-
-def test_a_queued_trial_popped_by_two_processes_is_scored_by_one(net, tmp_path, monkeypatch):
-    # SQLite locks no row: two processes can both pop the same queued trial (the initial
-    # design puts ten in every new study); the one that writes its parameters second asks
-    # again, and the trial is scored once
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    config = SearchConfig(**CONFIG)
-    study, storage = open_study(url, "q", net, config)
-    study.enqueue_trial({"heads": 1, "keep.b0": 0.5, "fuse": False})
-    first = TrialLoop(study, storage, net.space, 4, config)
-    taken = first.start()
-    assert taken.trial.params == {"heads": 1, "keep.b0": 0.5, "fuse": False}
-    real, popped = optuna.Study._pop_waiting_trial_id, []
-
-    def pop_the_same(self):  # the race: the other process read it as waiting too
-        if not popped:
-            popped.append(taken.trial._trial_id)
-            storage.set_trial_state_values(taken.trial._trial_id, TrialState.RUNNING)
-            return taken.trial._trial_id
-        return real(self)
-
-    monkeypatch.setattr(optuna.Study, "_pop_waiting_trial_id", pop_the_same)
-    second = TrialLoop(study, storage, net.space, 4, config)
-    second.queue_empty = False  # it saw the queued trial
-    other = second.start()
-    assert popped and other.trial.number != taken.trial.number
-    assert taken.trial._trial_id not in second.beat.ids
-    assert study.trials[taken.trial.number].params == taken.trial.params  # untouched

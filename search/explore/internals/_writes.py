@@ -27,9 +27,6 @@ from vitpareto.search.explore.internals._reads import (
 CONSTRAINTS = "constraints"  # the system attribute Optuna's samplers read constraints from
 
 
-OWNER = "vitpareto:owner"  # the process that runs a trial, written once when it starts
-
-
 def write_rows(
     storage,
     trial,
@@ -39,17 +36,13 @@ def write_rows(
     finish: tuple[TrialState, list[float] | None] | None = None,
     system_attrs: Mapping[str, Any] = (),
     heartbeat: bool = False,
-    owner: str | None = None,
 ) -> None:
     """Write a running trial's parameters, user attributes, constraints, system attributes,
     with ``heartbeat`` a heartbeat and, with ``finish`` (state, values), its end, in one
-    transaction (``storage``: the RDB storage under the study). ``owner`` (when a trial
-    starts) claims it: an IntegrityError says another process holds it. Call the sampler's
+    transaction (``storage``: the RDB storage under the study). Call the sampler's
     ``after_trial`` first, as ``tell`` does (``tell`` below does both)."""
     params, user_attrs, system_attrs = dict(params), dict(user_attrs), dict(system_attrs)
     if not fast(storage):
-        if owner is not None:
-            system_attrs[OWNER] = owner
         for name, (internal, dist) in params.items():
             trial.storage.set_trial_param(trial_id(trial), name, internal, dist)
         for k, v in user_attrs.items():
@@ -71,15 +64,8 @@ def write_rows(
     system = [  # constraints as Trial.set_constraint stores them
         {"trial_id": tid, "key": k, "value_json": json.dumps(v)} for k, v in system_attrs.items()
     ]
-    # with ``owner``, one row only one writer can insert: a second process that popped the
-    # same queued trial (SQLite locks no row) gets the IntegrityError, not a silent no-op
-    with _create_scoped_session(storage.scoped_session, owner is None) as session:
+    with _create_scoped_session(storage.scoped_session, True) as session:
         _claim(session, storage, tid, finish[0] if finish is not None else None)
-        if owner is not None:
-            session.execute(
-                sqlalchemy.insert(_models.TrialSystemAttributeModel.__table__),
-                [{"trial_id": tid, "key": OWNER, "value_json": json.dumps(owner)}],
-            )
         if params:
             session.execute(
                 sqlalchemy.insert(_models.TrialParamModel.__table__),
