@@ -43,6 +43,8 @@ MAX_STOOD_DOWN = 100  # proposals in a row already searched: the space is used u
 
 
 @dataclass
+STUCK = 5  # twins in a row after which the next candidate is drawn at random
+
 class Started:
     """A claimed trial and its candidate, to be scored and then finished."""
 
@@ -111,7 +113,15 @@ class TrialLoop:
                     time.sleep(0.5)
                     continue
                 return None
-            asked = ask_suggest(self.study, self.queue_empty, self.space.suggest)
+            sampler = self.study.sampler
+            if self.stood_down >= STUCK:
+                # a model-based sampler can keep proposing a searched candidate (its best
+                # by the model; the stood-down twins teach it nothing): draw one at random
+                self.study.sampler = optuna.samplers.RandomSampler(seed=self.stood_down)
+            try:
+                asked = ask_suggest(self.study, self.queue_empty, self.space.suggest)
+            finally:
+                self.study.sampler = sampler
             trial, candidate = asked.trial, asked.result
             # its first heartbeat goes with its parameters, unless it has to wait for them
             self.beat.add(trial, now=not fast(self.storage))
