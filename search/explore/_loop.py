@@ -40,11 +40,10 @@ from vitpareto.search.explore.internals import (
 from vitpareto.spaces import Candidate
 
 MAX_STOOD_DOWN = 100  # proposals in a row already searched: the space is used up
+STUCK = 5  # twins in a row after which the next candidate is drawn at random
 
 
 @dataclass
-STUCK = 5  # twins in a row after which the next candidate is drawn at random
-
 class Started:
     """A claimed trial and its candidate, to be scored and then finished."""
 

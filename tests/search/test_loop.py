@@ -161,3 +161,27 @@ def test_a_new_study_of_a_modelling_sampler_starts_from_the_design(net, tmp_path
     search(net, url, "d", 4, config, progress=False)  # a resumed study queues nothing more
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+class _Stuck(optuna.samplers.BaseSampler):
+    """Always proposes the same candidate, as a model can keep proposing its best."""
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):
+        return distribution.choices[0]
+
+
+def test_a_sampler_stuck_on_a_searched_candidate_is_helped_out(net, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    config = SearchConfig(**CONFIG)
+    study, storage = open_study(url, "stuck", net, config)
+    study.sampler = _Stuck()
+    TrialLoop(study, storage, net.space, 3, config).run(fake_score)  # no "used up" error
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3 and len({net.space.decode(t.params) for t in done}) == 3
+    assert isinstance(study.sampler, _Stuck)  # its own sampler is back
