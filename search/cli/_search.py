@@ -52,8 +52,7 @@ def add_parsers(sub) -> None:
         "regressors fitted on the trials so far propose each batch; tpe; nsga2; random; grid. "
         "gp, tpe, predictor and nsga2 start a new study (without --jobs) from a design of ten "
         "(the cheapest and the largest candidate, eight between, spread over MACs), which "
-        "passed random "
-        "search's 200-trial hypervolume within 10 trials on the Fashion-MNIST space of "
+        "passed random search's 200-trial hypervolume within 10 trials on the Fashion-MNIST space of "
         "benchmarks/RESULTS.md. Default gp: the best front on deit_small shapes; about 0.7 s "
         "per proposal (tpe 0.01 s): for thousands of cheap trials, tpe",
     )

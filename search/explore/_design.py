@@ -45,16 +45,14 @@ def initial_design(space, n: int, seed: int, max_macs: float | None = None) -> l
         return []
     chosen = [k for k in (candidate_key(space.decode(e)) for e in ends) if k in costed]
     rest = [k for k in costed if k not in chosen]
-    lo, hi = (
-        math.log(max(1, costed[k][0]))
-        for k in (min(costed, key=lambda k: costed[k][0]), max(costed, key=lambda k: costed[k][0]))
-    )
+    logs = {k: math.log(max(1, macs)) for k, (macs, _) in costed.items()}
+    lo, hi = min(logs.values()), max(logs.values())
     inner = n - len(chosen)
     for i in range(inner):  # targets evenly spaced in log-MACs: as many near the cheap end
         if not rest:
             break
         target = lo + (i + 1) * (hi - lo) / (inner + 1)
-        best = min(rest, key=lambda k: abs(math.log(max(1, costed[k][0])) - target))
+        best = min(rest, key=lambda k: abs(logs[k] - target))
         rest.remove(best)
         chosen.append(best)
     return [costed[k][1] for k in chosen[:n]]
