@@ -92,7 +92,8 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--plain",
         action="store_true",
-        help="train the full model alone (no sandwich rule): the normal-training baseline",
+        help="train the full model alone on the labels (no sandwich rule, no exit heads): the "
+        "normal-training baseline",
     )
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="epochs (default: 10)")

@@ -105,7 +105,9 @@ class SupernetTrainer:
         self.step, self.epoch, self.history = 0, 0, []
         self.seconds = 0.0
         self.sha256: str | None = None
-        exits = sorted(int(b) for b in elastic.exit_heads)
+        # the plain baseline trains the full model alone: exit heads distilled from it would
+        # send their gradients into the backbone, which normal training does not
+        exits = sorted(int(b) for b in elastic.exit_heads) if config.sandwich else []
         self.teacher = Candidate.full(elastic.spec).replace(exits=tuple(exits))
         self.smallest = self.space.smallest()
 
@@ -201,7 +203,8 @@ class SupernetTrainer:
             outs = self.elastic.forward_exits(x, self.teacher)
             teacher = outs[-1].detach()
             loss = mixed_loss(outs[-1:], y, None, *loss_args)
-            loss = loss + mixed_loss(outs[:-1], y, teacher, *loss_args)
+            if len(outs) > 1:
+                loss = loss + mixed_loss(outs[:-1], y, teacher, *loss_args)
         loss.backward()
         total = loss.detach()
         for student in self._students(rng):

@@ -3,11 +3,13 @@ resume, trustworthy checkpoints, and fine-tuning that repairs a cut candidate.""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitpareto.evaluators import AccuracyEvaluator
 from vitpareto.search.outputs import load_model, save_finetuned
@@ -77,6 +79,21 @@ def test_every_candidate_is_good_on_shared_weights(supernet, plain):
         r = val(net.elastic, c)
         assert r["accuracy"] >= 0.6, (c, r)
         assert all(a >= 0.3 for a in r["exit_accuracy"][:-1]), r["exit_accuracy"]
+
+
+def test_plain_training_trains_the_full_model_alone():
+    """``sandwich=False`` (``train --plain``) is normal training: the gradient is that of the
+    timm model's own cross-entropy on the labels, and no exit head learns or sends
+    gradients into the backbone."""
+    trainer = _trainer(TrainConfig(epochs=1, batch_size=16, sandwich=False, grad_clip=0))
+    x, y = next(iter(trainer.data.train))
+    ref = copy.deepcopy(trainer.elastic.vit)
+    F.cross_entropy(ref(x), y, label_smoothing=trainer.config.label_smoothing).backward()
+    trainer.train_step(x, y)
+    for (name, p), q in zip(trainer.elastic.vit.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+    assert trainer.elastic.exit_heads, "the model has exit heads"
+    assert all(p.grad is None for p in trainer.elastic.exit_heads.parameters())
 
 
 def test_checkpoint_holds_the_recipe(supernet):
