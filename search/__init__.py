@@ -35,6 +35,7 @@ from vitpareto.search.supernet import (
     TrainConfig,
     finetune,
     load_supernet,
+    load_teacher,
     train_supernet,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "load_model",
     "load_study",
     "load_supernet",
+    "load_teacher",
     "load_trials",
     "make_backend",
     "pick_trials",

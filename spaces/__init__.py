@@ -4,15 +4,23 @@ and the modules a compressed model is made of."""
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, DeployedViT, PrunedBlock
+from vitpareto.spaces._criteria import BlockScores
 from vitpareto.spaces._elastic import ElasticViT, compress
 from vitpareto.spaces._exits import exit_assignment
-from vitpareto.spaces._importance import CRITERIA, BlockScores, rank
+from vitpareto.spaces._importance import (
+    CALIBRATION_BATCHES,
+    CRITERIA,
+    importance_scores,
+    needs_data,
+    rank,
+)
 from vitpareto.spaces._models import check_recipe, create_model, load_checkpoint
 from vitpareto.spaces._ops import ClassAttention, ExitHead, TokenSelect, kept_tokens, token_counts
 from vitpareto.spaces._space import JointSpace, Knob
 from vitpareto.spaces._spec import ViTSpec, describe
 
 __all__ = [
+    "CALIBRATION_BATCHES",
     "CRITERIA",
     "ClassAttention",
     "DeployedViT",
@@ -36,4 +44,6 @@ __all__ = [
     "describe",
     "kept_tokens",
     "rank",
+    "importance_scores",
+    "needs_data",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 import torch
@@ -16,7 +16,8 @@ from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, extract
-from vitpareto.spaces._importance import Criterion, rank
+from vitpareto.spaces._criteria import BlockScores
+from vitpareto.spaces._importance import CALIBRATION_BATCHES, Criterion, rank
 from vitpareto.spaces._ops import (
     ClassAttention,
     ExitHead,
@@ -35,7 +36,8 @@ class ElasticViT(nn.Module):
     are chosen per forward pass by a ``Candidate``.
 
     Construction ranks the model's heads and channels by ``importance`` (permuting its
-    weights in place: pass a copy to keep the original) and adds an early-exit head
+    weights in place: pass a copy to keep the original; the data-driven criteria read
+    ``calibration_batches`` batches of ``data``, see ``importance_scores``) and adds an early-exit head
     after each block in ``exit_blocks`` (default: every block but the last), initialised
     from the model's own final norm and classifier.
     """
@@ -43,13 +45,15 @@ class ElasticViT(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        importance: str | Criterion = "magnitude",
+        importance: str | Criterion | Sequence[BlockScores] = "magnitude",
         exit_blocks: Iterable[int] | None = None,
+        data: Iterable | None = None,
+        calibration_batches: int = CALIBRATION_BATCHES,
     ):
         super().__init__()
         self.spec: ViTSpec = describe(model)
         self.vit = model
-        self.orders = rank(model, importance)
+        self.orders = rank(model, importance, data, calibration_batches)
         s = self.spec
         blocks = range(s.depth - 1) if exit_blocks is None else sorted(set(exit_blocks))
         self.exit_heads = nn.ModuleDict({str(b): self._new_exit_head() for b in blocks})
@@ -178,18 +182,25 @@ class _PosEmbed(nn.Module):
 
 
 def compress(
-    model: nn.Module, candidate: Candidate, importance: str | Criterion = "magnitude"
+    model: nn.Module,
+    candidate: Candidate,
+    importance: str | Criterion | Sequence[BlockScores] = "magnitude",
+    data: Iterable | None = None,
+    calibration_batches: int = CALIBRATION_BATCHES,
 ) -> CompressedViT:
     """Return ``candidate`` cut out of ``model`` as a plain, physically smaller module.
 
     ``model`` is a timm VisionTransformer (left untouched; its heads and channels are
-    ranked by ``importance`` on a copy) or an ``ElasticViT`` (its ranking and exit heads
-    are used). Exit heads a plain timm model lacks start from its final norm and head.
+    ranked by ``importance`` on a copy, the data-driven criteria on the first
+    ``calibration_batches`` (images, labels) batches of ``data``) or an ``ElasticViT``
+    (its ranking and exit heads are used). Exit heads a plain timm model lacks start from its final norm and head.
     """
     if not isinstance(model, ElasticViT):
         describe(model)
         if not isinstance(candidate, Candidate):
             raise VitParetoError(f"compress needs a Candidate, got {type(candidate).__name__}")
         candidate.validate(model)
-        model = ElasticViT(copy.deepcopy(model), importance, exit_blocks=candidate.exits)
+        model = ElasticViT(
+            copy.deepcopy(model), importance, candidate.exits, data, calibration_batches
+        )
     return extract(model, candidate)

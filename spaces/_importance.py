@@ -1,6 +1,7 @@
 """Importance ranking: reorder heads and channels once so that keeping k is keeping a prefix.
 
-A criterion scores a block's heads, its q/k channels within each head and its MLP
+A criterion (``vitpareto.spaces._criteria``: from the weights, or from calibration batches
+of the user's data) scores a block's heads, its q/k channels within each head and its MLP
 channels; ``rank`` then permutes the weights in place, most important first. The
 permutation preserves the model's function, so the full candidate is unchanged, and
 every candidate, in the elastic model and in the exported one, slices a prefix.
@@ -8,95 +9,144 @@ every candidate, in the elastic model and in the exported one, slices a prefix.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 
 import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
+from vitpareto.spaces._criteria import (
+    Batches,
+    BlockScores,
+    attention,
+    identity,
+    magnitude,
+    similarity,
+    taylor,
+)
+
+Criterion = Callable[[nn.Module], BlockScores]  # a block's scores from its weights alone
+
+# name -> (scores of every block from the model and its calibration batches, needs data)
+CRITERIA: dict[str, tuple[Callable[[nn.Module, Batches], list[BlockScores]], bool]] = {
+    "magnitude": (lambda model, _b: [magnitude(blk) for blk in model.blocks], False),
+    "identity": (lambda model, _b: [identity(blk) for blk in model.blocks], False),
+    "taylor": (taylor, True),
+    "similarity": (similarity, True),
+    "attention": (attention, True),
+}
+CALIBRATION_BATCHES = 8  # default number of the user's batches a data-driven criterion sees
 
 
-@dataclass
-class BlockScores:
-    """Importance of one block's parts: heads [H], q/k channels [H, head_dim], MLP [hidden]."""
-
-    heads: torch.Tensor
-    qk: torch.Tensor
-    mlp: torch.Tensor
+def needs_data(criterion: str | Criterion | Sequence[BlockScores]) -> bool:
+    """Whether ``criterion`` is a data-driven one (it needs calibration batches)."""
+    return isinstance(criterion, str) and _lookup(criterion)[1]
 
 
-Criterion = Callable[[nn.Module], BlockScores]
-
-
-def magnitude(block: nn.Module) -> BlockScores:
-    """L2 weight magnitude: a head by its q/k/v rows and projection columns, a q/k channel
-    by the product of its q and k row norms (its share of the q.k logit), an MLP channel
-    by the product of its fc1 row and fc2 column norms."""
-    attn, mlp = block.attn, block.mlp
-    H, hd = attn.num_heads, attn.head_dim
-    w = attn.qkv.weight.detach().view(3, H, hd, -1)
-    proj = attn.proj.weight.detach().view(-1, H, hd)
-    heads = (w.pow(2).sum((0, 2, 3)) + proj.pow(2).sum((0, 2))).sqrt()
-    qk = w[0].norm(dim=-1) * w[1].norm(dim=-1)
-    mlp_s = mlp.fc1.weight.detach().norm(dim=1) * mlp.fc2.weight.detach().norm(dim=0)
-    return BlockScores(heads=heads, qk=qk, mlp=mlp_s)
-
-
-def identity(block: nn.Module) -> BlockScores:
-    """Keep the model's own order (heads and channels kept from the first)."""
-    attn = block.attn
-    H, hd = attn.num_heads, attn.head_dim
-    n = block.mlp.fc1.out_features
-    return BlockScores(
-        heads=-torch.arange(H, dtype=torch.float),
-        qk=-torch.arange(hd, dtype=torch.float).expand(H, hd),
-        mlp=-torch.arange(n, dtype=torch.float),
-    )
-
-
-CRITERIA: dict[str, Criterion] = {"magnitude": magnitude, "identity": identity}
-
-
-def get_criterion(criterion: str | Criterion) -> Criterion:
-    if callable(criterion):
-        return criterion
-    if criterion not in CRITERIA:
+def _lookup(name: str):
+    if name not in CRITERIA:
         raise VitParetoError(
-            f"unknown importance criterion {criterion!r}; choose one of {', '.join(CRITERIA)}"
+            f"unknown importance criterion {name!r}; choose one of {', '.join(CRITERIA)}"
         )
-    return CRITERIA[criterion]
+    return CRITERIA[name]
+
+
+def _calibration(model: nn.Module, data: Iterable | None, batches: int, name: str) -> Batches:
+    """The first ``batches`` (images, labels) batches of ``data``, on the model's device."""
+    if data is None:
+        raise VitParetoError(
+            f"importance {name!r} ranks on calibration data: pass data= (batches of images "
+            "and labels, a DataLoader for example), or choose magnitude"
+        )
+    if not isinstance(batches, int) or batches < 1:
+        raise VitParetoError(f"calibration batches must be a positive int, got {batches!r}")
+    device = next(model.parameters()).device
+    out = []
+    for batch in islice(data, batches):
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+            raise VitParetoError(
+                f"importance {name!r}: each calibration batch must be (images, labels)"
+            )
+        out.append((batch[0].to(device), batch[1].to(device)))
+    if not out:
+        raise VitParetoError(f"importance {name!r}: the calibration data holds no batch")
+    return out
+
+
+def importance_scores(
+    model: nn.Module,
+    criterion: str | Criterion = "magnitude",
+    data: Iterable | None = None,
+    batches: int = CALIBRATION_BATCHES,
+) -> list[BlockScores]:
+    """Scores of every block's heads, q/k channels and MLP channels of a timm ViT.
+
+    ``criterion`` is a name of ``CRITERIA`` or a function of one block (its weights);
+    the data-driven ones (taylor, similarity, attention) read the first ``batches`` of
+    ``data`` (an iterable of (images, labels), labels in the model's classes). The model
+    is left as it was (weights, gradients and train/eval mode).
+    """
+    if callable(criterion):
+        return [criterion(blk) for blk in model.blocks]
+    fn, calibrated = _lookup(criterion)
+    if not calibrated:
+        return fn(model, [])
+    calib = _calibration(model, data, batches, criterion)
+    was_training = model.training
+    model.eval()
+    try:
+        return fn(model, calib)
+    except (IndexError, RuntimeError) as e:
+        if "Target" in str(e) or "out of bounds" in str(e):
+            raise VitParetoError(
+                f"importance {criterion!r}: the calibration labels do not fit the model's "
+                f"{getattr(model, 'num_classes', '?')} classes; give the model's own dataset"
+            ) from None
+        raise
+    finally:
+        model.train(was_training)
 
 
 def _order(scores: torch.Tensor) -> torch.Tensor:
     # stable, so equal scores keep the original order (identity stays identity)
-    return torch.sort(scores, descending=True, stable=True).indices
+    return torch.sort(scores.cpu(), descending=True, stable=True).indices
 
 
-@torch.no_grad()
-def rank(model: nn.Module, criterion: str | Criterion = "magnitude") -> list[dict[str, list]]:
+def rank(
+    model: nn.Module,
+    criterion: str | Criterion | Sequence[BlockScores] = "magnitude",
+    data: Iterable | None = None,
+    batches: int = CALIBRATION_BATCHES,
+) -> list[dict[str, list]]:
     """Permute every block of a timm ViT in place, most important first.
 
-    Returns, per block, the original indices now at each position: ``heads`` [H],
-    ``qk`` [H][head_dim] (per original head) and ``mlp`` [hidden].
+    ``criterion``: see ``importance_scores``, or scores already computed (one
+    ``BlockScores`` per block). Returns, per block, the original indices now at each
+    position: ``heads`` [H], ``qk`` [H][head_dim] (per original head) and ``mlp`` [hidden].
     """
-    crit = get_criterion(criterion)
+    if isinstance(criterion, (str,)) or callable(criterion):
+        scores = importance_scores(model, criterion, data, batches)
+    else:
+        scores = list(criterion)
+    if len(scores) != len(model.blocks):
+        raise VitParetoError(f"{len(scores)} block scores for {len(model.blocks)} blocks")
     orders = []
-    for blk in model.blocks:
-        s = crit(blk)
-        attn = blk.attn
-        H, hd = attn.num_heads, attn.head_dim
-        head_order = _order(s.heads)
-        if isinstance(attn.q_norm, nn.Identity):
-            qk_order = torch.stack([_order(s.qk[h]) for h in range(H)])
-        else:  # q/k norm weights are shared by all heads: one channel order for all
-            qk_order = _order(s.qk.sum(0)).expand(H, hd)
-        mlp_order = _order(s.mlp)
-        _permute_attention(attn, head_order, qk_order)
-        _permute_mlp(blk.mlp, mlp_order)
-        orders.append(
-            {"heads": head_order.tolist(), "qk": qk_order.tolist(), "mlp": mlp_order.tolist()}
-        )
+    with torch.no_grad():
+        for blk, s in zip(model.blocks, scores, strict=True):
+            attn = blk.attn
+            H, hd = attn.num_heads, attn.head_dim
+            head_order = _order(s.heads)
+            if isinstance(attn.q_norm, nn.Identity):
+                qk_order = torch.stack([_order(s.qk[h]) for h in range(H)])
+            else:  # q/k norm weights are shared by all heads: one channel order for all
+                qk_order = _order(s.qk.sum(0)).expand(H, hd)
+            mlp_order = _order(s.mlp)
+            _permute_attention(attn, head_order, qk_order)
+            _permute_mlp(blk.mlp, mlp_order)
+            orders.append(
+                {"heads": head_order.tolist(), "qk": qk_order.tolist(), "mlp": mlp_order.tolist()}
+            )
     return orders
 
 

@@ -29,8 +29,9 @@ from vitpareto.search.supernet import (
     TrainConfig,
     finetune,
     load_supernet,
+    load_teacher,
 )
-from vitpareto.spaces import Candidate
+from vitpareto.spaces import CALIBRATION_BATCHES, CRITERIA, Candidate, needs_data
 
 # options that set TrainConfig fields of the same name
 _TRAIN_OPTIONS = (
@@ -56,6 +57,11 @@ _RUN_SETTINGS = (
     "pretrained",
     "checkpoint",
     "plain",
+    "importance",
+    "calibration_batches",
+    "teacher",
+    "teacher_pretrained",
+    "teacher_weights",
 )
 
 
@@ -95,6 +101,22 @@ def add_parsers(sub) -> None:
         help="train the full model alone on the labels (no sandwich rule, no exit heads): the "
         "normal-training baseline",
     )
+    r = t.add_argument_group("ranking trained weights (--pretrained, --checkpoint)")
+    r.add_argument(
+        "--importance",
+        choices=[c for c in CRITERIA if c != "identity"],
+        help="how heads, q/k channels and MLP channels are ranked before training, so that "
+        "every candidate keeps the most important ones: magnitude (weights only, the "
+        "default), or on calibration batches of the training set: taylor (|weight x "
+        "gradient|), similarity (what a part adds that the parts ranked before it do not "
+        "carry), attention (what a part does to the class token)",
+    )
+    r.add_argument(
+        "--calibration-batches",
+        type=int,
+        help=f"training batches the data-driven criteria read (default: {CALIBRATION_BATCHES})",
+    )
+    teacher_args(t)
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="epochs (default: 10)")
     g.add_argument("--batch-size", type=int, help="images per step (default: 64)")
@@ -141,6 +163,7 @@ def add_parsers(sub) -> None:
         "--distill", type=float, default=0.7, help="weight of distillation against labels (0.7)"
     )
     f.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    teacher_args(f)
     device_args(f)
     f.set_defaults(handler=cmd_finetune)
 
@@ -159,19 +182,50 @@ def _trial_candidate(storage: str, study: str | None, number: int, supernet) -> 
     return Candidate.from_dict(trial.user_attrs["candidate"])
 
 
+def _recipe(name: str, option: str) -> tuple[str, dict]:
+    """A timm name, or a config file's `name:` and `kwargs:`."""
+    if not name.endswith((".yaml", ".yml", ".json")):
+        return name, {}
+    try:
+        cfg = yaml.safe_load(read_text(name, MAX_JSON, f"{option}: model config"))
+    except yaml.YAMLError as e:
+        raise VitParetoError(f"{option}: {name!r} is not valid YAML/JSON: {e}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
+        raise VitParetoError(
+            f"{option}: {name!r} needs a `name:` (a timm model) and optional `kwargs:`"
+        )
+    return cfg["name"], dict(cfg.get("kwargs") or {})
+
+
+def _teacher(args):
+    """The external teacher of --teacher, or None."""
+    if args.teacher is None:
+        if args.teacher_pretrained or args.teacher_weights:
+            raise VitParetoError("--teacher-pretrained and --teacher-weights need --teacher")
+        return None
+    name, kwargs = _recipe(args.teacher, "--teacher")
+    return load_teacher(name, kwargs, args.teacher_pretrained, args.teacher_weights)
+
+
+def teacher_args(parser) -> None:
+    """--teacher and its weights, shared by train and finetune."""
+    g = parser.add_argument_group("external teacher (AttentionLite-style distillation)")
+    g.add_argument(
+        "--teacher",
+        help="distil from this larger trained model instead of the full model: a vitpareto "
+        "checkpoint (its full model; `train --plain` makes one), or a timm name or "
+        ".yaml/.json model file with --teacher-pretrained or --teacher-weights; it must "
+        "take the dataset's images and classes",
+    )
+    g.add_argument(
+        "--teacher-pretrained", action="store_true", help="timm's pretrained weights for it"
+    )
+    g.add_argument("--teacher-weights", type=Path, help="a state dict file for it")
+
+
 def _model_spec(args) -> tuple[str, dict]:
     """--model as a timm name or a config file, plus --img-size and --patch-size."""
-    name, kwargs = args.model, {}
-    if name.endswith((".yaml", ".yml", ".json")):
-        try:
-            cfg = yaml.safe_load(read_text(name, MAX_JSON, "--model: model config"))
-        except yaml.YAMLError as e:
-            raise VitParetoError(f"--model: {name!r} is not valid YAML/JSON: {e}") from None
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
-            raise VitParetoError(
-                f"--model: {name!r} needs a `name:` (a timm model) and optional `kwargs:`"
-            )
-        name, kwargs = cfg["name"], dict(cfg.get("kwargs") or {})
+    name, kwargs = _recipe(args.model, "--model")
     for key in ("img_size", "patch_size", "num_classes"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
@@ -186,6 +240,11 @@ def _check_train(args) -> None:
             f"--patch-size must be between 1 and the image side, got {args.patch_size}"
         )
     positive("num-classes", args.num_classes)
+    positive("calibration-batches", args.calibration_batches)
+    if args.calibration_batches is not None and not needs_data(args.importance or "magnitude"):
+        raise VitParetoError(
+            "--calibration-batches is for --importance taylor, similarity or attention"
+        )
     for name in ("epochs", "batch_size"):
         positive(name.replace("_", "-"), getattr(args, name))
     positive("random-candidates", args.random_candidates, zero=True)
@@ -246,6 +305,9 @@ def cmd_train(args) -> int:
             )
         name, kwargs = _model_spec(args)
         config = TrainConfig(sandwich=not args.plain, **given)
+        if args.plain and args.teacher:
+            raise VitParetoError("--plain trains on the labels alone; drop --teacher")
+        teacher = _teacher(args)
         trainer = SupernetTrainer.create(
             name,
             args.dataset,
@@ -256,6 +318,9 @@ def cmd_train(args) -> int:
             checkpoint=args.checkpoint,
             device=args.device,
             workers=args.workers,
+            importance=args.importance,
+            calibration_batches=args.calibration_batches or CALIBRATION_BATCHES,
+            teacher=teacher,
         )
         _check_room(trainer, args.out)
         n = trainer.elastic.spec
@@ -312,7 +377,10 @@ def cmd_finetune(args) -> int:
     else:
         candidate = read_candidate(args.candidate)
     candidate = candidate.validate(supernet.elastic.spec)
-    result = finetune(supernet, candidate, config, device=args.device, workers=args.workers)
+    teacher = _teacher(args)
+    result = finetune(
+        supernet, candidate, config, device=args.device, workers=args.workers, teacher=teacher
+    )
     save_finetuned(args.out, result, supernet, force=args.force)
     m = result.metrics
     print(

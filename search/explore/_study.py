@@ -45,6 +45,7 @@ def study_attrs(supernet, config: SearchConfig, target: Any) -> dict[str, Any]:
         "classes": list(supernet.data["classes"]),
         "supernet_path": str(Path(supernet.path).resolve()) if supernet.path else None,
         "supernet_sha256": supernet.sha256,
+        "importance": supernet.importance,
         "space": supernet.space.to_dict(),
         "objectives": list(config.objectives),
         "target": target,

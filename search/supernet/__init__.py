@@ -15,6 +15,7 @@ from vitpareto.search.supernet._finetune import (
     train_compressed,
 )
 from vitpareto.search.supernet._recipe import Recipe, distill_loss, mixed_loss
+from vitpareto.search.supernet._teacher import load_teacher
 from vitpareto.search.supernet._trainer import SupernetTrainer, TrainConfig, train_supernet
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "distill_loss",
     "finetune",
     "load_supernet",
+    "load_teacher",
     "mixed_loss",
     "read_checkpoint",
     "save_checkpoint",

@@ -49,9 +49,22 @@ class Supernet:
     model_kwargs: dict[str, Any]
     data: dict[str, Any]
     sha256: str
-    meta: dict[str, Any] = field(default_factory=dict)  # init, step, epoch, config, metrics
+    meta: dict[str, Any] = field(
+        default_factory=dict
+    )  # init, importance, step, epoch, config, metrics
     train_state: dict[str, Any] = field(default_factory=dict)  # optimizer and schedule
     path: Path | None = None  # the checkpoint file it was loaded from
+
+    @property
+    def importance(self) -> dict[str, Any]:
+        """How the weights' heads and channels were ranked (checkpoints from before the
+        criteria were recorded: magnitude for trained weights, none for random ones)."""
+        got = self.meta.get("importance")
+        if isinstance(got, dict) and isinstance(got.get("criterion"), str):
+            return dict(got)
+        return {
+            "criterion": "identity" if self.meta.get("init", "random") == "random" else "magnitude"
+        }
 
     def load_data(self, batch_size: int = 64, seed: int | None = None, workers: int = 0):
         """The dataset the supernet was trained on, at its image size, split as in training
@@ -156,7 +169,11 @@ def load_supernet(path: str | os.PathLike, device: str = "cpu") -> Supernet:
         model_kwargs=dict(ckpt["model"]["kwargs"]),
         data=dict(ckpt["data"]),
         sha256=ckpt["sha256"],
-        meta={k: ckpt[k] for k in ("init", "step", "epoch", "config", "metrics") if k in ckpt},
+        meta={
+            k: ckpt[k]
+            for k in ("init", "importance", "teacher", "step", "epoch", "config", "metrics")
+            if k in ckpt
+        },
         train_state={k: ckpt[k] for k in ("optimizer", "scheduler") if k in ckpt},
         path=Path(path),
     )

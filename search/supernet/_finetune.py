@@ -21,6 +21,7 @@ from tqdm import tqdm
 from vitpareto.evaluators import AccuracyEvaluator, count_params, resolve_device
 from vitpareto.search.supernet._checkpoint import Supernet
 from vitpareto.search.supernet._recipe import Recipe, adamw, lr_factor, mixed_loss
+from vitpareto.search.supernet._teacher import check_teacher, reload_teacher
 from vitpareto.spaces import Candidate, CompressedViT
 
 
@@ -114,11 +115,14 @@ def finetune(
     progress: bool = True,
     data=None,
     before: dict[str, Any] | None = None,
+    teacher: tuple[torch.nn.Module, dict[str, Any]] | None = None,
 ) -> Finetuned:
     """Fine-tune ``candidate`` of ``supernet`` with the full model as teacher (see module).
 
     ``before``: the candidate's metrics on the shared weights when already known (a
-    search scored it), so the validation set is run once, after fine-tuning."""
+    search scored it), so the validation set is run once, after fine-tuning. ``teacher``:
+    an external teacher from ``load_teacher``; by default the one the supernet was trained
+    with, where it had one."""
     c = config or FinetuneConfig()
     dev = resolve_device(device)
     elastic = supernet.elastic.to(dev).eval()
@@ -131,11 +135,21 @@ def finetune(
         before = ev(elastic, candidate)
     student = elastic.extract(candidate)
     full = Candidate.full(spec)
+    if teacher is None and supernet.meta.get("teacher"):
+        teacher = reload_teacher(supernet.meta["teacher"]), supernet.meta["teacher"]
+    if teacher is not None:
+        check_teacher(*teacher[:1], len(supernet.data["classes"]), spec.img_size, teacher[1])
+        external = teacher[0].to(dev).eval()
     for p in elastic.parameters():
         p.requires_grad_(False)
     try:
         seconds = train_compressed(
-            student, data, c, teacher=lambda x: elastic(x, full), device=dev, progress=progress
+            student,
+            data,
+            c,
+            teacher=external if teacher is not None else lambda x: elastic(x, full),
+            device=dev,
+            progress=progress,
         )
     finally:
         for p in elastic.parameters():
@@ -150,6 +164,7 @@ def finetune(
         "shared": before,
         "params": count_params(student),
         "finetune": {**asdict(c), "seconds": seconds},
+        "teacher": teacher[1] if teacher is not None else "the supernet's full model",
         "dataset": supernet.data["spec"],
         "supernet_sha256": supernet.sha256,
     }

@@ -7,11 +7,13 @@ own patch size, token keep ratios, heads and channels drawn from the space. Ever
 early-exit head is distilled from the full model's output too (AttentionLite distils
 while it prunes). Students and exits mix distillation with the labels (``distill``): pure
 in-place distillation from a randomly initialised teacher collapses to its near-uniform
-output, a fixed point that training from scratch never leaves.
+output, a fixed point that training from scratch never leaves. With an external teacher
+(a larger trained model, ``load_teacher``), everything distils from its outputs instead,
+computed once per batch.
 
 Prefix slicing needs the most important heads and channels first. Weights that were
-trained elsewhere (``--pretrained``, ``--checkpoint``) are ranked by magnitude once,
-before training; a randomly initialised model needs no ranking, because the sandwich rule
+trained elsewhere (``--pretrained``, ``--checkpoint``) are ranked once, before training,
+by weight magnitude or by a data-driven criterion on training batches (``--importance``); a randomly initialised model needs no ranking, because the sandwich rule
 itself teaches the prefixes to carry the most (re-ranking during training would undo
 what the small candidates learned).
 """
@@ -32,13 +34,17 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import AccuracyEvaluator, Data, load_data, resolve_device
 from vitpareto.search.supernet._checkpoint import load_supernet, save_checkpoint
 from vitpareto.search.supernet._recipe import Recipe, adamw, lr_factor, mixed_loss
+from vitpareto.search.supernet._teacher import check_teacher, reload_teacher
 from vitpareto.spaces import (
+    CALIBRATION_BATCHES,
+    CRITERIA,
     Candidate,
     ElasticViT,
     JointSpace,
     check_recipe,
     create_model,
     describe,
+    needs_data,
 )
 
 
@@ -103,6 +109,9 @@ class SupernetTrainer:
             self.optimizer, lambda s: lr_factor(s, total, warmup, c.lr, c.min_lr)
         )
         self.step, self.epoch, self.history = 0, 0, []
+        self.importance = {"criterion": "identity" if init == "random" else "magnitude"}
+        self.external: torch.nn.Module | None = None  # an external teacher, else the full model
+        self.teacher_record: dict[str, Any] | None = None
         self.seconds = 0.0
         self.sha256: str | None = None
         # the plain baseline trains the full model alone: exit heads distilled from it would
@@ -124,13 +133,31 @@ class SupernetTrainer:
         checkpoint: str | Path | None = None,
         device: str = "cpu",
         workers: int = 0,
+        importance: str | None = None,
+        calibration_batches: int = CALIBRATION_BATCHES,
+        teacher: tuple[torch.nn.Module, dict[str, Any]] | None = None,
     ) -> SupernetTrainer:
         """A trainer for the timm model ``model`` on ``dataset`` (see ``load_data``).
 
         The classifier is replaced when the dataset has another number of classes than the
         model (so pretrained or ``checkpoint`` weights for another label set can be used).
+        Trained weights are ranked by ``importance`` (default magnitude; the data-driven
+        criteria read ``calibration_batches`` training batches); random ones keep their order.
+        ``teacher``: an external teacher from ``load_teacher`` that every candidate, the full
+        model and the exits distil from, instead of the full model.
         """
         config = config or TrainConfig()
+        trained = pretrained or checkpoint is not None
+        if importance is not None and not trained:
+            raise VitParetoError(
+                f"importance {importance!r} ranks trained weights; random ones need no "
+                "ranking: add --pretrained or --checkpoint, or drop --importance"
+            )
+        importance = importance or ("magnitude" if trained else "identity")
+        if importance not in CRITERIA:
+            raise VitParetoError(
+                f"unknown importance criterion {importance!r}; choose one of {', '.join(CRITERIA)}"
+            )
         kwargs = check_recipe({"name": model, "kwargs": dict(model_kwargs or {})}, "the model")[1]
         torch.manual_seed(config.seed)
         vit = create_model(model, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
@@ -141,11 +168,19 @@ class SupernetTrainer:
             seed=config.seed,
             num_workers=workers,
         )
+        if teacher is not None:
+            check_teacher(*teacher[:1], data.num_classes, describe(vit).img_size, teacher[1])
         if vit.num_classes != data.num_classes:
             vit.reset_classifier(data.num_classes)
         kwargs["num_classes"] = data.num_classes
-        trained = pretrained or checkpoint is not None
-        elastic = ElasticViT(vit, importance="magnitude" if trained else "identity")
+        vit.to(resolve_device(device))
+        calibration = None
+        if needs_data(importance):  # a seeded order of the training set, never validation
+            data.train.generator.manual_seed(config.seed)
+            calibration = data.train
+        elastic = ElasticViT(
+            vit, importance, data=calibration, calibration_batches=calibration_batches
+        )
         if space is None:
             space = JointSpace.default(elastic)
         elif not isinstance(space, JointSpace):
@@ -157,7 +192,16 @@ class SupernetTrainer:
             if checkpoint
             else "random"
         )
-        return cls(elastic, space, data, config, model, kwargs, device, init)
+        trainer = cls(elastic, space, data, config, model, kwargs, device, init)
+        trainer.importance = {"criterion": importance, "calibration_batches": calibration_batches}
+        if teacher is not None:
+            trainer.set_teacher(*teacher)
+        return trainer
+
+    def set_teacher(self, model: torch.nn.Module, record: dict[str, Any]) -> None:
+        """Distil from ``model`` (recorded as ``record``) instead of the full model."""
+        self.external = model.to(self.device).eval()
+        self.teacher_record = dict(record)
 
     @classmethod
     def resume(cls, path: str | Path, device: str = "cpu", workers: int = 0) -> SupernetTrainer:
@@ -179,6 +223,9 @@ class SupernetTrainer:
         trainer.optimizer.load_state_dict(net.train_state["optimizer"])
         trainer.scheduler.load_state_dict(net.train_state["scheduler"])
         trainer.step, trainer.epoch = net.meta["step"], net.meta["epoch"]
+        trainer.importance = net.importance
+        if net.meta.get("teacher"):
+            trainer.set_teacher(reload_teacher(net.meta["teacher"]), net.meta["teacher"])
         trainer.history = list(net.meta["metrics"]["history"])
         trainer.seconds = float(net.meta["metrics"].get("seconds", 0.0))
         return trainer
@@ -201,10 +248,15 @@ class SupernetTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             outs = self.elastic.forward_exits(x, self.teacher)
-            teacher = outs[-1].detach()
-            loss = mixed_loss(outs[-1:], y, None, *loss_args)
-            if len(outs) > 1:
-                loss = loss + mixed_loss(outs[:-1], y, teacher, *loss_args)
+            if self.external is not None:  # once per batch, shared by every candidate
+                with torch.no_grad():
+                    teacher = self.external(x).float()
+                loss = mixed_loss(outs, y, teacher, *loss_args)
+            else:
+                teacher = outs[-1].detach()
+                loss = mixed_loss(outs[-1:], y, None, *loss_args)
+                if len(outs) > 1:
+                    loss = loss + mixed_loss(outs[:-1], y, teacher, *loss_args)
         loss.backward()
         total = loss.detach()
         for student in self._students(rng):
@@ -293,6 +345,8 @@ class SupernetTrainer:
         return {
             "model": {"name": self.model_name, "kwargs": self.model_kwargs},
             "init": self.init,
+            "importance": self.importance,
+            "teacher": self.teacher_record,
             "space": self.space.to_dict(),
             "exit_blocks": [int(k) for k in self.elastic.exit_heads],
             "orders": self.elastic.orders,

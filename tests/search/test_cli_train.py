@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import timm
+import torch
 
 from tests.search.test_cli import vitpareto
+from vitpareto.search import SearchConfig, load_supernet, search
 from vitpareto.search.supernet import read_checkpoint
 
 TRAIN = [
@@ -131,3 +134,42 @@ def test_finetune_mistakes_exit_2(trained, tmp_path):
         "finetune", "--supernet", str(tmp_path / "nope.pt"), "--candidate", "{}", "--out", "m2"
     )
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_trained_weights_ranked_by_a_data_driven_criterion(tmp_path):
+    """`train --checkpoint --importance taylor` ranks the given weights on training
+    batches; the checkpoint and every study of it record the criterion."""
+    torch.manual_seed(0)
+    weights = tmp_path / "trained.pth"
+    vit = timm.create_model("test_vit", img_size=32, patch_size=16, num_classes=10)
+    torch.save(vit.state_dict(), weights)
+    path = tmp_path / "net.pt"
+    args = [*TRAIN, "--epochs", "1", "--checkpoint", str(weights), "--num-classes", "10"]
+    out = vitpareto(
+        *args, "--importance", "taylor", "--calibration-batches", "2", "--out", str(path)
+    )
+    assert out.returncode == 0, out.stderr
+    ranked = {"criterion": "taylor", "calibration_batches": 2}
+    assert read_checkpoint(path)["importance"] == ranked
+    net = load_supernet(path)
+    assert net.importance == ranked
+    identity = list(range(net.elastic.spec.mlp_hidden[0]))
+    assert net.elastic.orders[0]["mlp"] != identity  # the weights were permuted
+    study = search(net, f"sqlite:///{tmp_path / 'r.db'}", "s", 1, SearchConfig(), progress=False)
+    assert study.user_attrs["importance"] == ranked
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--importance", "taylor"], "random ones need no ranking"),
+        (["--calibration-batches", "3"], "is for --importance taylor, similarity or attention"),
+        (["--calibration-batches", "0"], "--calibration-batches must be at least 1"),
+        (["--importance", "fisher"], "invalid choice: 'fisher'"),
+    ],
+)
+def test_importance_mistakes_exit_2(tmp_path, args, message):
+    out = vitpareto(*TRAIN, "--out", str(tmp_path / "x.pt"), *args)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "x.pt").exists()
