@@ -8,10 +8,8 @@ machines without internet test on what ships, scikit-learn's ``digits`` and Debi
 
 from __future__ import annotations
 
-import gzip
 import math
 import numbers
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from torchvision.datasets import ImageFolder
 
+from vitpareto.evaluators._idx import idx_file, read_idx
 from vitpareto.spaces import VitParetoError
 
 # where Debian's `dataset-fashion-mnist` package installs the (gzipped) IDX files
@@ -49,12 +48,14 @@ EAGER_LIMIT_BYTES = 1 << 30
 
 @dataclass
 class Data:
-    """Train and validation loaders of one dataset, with its class names and its spec."""
+    """Train and validation loaders of one dataset, with its class names and its spec, and
+    the official test split kept apart (``holdout``; None otherwise)."""
 
     train: DataLoader
     val: DataLoader
     classes: list[str]
     spec: str  # as given by the user: recorded in checkpoints and in the results database
+    test: DataLoader | None = None
 
     @property
     def num_classes(self) -> int:
@@ -77,6 +78,7 @@ def load_data(
     std: tuple[float, float, float] = DEFAULT_STD,
     limit: int | None = None,
     memory_limit: int = EAGER_LIMIT_BYTES,
+    holdout: bool = False,
 ) -> Data:
     """Build train and validation loaders for ``spec`` (see ``SPEC_FORMS``).
 
@@ -87,7 +89,11 @@ def load_data(
     loader is not shuffled. ``limit`` keeps a seeded random ``limit`` examples of each split.
     ``download`` applies to CIFAR only. Bundled and IDX datasets are held in memory,
     resized once, when that copy fits in ``memory_limit`` bytes; else each image is
-    resized when it is read.
+    resized when it is read. ``holdout``: where the dataset has an official test split
+    (Fashion-MNIST, CIFAR, an ImageFolder with train/ and val/), validation is
+    ``val_fraction`` of the training split (seeded, stratified) and the official split is
+    kept untouched as ``test``, so that a front chosen on validation is reported on data
+    it was not chosen on; without it the official split validates (as runs before did).
     """
     size = _check_args(img_size, batch_size, val_fraction, num_workers, mean, std, limit)
     name, sep, arg = spec.partition(":")
@@ -108,6 +114,13 @@ def load_data(
         train, val, classes = _cifar(name, path, size, seed, norm, limit, download)
     else:
         raise VitParetoError(f"unknown dataset spec {spec!r}; accepted: {SPEC_FORMS}")
+    test = None
+    official = name in ("fashion-mnist", "cifar10", "cifar100") or (
+        name == "imagefolder" and (path / "train").is_dir()
+    )
+    if holdout and official:
+        test = val
+        train, val = _carve(train, val_fraction, seed)
     loader_args = dict(batch_size=batch_size, num_workers=num_workers, drop_last=False)
     generator = torch.Generator().manual_seed(seed)
     return Data(
@@ -115,7 +128,24 @@ def load_data(
         val=DataLoader(val, shuffle=False, **loader_args),
         classes=list(classes),
         spec=spec,
+        test=None if test is None else DataLoader(test, shuffle=False, **loader_args),
     )
+
+
+def _labels(dataset: Dataset) -> np.ndarray:
+    """Every label of a dataset, without reading its images."""
+    if isinstance(dataset, Subset):
+        return _labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    for attr in ("labels", "targets"):
+        if hasattr(dataset, attr):
+            return np.asarray(getattr(dataset, attr))
+    raise VitParetoError(f"cannot read the labels of {type(dataset).__name__} to split it")
+
+
+def _carve(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A seeded, stratified validation part carved out of a training split."""
+    train, val = _split(_labels(dataset), val_fraction, seed)
+    return Subset(dataset, train.tolist()), Subset(dataset, val.tolist())
 
 
 def _check_args(img_size, batch_size, val_fraction, num_workers, mean, std, limit):
@@ -242,8 +272,8 @@ def _fashion_mnist(root: Path, size, seed, norm, limit, memory_limit):
         )
     splits = []
     for part in ("train", "t10k"):
-        images = _read_idx(_idx_file(root, f"{part}-images-idx3-ubyte"), ndim=3)
-        labels = _read_idx(_idx_file(root, f"{part}-labels-idx1-ubyte"), ndim=1)
+        images = read_idx(idx_file(root, f"{part}-images-idx3-ubyte"), ndim=3)
+        labels = read_idx(idx_file(root, f"{part}-labels-idx1-ubyte"), ndim=1)
         if len(images) != len(labels) or (len(labels) and labels.max() >= 10):
             raise VitParetoError(
                 f"Fashion-MNIST {part} files in {root} do not match: {len(images)} images, "
@@ -255,37 +285,6 @@ def _fashion_mnist(root: Path, size, seed, norm, limit, memory_limit):
             _InMemoryImages(images, labels[idx].astype(np.int64), 255.0, size, norm, memory_limit)
         )
     return splits[0], splits[1], FASHION_MNIST_CLASSES
-
-
-def _idx_file(root: Path, name: str) -> Path:
-    """``root/name`` or ``root/name.gz``, whichever exists."""
-    for path in (root / name, root / f"{name}.gz"):
-        if path.is_file():
-            return path
-    raise VitParetoError(f"Fashion-MNIST file {root / name} (or .gz) is missing; put it in {root}")
-
-
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read an unsigned-byte IDX file (gzipped or not), checking its header and its size."""
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise VitParetoError(f"cannot read IDX file {path}: {e}; replace the file") from e
-    header = 4 + 4 * ndim
-    if len(raw) < header or raw[:4] != bytes([0, 0, 0x08, ndim]):
-        raise VitParetoError(
-            f"{path} is not an unsigned-byte IDX file with {ndim} dimension(s) "
-            f"(bad magic number {raw[:4].hex() or 'none'}); replace the file"
-        )
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + math.prod(shape)
-    if len(raw) != expected:
-        raise VitParetoError(
-            f"IDX file {path} is truncated or corrupt: header says shape {shape} "
-            f"({expected} bytes) but the file has {len(raw)} bytes; replace the file"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _pil_transform(size, norm):

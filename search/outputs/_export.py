@@ -198,7 +198,8 @@ def model_card(study, trial, model, metrics: dict | None = None) -> str:
     if not target:
         hardware = "each trial's own node (the study's target is 'per trial')"
     rows = [
-        ("accuracy", _fmt(m.get("accuracy"))),
+        ("accuracy (validation set)", _fmt(m.get("accuracy"))),
+        ("accuracy on the held-out test set", _fmt(m.get("test_accuracy"))),
         ("accuracy of the final head alone", _fmt(m.get("final_accuracy"))),
         ("accuracy on the shared weights", _fmt(m.get("shared_accuracy"))),
         (f"latency, static forward (ms per batch of {batch})", _fmt(static_ms)),

@@ -29,6 +29,7 @@ MAIN_COLUMNS = [
     "trial",
     "source_trial",
     "accuracy",
+    "test_accuracy",
     "latency_ms",
     "speedup",
     "macs",

@@ -158,7 +158,7 @@ def _html(study, df, front, x, y, hv, ref_text, second=None) -> str:
         traces.append((f2, "front re-scored", "lines+markers", marker, "dash", "source trial"))
         table2 = (
             f"<h2>The front re-scored (study {html.escape(study.study_name)}/front)</h2>"
-            + table(f2, "source_trial", ("shared_accuracy",))
+            + table(f2, "source_trial", ("test_accuracy", "shared_accuracy"))
         )
     fig = go.Figure()
     for rows, name, mode, marker, dash, label in traces:

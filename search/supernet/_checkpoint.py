@@ -69,7 +69,8 @@ class Supernet:
     def load_data(self, batch_size: int = 64, seed: int | None = None, workers: int = 0):
         """The dataset the supernet was trained on, at its image size, split as in training
         (``seed`` defaults to the training seed: another one would score accuracy on
-        training images); refused when the data on disk now has other classes."""
+        training images; the official test split held out where the run held it out);
+        refused when the data on disk now has other classes."""
 
         if seed is None:
             seed = int((self.meta.get("config") or {}).get("seed", 0))
@@ -80,6 +81,7 @@ class Supernet:
             batch_size=batch_size,
             seed=seed,
             num_workers=workers,
+            holdout=bool(self.data.get("holdout", False)),  # older runs validated on test
         )
         if list(data.classes) != list(self.data["classes"]):
             raise VitParetoError(

@@ -156,9 +156,13 @@ def finetune(
             p.requires_grad_(True)
     student.eval()
     after = ev.score(student, spec)
+    if data.test is not None:  # reported apart: the front was chosen on validation
+        test = AccuracyEvaluator(data.test, device=dev, progress=False).score(student, spec)
+        after["test_accuracy"] = test["accuracy"]
     metrics = {
         "candidate": candidate.to_dict(),
         "accuracy": after["accuracy"],
+        "test_accuracy": after.get("test_accuracy"),
         "shared_accuracy": before["accuracy"],
         "finetuned": after,
         "shared": before,

@@ -110,6 +110,7 @@ class SupernetTrainer:
         )
         self.step, self.epoch, self.history = 0, 0, []
         self.importance = {"criterion": "identity" if init == "random" else "magnitude"}
+        self.holdout = True  # validation carved from the training split (see load_data)
         self.external: torch.nn.Module | None = None  # an external teacher, else the full model
         self.teacher_record: dict[str, Any] | None = None
         self.seconds = 0.0
@@ -167,6 +168,7 @@ class SupernetTrainer:
             batch_size=config.batch_size,
             seed=config.seed,
             num_workers=workers,
+            holdout=True,
         )
         if teacher is not None:
             check_teacher(*teacher[:1], data.num_classes, describe(vit).img_size, teacher[1])
@@ -224,6 +226,7 @@ class SupernetTrainer:
         trainer.scheduler.load_state_dict(net.train_state["scheduler"])
         trainer.step, trainer.epoch = net.meta["step"], net.meta["epoch"]
         trainer.importance = net.importance
+        trainer.holdout = bool(net.data.get("holdout", False))
         if net.meta.get("teacher"):
             trainer.set_teacher(reload_teacher(net.meta["teacher"]), net.meta["teacher"])
         trainer.history = list(net.meta["metrics"]["history"])
@@ -356,7 +359,11 @@ class SupernetTrainer:
             "step": self.step,
             "epoch": self.epoch,
             "config": asdict(self.config),
-            "data": {"spec": self.data.spec, "classes": list(self.data.classes)},
+            "data": {
+                "spec": self.data.spec,
+                "classes": list(self.data.classes),
+                "holdout": self.holdout,
+            },
             "metrics": {"history": self.history, "seconds": self.seconds},
         }
 

@@ -197,3 +197,37 @@ def test_imagefolder_with_empty_class_folder_or_half_layout(tmp_path):
     _png(tmp_path / "x" / "train" / "a" / "0.png")
     with pytest.raises(VitParetoError, match="has train/ but no val/"):
         load_data(f"imagefolder:{tmp_path / 'x'}", 8)
+
+
+def test_holdout_keeps_the_official_test_split_apart(tmp_path):
+    """With ``holdout``, validation is carved out of the training split (seeded, stratified,
+    disjoint from what trains) and the official test split is untouched; without it, as
+    runs before did, the official split validates. Datasets without one are unchanged."""
+    rng = np.random.default_rng(1)
+    train_x, labels = rng.integers(0, 256, (20, 4, 4)), [i % 2 for i in range(20)]
+    test_x = rng.integers(0, 256, (6, 4, 4))
+    _fake_fashion(tmp_path / "fm", train_x, labels, test_x, [0, 1] * 3)
+    spec = f"fashion-mnist:{tmp_path / 'fm'}"
+    d = load_data(spec, 4, val_fraction=0.25, holdout=True, mean=(0, 0, 0), std=(1, 1, 1))
+    assert (len(d.train.dataset), len(d.val.dataset), len(d.test.dataset)) == (15, 5, 6)
+    xt, _ = _all(d.test)
+    assert torch.equal(torch.round(xt * 255).byte()[:, 0], torch.tensor(test_x).byte())
+    train_rows = {
+        tuple(torch.round(x[0] * 255).byte().flatten().tolist()) for x in _all(d.train)[0]
+    }
+    val_x, val_y = _all(d.val)
+    val_rows = {tuple(torch.round(x[0] * 255).byte().flatten().tolist()) for x in val_x}
+    assert not train_rows & val_rows and len(train_rows | val_rows) == 20  # a partition
+    assert sorted(val_y.tolist()) in ([0, 0, 1, 1, 1], [0, 0, 0, 1, 1])  # stratified
+    again = load_data(spec, 4, val_fraction=0.25, holdout=True, mean=(0, 0, 0), std=(1, 1, 1))
+    assert torch.equal(_all(again.val)[0], val_x)
+    seeds = [
+        _all(load_data(spec, 4, val_fraction=0.25, holdout=True, seed=k).val)[0] for k in (0, 1)
+    ]
+    assert not torch.equal(*seeds)  # another seed, another validation part
+    legacy = load_data(spec, 4)
+    assert legacy.test is None and len(legacy.val.dataset) == 6
+    digits = load_data("digits", 8, holdout=True)
+    assert digits.test is None and len(digits.val.dataset) == len(
+        load_data("digits", 8).val.dataset
+    )

@@ -100,7 +100,8 @@ def test_checkpoint_holds_the_recipe(supernet):
     path, trainer = supernet
     ckpt = read_checkpoint(path)
     assert ckpt["model"] == {"name": "test_vit", "kwargs": {**MODEL, "num_classes": 10}}
-    assert ckpt["data"] == {"spec": "digits", "classes": [str(i) for i in range(10)]}
+    classes = [str(i) for i in range(10)]
+    assert ckpt["data"] == {"spec": "digits", "classes": classes, "holdout": True}
     assert ckpt["space"] == trainer.space.to_dict()
     assert ckpt["orders"] == trainer.elastic.orders
     assert ckpt["config"]["epochs"] == EPOCHS and ckpt["epoch"] == EPOCHS
