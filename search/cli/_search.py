@@ -8,6 +8,7 @@ from pathlib import Path
 from vitpareto.errors import VitParetoError
 from vitpareto.files import check_parent
 from vitpareto.search.cli._common import finite, positive, storage_arg
+from vitpareto.search.cli._trained import check_trained_args, ranked_supernet, trained_args
 from vitpareto.search.explore import (
     DIRECTIONS,
     RUNTIMES,
@@ -33,9 +34,14 @@ def add_parsers(sub) -> None:
         "accuracy on the validation set, measures its latency on --device and counts its MACs "
         "and parameters. Every trial is stored in the results database; running the same "
         "command again resumes the study until --trials trials are complete.",
-        epilog="example: vitpareto search --supernet results/digits.pt --study digits --trials 40",
+        epilog="examples: vitpareto search --supernet results/digits.pt --study digits --trials "
+        "40; a model you trained: vitpareto search --model test_vit --img-size 32 --dataset "
+        "digits --checkpoint mine.pth --num-classes 10 --importance taylor --study mine "
+        "--trials 40 --finetune-front 200",
     )
-    s.add_argument("--supernet", type=Path, required=True, help="checkpoint from `vitpareto train`")
+    s.add_argument(
+        "--supernet", type=Path, help="checkpoint from `vitpareto train` (or --model, below)"
+    )
     storage_arg(s)
     s.add_argument("--study", required=True, help="study name (one per search)")
     s.add_argument("--trials", type=int, default=40, help="completed trials to reach (default: 40)")
@@ -155,6 +161,7 @@ def add_parsers(sub) -> None:
         help="wait this long for a node holding the target to join (default: 0, stop at once)",
     )
 
+    trained_args(s)
     s.set_defaults(handler=cmd_search)
 
     st = sub.add_parser("studies", help="list the studies of a results database")
@@ -205,8 +212,9 @@ def cmd_search(args) -> int:
         if args.artifacts.exists() and not args.artifacts.is_dir():
             raise VitParetoError(f"--artifacts {str(args.artifacts)!r} is not a directory")
         check_parent(args.artifacts / "x", "--artifacts")
+    trained = check_trained_args(args)
     backend = _backend(args)
-    net = load_supernet(args.supernet)
+    net = ranked_supernet(args) if trained else load_supernet(args.supernet)
     progress = not args.no_progress
     study = search(net, args.storage, args.study, args.trials, config, backend, progress)
     print(format_front(study))

@@ -223,7 +223,7 @@ def teacher_args(parser) -> None:
     g.add_argument("--teacher-weights", type=Path, help="a state dict file for it")
 
 
-def _model_spec(args) -> tuple[str, dict]:
+def model_spec(args) -> tuple[str, dict]:
     """--model as a timm name or a config file, plus --img-size and --patch-size."""
     name, kwargs = _recipe(args.model, "--model")
     for key in ("img_size", "patch_size", "num_classes"):
@@ -303,7 +303,7 @@ def cmd_train(args) -> int:
             raise VitParetoError(
                 "--num-classes describes --checkpoint's head; the dataset sets the rest"
             )
-        name, kwargs = _model_spec(args)
+        name, kwargs = model_spec(args)
         config = TrainConfig(sandwich=not args.plain, **given)
         if args.plain and args.teacher:
             raise VitParetoError("--plain trains on the labels alone; drop --teacher")

@@ -195,7 +195,9 @@ class SupernetTrainer:
             else "random"
         )
         trainer = cls(elastic, space, data, config, model, kwargs, device, init)
-        trainer.importance = {"criterion": importance, "calibration_batches": calibration_batches}
+        trainer.importance = {"criterion": importance}
+        if needs_data(importance):
+            trainer.importance["calibration_batches"] = calibration_batches
         if teacher is not None:
             trainer.set_teacher(*teacher)
         return trainer

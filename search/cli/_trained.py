@@ -1,0 +1,137 @@
+"""``search --model``: search a model the user already trained, without training a supernet.
+
+The model's heads and channels are ranked once (``--importance``, on calibration batches
+of the training set for the data-driven criteria) and written as a checkpoint beside the
+results database, so that a resumed search, the front's fine-tune and ``export`` find
+the same weights. Its space keeps the knobs that need no training (heads, q/k and MLP
+channels, blocks, token keep ratios, patch size by PI-resize) and drops early exits,
+whose heads a normally trained model does not have. The front's second stage
+(``--finetune-front``) then repairs each front model by distillation from the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+from vitpareto.errors import VitParetoError
+from vitpareto.search.cli._common import image_size, positive
+from vitpareto.search.cli._train import model_spec
+from vitpareto.search.explore import default_artifacts
+from vitpareto.search.supernet import SupernetTrainer, TrainConfig, load_supernet
+from vitpareto.spaces import CALIBRATION_BATCHES, CRITERIA
+
+# the options of this path, refused beside --supernet
+OPTIONS = (
+    "model",
+    "dataset",
+    "checkpoint",
+    "pretrained",
+    "num_classes",
+    "img_size",
+    "patch_size",
+    "importance",
+    "calibration_batches",
+)
+
+
+def trained_args(parser) -> None:
+    g = parser.add_argument_group(
+        "a model you already trained (instead of --supernet)",
+        "--model with --checkpoint or --pretrained searches that model directly: no "
+        "supernet training; heads and channels ranked by --importance; no early exits; "
+        "give --finetune-front STEPS to repair the front models by distillation from it",
+    )
+    g.add_argument("--model", help="timm model name, or a .yaml/.json file (name:, kwargs:)")
+    g.add_argument("--dataset", help="the dataset it was trained on (as for `train`)")
+    g.add_argument("--checkpoint", type=Path, help="its weights (.pth/.safetensors state dict)")
+    g.add_argument("--pretrained", action="store_true", help="timm's pretrained weights")
+    g.add_argument("--num-classes", type=int, help="classes of --checkpoint's head")
+    g.add_argument("--img-size", type=int, help="input image side (default: the model's)")
+    g.add_argument("--patch-size", type=int, help="base patch side (default: the model's)")
+    g.add_argument(
+        "--importance",
+        choices=[c for c in CRITERIA if c != "identity"],
+        help="how heads and channels are ranked: magnitude (default), taylor, similarity, "
+        "attention (the last three on calibration batches; see `train --help`)",
+    )
+    g.add_argument(
+        "--calibration-batches",
+        type=int,
+        help=f"batches the data-driven criteria read (default: {CALIBRATION_BATCHES})",
+    )
+
+
+def check_trained_args(args) -> bool:
+    """Whether this search is of a trained model; every option checked before any work."""
+    given = [o for o in OPTIONS if getattr(args, o) not in (None, False)]
+    if args.supernet is not None:
+        if given:
+            flags = ", ".join(f"--{o.replace('_', '-')}" for o in given)
+            raise VitParetoError(f"--supernet brings its own model and data; drop {flags}")
+        return False
+    if args.model is None:
+        raise VitParetoError(
+            "search needs --supernet CKPT (from `vitpareto train`), or --model with "
+            "--dataset and --checkpoint or --pretrained for a model you already trained"
+        )
+    if not args.dataset:
+        raise VitParetoError("--model needs --dataset: the data it was trained on")
+    if args.checkpoint is None and not args.pretrained:
+        raise VitParetoError(
+            "--model needs trained weights: --checkpoint FILE or --pretrained (a randomly "
+            "initialised model has nothing to search; train a supernet for that)"
+        )
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise VitParetoError(f"--checkpoint {str(args.checkpoint)!r} is not a file")
+    image_size("img-size", args.img_size)
+    positive("num-classes", args.num_classes)
+    positive("calibration-batches", args.calibration_batches)
+    args.importance = args.importance or "magnitude"
+    args.calibration_batches = args.calibration_batches or CALIBRATION_BATCHES
+    return True
+
+
+def ranked_supernet(args):
+    """The ranked model as a loaded supernet, built on the first run of the study and
+    reused by the next (refused when it was built from another model or ranking)."""
+    name, kwargs = model_spec(args)
+    where = args.artifacts or default_artifacts(args.storage)
+    path = Path(where) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.study)}.model.pt"
+    if path.exists():
+        net = load_supernet(path)
+        want = {"name": name, "importance": args.importance, "dataset": args.dataset}
+        got = {
+            "name": net.model_name,
+            "importance": net.importance.get("criterion"),
+            "dataset": net.data["spec"],
+        }
+        if want != got:
+            raise VitParetoError(
+                f"{path} holds study {args.study!r}'s model as {got}, not {want}: give that "
+                "model again, or another --study"
+            )
+        return net
+    trainer = SupernetTrainer.create(
+        name,
+        args.dataset,
+        TrainConfig(epochs=1),
+        model_kwargs=kwargs,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        device=args.accuracy_device,
+        importance=args.importance,
+        calibration_batches=args.calibration_batches,
+    )
+    space = dataclasses.replace(trainer.space, exits=None, exit_threshold=None)
+    trainer.space = space.bind(trainer.elastic)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save(path)
+    print(
+        f"ranked {name} by {args.importance} into {path} ({trainer.space.size():,} candidates, "
+        "no early exits)",
+        file=sys.stderr,
+    )
+    return load_supernet(path)

@@ -1,0 +1,77 @@
+"""`search --model`: a model the user trained normally, searched without a supernet (ranked
+by importance, no early exits) and its front repaired by fine-tuning from the original."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tests.search.test_cli import vitpareto
+from vitpareto.search import SupernetTrainer, TrainConfig
+
+pytestmark = pytest.mark.xdist_group("supernet")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """test_vit trained normally on digits, saved as a plain state dict."""
+    d = tmp_path_factory.mktemp("trained")
+    trainer = SupernetTrainer.create(
+        "test_vit",
+        "digits",
+        TrainConfig(epochs=4, batch_size=32, lr=2e-3, sandwich=False),
+        model_kwargs=dict(img_size=32, patch_size=8),
+    )
+    trainer.fit(d / "plain.pt", progress=False)
+    torch.save(trainer.elastic.vit.state_dict(), d / "mine.pth")
+    return d / "mine.pth"
+
+
+def _args(weights, db):
+    return [
+        "search",
+        *("--model", "test_vit", "--img-size", "32", "--patch-size", "8"),
+        *("--dataset", "digits", "--checkpoint", str(weights), "--num-classes", "10"),
+        *("--importance", "taylor", "--calibration-batches", "2"),
+        *("--study", "mine", "--trials", "12", "--storage", f"sqlite:///{db}"),
+        *("--finetune-front", "20", "--no-progress"),
+    ]
+
+
+def test_a_trained_model_is_searched_without_a_supernet(weights, tmp_path):
+    db = tmp_path / "r.db"
+    out = vitpareto(*_args(weights, db))
+    assert out.returncode == 0, out.stderr
+    assert "ranked test_vit by taylor" in out.stderr
+    study = optuna.load_study(study_name="mine", storage=f"sqlite:///{db}")
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 12
+    assert all(t.user_attrs["candidate"]["exits"] == [] for t in done)
+    assert study.user_attrs["importance"] == {"criterion": "taylor", "calibration_batches": 2}
+    front = optuna.load_study(study_name="mine/front", storage=f"sqlite:///{db}")
+    assert front.trials and all(t.user_attrs["fidelity"] == "finetuned" for t in front.trials)
+    assert all(t.user_attrs["finetune"]["steps"] == 20 for t in front.trials)
+    # run again: the ranked model is reused (same weights, so the study resumes)
+    again = vitpareto(*_args(weights, db))
+    assert again.returncode == 0, again.stderr
+    assert "ranked" not in again.stderr
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 12
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "test_vit", "--dataset", "digits"], "needs trained weights"),
+        (["--model", "test_vit", "--pretrained"], "--model needs --dataset"),
+        (["--supernet", "x.pt", "--model", "test_vit"], "--supernet brings its own model"),
+        (["--supernet", "x.pt", "--importance", "taylor"], "drop --importance"),
+        ([], "search needs --supernet CKPT"),
+    ],
+)
+def test_trained_model_mistakes_exit_2(tmp_path, extra, message):
+    out = vitpareto("search", "--study", "s", "--storage", f"sqlite:///{tmp_path / 'r.db'}", *extra)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "r.db").exists()
