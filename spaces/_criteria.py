@@ -227,11 +227,16 @@ def _similarity_block(block: nn.Module, seen: dict[str, torch.Tensor]) -> BlockS
     attn, mlp = block.attn, block.mlp
     q, k, _ = _qkv(attn, seen["x"])
     qk_gram = torch.einsum("bhnc,bhnd->hcd", q, q) * torch.einsum("bhnc,bhnd->hcd", k, k)
-    heads = _head_outputs(attn, seen["o"]).flatten(1)
+    # <o_h W_h^T, o_g W_g^T> summed over tokens, from the (H hd)^2 second moments of the
+    # per-head outputs and of the projection: no [H, tokens, D] tensor is formed
+    o = seen["o"].flatten(0, -2)
+    w = attn.proj.weight.float()
+    H, hd = attn.num_heads, attn.head_dim
+    heads = ((o.T @ o) * (w.T @ w)).view(H, hd, H, hd).sum((1, 3))
     a = seen["a"].flatten(0, -2)
     w2 = mlp.fc2.weight.float()
     return BlockScores(
-        heads=heads @ heads.T,
+        heads=heads,
         qk=qk_gram,
         mlp=(a.T @ a) * (w2.T @ w2),
     )
@@ -265,7 +270,8 @@ def attention(model: nn.Module, batches: Batches) -> list[BlockScores]:
     def score(block: nn.Module, seen: dict[str, torch.Tensor]) -> BlockScores:
         attn, mlp = block.attn, block.mlp
         q, k, probs = _qkv(attn, seen["x"])
-        heads = _queries(_head_outputs(attn, seen["o"]).norm(dim=-1), 2, cls).sum(1)
+        o = seen["o"][:, :1] if cls else seen["o"]  # only what reaches the class token
+        heads = _head_outputs(attn, o).norm(dim=-1).mean(2).sum(1)
         # |q_ic k_jc|, the channel's part of the logit of query i and key j, weighted by
         # the attention of i on j, for i the class token (every token where there is none)
         if cls:
