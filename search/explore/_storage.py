@@ -91,17 +91,21 @@ def open_storage(url: str, create: bool = True, write: bool = True):
             if not racing or attempt == 5:
                 raise VitParetoError(_operational(url, e)) from None
         except sqlalchemy.exc.DatabaseError as e:  # "malformed", "not a database": damaged
-            raise VitParetoError(_operational(url, e)) from None
+            # ... or PostgreSQL's "relation already exists": processes creating a new
+            # database's tables together, whose loser finds them made on its next try
+            if "already exists" not in str(e) or attempt == 5:
+                raise VitParetoError(_operational(url, e)) from None
         except ImportError as e:
             hint = "pip install 'vitpareto[postgres]'" if url.startswith("postgres") else str(e)
             raise VitParetoError(f"storage {url!r} needs a database driver: {hint}") from None
         except RuntimeError as e:
             raise VitParetoError(f"storage {url!r}: {_schema_message(url, str(e))}") from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise VitParetoError(
-                f"storage {url!r} cannot be opened as a results database: {first}"
-            ) from None
+            if "already exists" not in str(e) or attempt == 5:  # the same race, wrapped
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise VitParetoError(
+                    f"storage {url!r} cannot be opened as a results database: {first}"
+                ) from None
         time.sleep(0.2 * 2**attempt)
 
 

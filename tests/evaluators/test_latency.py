@@ -33,7 +33,9 @@ def test_statistics_are_sane(elastic):
     r = LatencyEvaluator(batch_size=2, repeats=8, warmup=2)(elastic, c)
     assert set(r) == set(LatencyEvaluator.keys)
     assert r["latency_ms"] > 0 and r["reference_ms"] > 0
-    assert 0 <= r["latency_iqr_ms"] <= r["latency_ms"]
+    # a spread, finite and not negative (no bound against the median: on a busy machine
+    # the middle half of eight timings can be wider than their median)
+    assert 0 <= r["latency_iqr_ms"] < float("inf")
     assert r["latency_count"] == 8 and 1 <= r["latency_attempts"] <= 3
     fp = r["device_fingerprint"]
     assert fp["device"] == "cpu" and fp["torch"] == torch.__version__ and fp["threads"] >= 1
