@@ -10,7 +10,6 @@ same teacher, and refuse a file that changed.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,8 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
-from vitpareto.search.supernet._checkpoint import KIND, load_supernet
+from vitpareto.search.supernet._checkpoint import KIND, load_supernet, weights_sha256
 from vitpareto.spaces import Candidate, create_model
-
-
-def _weights_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _is_supernet(path: Path) -> bool:
@@ -83,7 +74,7 @@ def load_teacher(
             "pretrained": pretrained,
             "weights": str(Path(weights).resolve()) if weights is not None else None,
         }
-    record["weights_sha256"] = _weights_sha256(model)
+    record["weights_sha256"] = weights_sha256(model.state_dict())
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
