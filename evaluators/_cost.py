@@ -4,7 +4,8 @@ Convention (the papers' GMACs, which they call GFLOPs): one multiply-add is one 
 LayerNorm counts 5 x its elements, as fvcore counts it; the attention matmuls are counted (fvcore skips
 ``aten::scaled_dot_product_attention`` unless given the handle below); token selection
 (the class-attention row, ranking, gathering, fusing) is bookkeeping and left out, which
-reproduces EViT's published MACs.
+reproduces EViT's published MACs; token merging's matching (the cosine similarities of one
+half of the tokens against the other, ToMe) is counted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ with warnings.catch_warnings():  # fvcore calls torch.jit.script on import, whic
     from fvcore.nn.jit_handles import get_shape
 
 from vitpareto.errors import VitParetoError
-from vitpareto.spaces import Candidate, ClassAttention, TokenSelect, describe, token_counts
+from vitpareto.spaces import (
+    Candidate,
+    ClassAttention,
+    TokenSelect,
+    describe,
+    merge_macs,
+    token_counts,
+)
 
 
 def _sdpa_macs(inputs, outputs) -> int:
@@ -87,7 +95,8 @@ def analytic_macs(model, candidate: Candidate | None = None) -> int:
     The same convention as ``count_macs``, with which it agrees exactly for LayerNorm
     models: per block ``5 N D + N D (2 h d_qk + h d_v) + N^2 h (d_qk + d_v) + N h d_v D``
     for the attention (N tokens in) and ``5 N' D + 2 N' D m`` for the MLP (N' tokens
-    after pruning), plus the patch embedding, the norms and the head(s).
+    after pruning), plus the patch embedding, the norms and the head(s); a merging block
+    adds its matching, ``a b d_qk`` per round of a tokens against b.
     """
     return mac_profile(model, candidate)[-1]
 
@@ -114,6 +123,8 @@ def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
             total += 5 * N * D + N * D * h * (2 * dq + hd) + N * N * h * (dq + hd) + N * h * hd * D
             if s.qk_norm:
                 total += 2 * 5 * N * h * dq
+            if c.token_mode[i] == "merge":
+                total += merge_macs(N - npt, n_mlp - npt, dq)
         if m > 0:
             total += 5 * n_mlp * D + 2 * n_mlp * D * m
         profile.append(total)

@@ -2,7 +2,8 @@
 
 Built once per device, model shape, batch size and search space: the patch embedding
 and head for every patch size, the attention branch for every (heads, q/k width) the
-space can produce (with and without token selection) and the MLP branch for every width,
+space can produce (with and without token pruning or merging, with and without merged
+tokens' sizes coming in) and the MLP branch for every width,
 each measured on a grid of token counts and interpolated between them. A candidate's
 latency is the sum of its parts, corrected by a line fitted to whole candidates measured
 for real; the error is then measured on further held-out candidates and stated with the
@@ -11,7 +12,6 @@ table (as nn-Meter does for kernels, here for transformer blocks).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._latency import expected_latency
+from vitpareto.evaluators._parts import StoredSpec, attn_kind, block_part, part_shapes, spec_dict
 from vitpareto.evaluators._runtime import check_runtime, prepare
 from vitpareto.evaluators._timing import (
     device_fingerprint,
@@ -37,7 +38,7 @@ from vitpareto.evaluators._timing import (
     time_interleaved,
 )
 from vitpareto.files import atomic_write
-from vitpareto.spaces import Candidate, ElasticViT, ExitHead, JointSpace, PrunedBlock, token_counts
+from vitpareto.spaces import Candidate, ElasticViT, ExitHead, JointSpace, token_counts
 
 FORMAT = 2  # bumped when tables built before would predict wrongly
 
@@ -82,9 +83,9 @@ class LatencyPredictor:
             raise VitParetoError(f"the latency table has no patch size {c.patch_size}; rebuild it")
         total = t["base"][str(c.patch_size)]
         cumulative = []
-        for i, (n_attn, n_mlp) in enumerate(token_counts(_Spec(t["spec"]), c)):
+        for i, (n_attn, n_mlp) in enumerate(token_counts(StoredSpec(t["spec"]), c)):
             if c.heads[i]:
-                kind = "attn_select" if c.keep[i] < 1.0 else "attn"
+                kind = attn_kind(c, i)
                 total += self._curve(kind, f"{c.heads[i]},{c.qk_dim[i]}", n_attn)
             if c.mlp[i]:
                 total += self._curve("mlp", str(c.mlp[i]), n_mlp)
@@ -173,7 +174,7 @@ class LatencyPredictor:
         # a GPU's latency steps with the token count (kernels work in tiles), so there every
         # count that occurs is measured; on a CPU it is smooth and a grid is interpolated
         # the full model too, whatever the space: it is every search's reference
-        shapes = _shapes(spec, [Candidate.full(spec), *pool], grid, exact=dev.type == "cuda")
+        shapes = part_shapes(spec, [Candidate.full(spec), *pool], grid, exact=dev.type == "cuda")
         chosen = random.Random(seed + 1).sample(pool, min(len(pool), calibrate + validate))
         cal, val = chosen[:calibrate], chosen[calibrate:]
         images = torch.randn(batch_size, 3, *spec.img_size, device=dev)
@@ -184,14 +185,16 @@ class LatencyPredictor:
         block = elastic.vit.blocks[0]
         parts: dict[str, torch.nn.Module] = {}
         for h, dq in shapes["attn"]:
-            parts[f"attn|{h},{dq}"] = _part(block, spec, h, dq, 0, 1.0, dev)
-            parts[f"attn_select|{h},{dq}"] = _part(block, spec, h, dq, 0, 0.5, dev)
+            for kind in shapes["kinds"]:
+                parts[f"{kind}|{h},{dq}"] = block_part(block, spec, h, dq, 0, kind, dev)
         for m in shapes["mlp"]:
-            parts[f"mlp|{m}"] = _part(block, spec, 0, spec.head_dim, m, 1.0, dev)
+            parts[f"mlp|{m}"] = block_part(block, spec, 0, spec.head_dim, m, "attn", dev)
         for n in shapes["grid"]:
             x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
+            sized = torch.cat([x, torch.full_like(x[..., :1], 2.0)], dim=-1)
             for name, part in parts.items():
-                calls[f"{name}|{n}"] = partial(prepare(part, x, runtime), x)
+                inp = sized if part.size_in else x
+                calls[f"{name}|{n}"] = partial(prepare(part, inp, runtime), inp)
         for p in shapes["patch"]:
             empty = Candidate.full(spec).replace(
                 patch_size=p, heads=(0,) * spec.depth, mlp=(0,) * spec.depth
@@ -213,20 +216,21 @@ class LatencyPredictor:
         bar.close()
         ms = {k: statistics.median(v) for k, v in times.items()}
 
-        table: dict[str, Any] = {"attn": {}, "attn_select": {}, "mlp": {}, "base": {}}
+        curves = ("attn", "attn_select", *shapes["kinds"], "mlp")
+        table: dict[str, Any] = {kind: {} for kind in (*curves, "base")}
         for key, t in ms.items():
             kind, *rest = key.split("|")
-            if kind in ("attn", "attn_select", "mlp"):
+            if kind in curves:
                 table[kind].setdefault(rest[0], []).append([int(rest[1]), t])
             elif kind == "base":
                 table["base"][rest[0]] = t
-        for curves in (table["attn"], table["attn_select"], table["mlp"]):
-            for points in curves.values():
+        for kind in curves:
+            for points in table[kind].values():
                 points.sort()
         whole = [ms[f"whole|{i}"] for i in range(len(cal) + 1)]
         table.update(
             format=FORMAT,
-            spec=_spec_dict(spec),
+            spec=spec_dict(spec),
             fingerprint=device_fingerprint(dev),
             batch_size=batch_size,
             runtime=runtime,
@@ -281,57 +285,6 @@ def measure_candidates(
     times = time_interleaved(fns, images, repeats=repeats, warmup=2)
     scale = 1.0 if reference_ms is None else reference_ms / statistics.median(times["full"])
     return [statistics.median(times[str(i)]) * scale for i in range(len(cands))]
-
-
-def _part(block, spec, h: int, dq: int, m: int, keep: float, dev) -> torch.nn.Module:
-    """One branch of a block cut to the given widths, as a standalone module."""
-    depth = spec.depth
-    c = Candidate(
-        patch_size=spec.patch_size,
-        heads=(h,) * depth,
-        qk_dim=(dq,) * depth,
-        mlp=(m,) * depth,
-        keep=(keep,) * depth,
-    )
-    return PrunedBlock(copy.deepcopy(block), c, 0, spec).eval().to(dev)
-
-
-def _shapes(spec, pool: list[Candidate], n_grid: int, exact: bool) -> dict[str, list]:
-    """The widths and patch sizes the space produces, and the token counts to measure: every
-    count that occurs when ``exact``, else a geometric grid of ``n_grid`` spanning them."""
-    attn = sorted(
-        {(c.heads[i], c.qk_dim[i]) for c in pool for i in range(spec.depth) if c.heads[i]}
-    )
-    mlp = sorted({c.mlp[i] for c in pool for i in range(spec.depth) if c.mlp[i]})
-    patch = sorted({c.patch_size for c in pool})
-    counts = [n for c in pool for pair in token_counts(spec, c) for n in pair]
-    distinct = set(counts)
-    if exact or len(distinct) <= n_grid:
-        return {"attn": attn, "mlp": mlp, "patch": patch, "grid": sorted(distinct)}
-    lo, hi = min(counts), max(counts)
-    grid = {round(lo * (hi / lo) ** (k / max(1, n_grid - 1))) for k in range(n_grid)} | {lo, hi}
-    full = {
-        (spec.img_size[0] // p) * (spec.img_size[1] // p) + spec.num_prefix_tokens for p in patch
-    }
-    grid = sorted(grid | full)
-    return {"attn": attn, "mlp": mlp, "patch": patch, "grid": grid}
-
-
-def _spec_dict(spec) -> dict[str, Any]:
-    return {
-        "depth": spec.depth,
-        "img_size": list(spec.img_size),
-        "num_prefix_tokens": spec.num_prefix_tokens,
-    }
-
-
-class _Spec:
-    """The few spec facts ``token_counts`` needs, read back from a stored table."""
-
-    def __init__(self, d: dict[str, Any]):
-        self.depth = d["depth"]
-        self.img_size = tuple(d["img_size"])
-        self.num_prefix_tokens = d["num_prefix_tokens"]
 
 
 class PredictedLatencyEvaluator(Evaluator):

@@ -15,9 +15,22 @@ from vitpareto.spaces._importance import (
     rank,
 )
 from vitpareto.spaces._models import check_recipe, create_model, load_checkpoint
-from vitpareto.spaces._ops import ClassAttention, ExitHead, TokenSelect, kept_tokens, token_counts
+from vitpareto.spaces._ops import ExitHead
 from vitpareto.spaces._space import JointSpace, Knob
 from vitpareto.spaces._spec import ViTSpec, describe
+from vitpareto.spaces._tokens import (
+    TOKEN_MODES,
+    ClassAttention,
+    MergeMetric,
+    TokenMerge,
+    TokenSelect,
+    kept_tokens,
+    merge_macs,
+    merge_tokens,
+    reduces,
+    sized_blocks,
+    token_counts,
+)
 
 __all__ = [
     "CALIBRATION_BATCHES",
@@ -27,6 +40,13 @@ __all__ = [
     "ExitHead",
     "PrunedBlock",
     "TokenSelect",
+    "TokenMerge",
+    "MergeMetric",
+    "TOKEN_MODES",
+    "merge_macs",
+    "merge_tokens",
+    "reduces",
+    "sized_blocks",
     "exit_assignment",
     "token_counts",
     "BlockScores",

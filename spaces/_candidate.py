@@ -11,13 +11,15 @@ from typing import Any
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._spec import ViTSpec, describe
+from vitpareto.spaces._tokens import TOKEN_MODES
 
-PER_BLOCK = ("heads", "qk_dim", "mlp", "keep")
+PER_BLOCK = ("heads", "qk_dim", "mlp", "keep", "token_mode")
+REQUIRED = ("patch_size", "heads", "qk_dim", "mlp", "keep")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A compressed ViT described by its five knobs (see the README, "The Candidate").
+    """A compressed ViT described by its knobs (see the README, "The Candidate").
 
     Blocks are 0-based; every per-block tuple has one entry per block.
 
@@ -27,10 +29,17 @@ class Candidate:
         qk_dim: query/key channels kept per head in each block (same in every head).
         mlp: MLP hidden channels kept in each block (0 removes the MLP branch).
         keep: fraction r in (0, 1] of non-prefix tokens kept after each block's
-            attention (``ceil(r * n)`` tokens, ranked by class-token attention).
+            attention (``ceil(r * n)`` tokens).
         exits: blocks after which an early-exit classifier sits.
         exit_threshold: softmax confidence at which a sample leaves at an exit.
-        fuse: fuse the pruned tokens of a block into one extra token (EViT).
+        fuse: the earlier spelling of ``token_mode="fuse"`` in every block; read only
+            when ``token_mode`` is not given, and afterwards true when every block that
+            reduces tokens fuses them.
+        token_mode: how each block reduces its tokens to ``ceil(r * n)``: ``prune``
+            (EViT: keep the tokens the class token attends to most), ``fuse`` (prune, and
+            fuse the pruned ones into one extra token) or ``merge`` (ToMe: merge similar
+            tokens, attention weighted by how many patches each stands for). A block that
+            reduces no tokens (keep 1.0 or no heads) reads ``prune``.
     """
 
     patch_size: int
@@ -40,7 +49,8 @@ class Candidate:
     keep: tuple[float, ...]
     exits: tuple[int, ...] = ()
     exit_threshold: float = 1.0
-    fuse: bool = False
+    fuse: bool = dataclasses.field(default=False, compare=False)
+    token_mode: tuple[str, ...] = ()
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -65,12 +75,32 @@ class Candidate:
         set_(self, "exit_threshold", _as_float("exit_threshold", self.exit_threshold))
         if not isinstance(self.fuse, bool):
             raise VitParetoError(f"fuse must be true or false, got {self.fuse!r}")
+        modes = self.token_mode
+        # one mode for every block, as Candidate.make takes it
+        modes = (
+            (modes,) * len(self.heads)
+            if isinstance(modes, str)
+            else tuple(_seq("token_mode", modes))
+        )
+        if not modes:
+            modes = ("fuse" if self.fuse else "prune",) * len(self.heads)
+        for i, m in enumerate(modes):
+            if m not in TOKEN_MODES:
+                raise VitParetoError(
+                    f"token_mode[{i}]={m!r} is not a token mode; allowed: {', '.join(TOKEN_MODES)}"
+                )
+        set_(self, "token_mode", modes)
         depths = {name: len(getattr(self, name)) for name in PER_BLOCK}
         if len(set(depths.values())) != 1:
             raise VitParetoError(
-                "heads, qk_dim, mlp and keep need one entry per block; got lengths "
+                "heads, qk_dim, mlp, keep and token_mode need one entry per block; got lengths "
                 + ", ".join(f"{k}={v}" for k, v in depths.items())
             )
+        # a block that reduces no tokens has no mode: one candidate per computation
+        reducing = [self.heads[i] > 0 and self.keep[i] < 1.0 for i in range(len(modes))]
+        modes = tuple(m if r else "prune" for m, r in zip(modes, reducing, strict=True))
+        set_(self, "token_mode", modes)
+        set_(self, "fuse", any(reducing) and all(m == "fuse" for m in modes if m != "prune"))
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -100,9 +130,11 @@ class Candidate:
         for name in PER_BLOCK:
             if name in knobs:
                 knobs[name] = _per_block(name, knobs[name], getattr(base, name))
-        return dataclasses.replace(base, **knobs).validate(model)
+        return base.replace(**knobs).validate(model)
 
     def replace(self, **changes) -> Candidate:
+        if "fuse" in changes and "token_mode" not in changes:
+            changes["token_mode"] = ()  # the earlier spelling sets every block's mode
         return dataclasses.replace(self, **changes)
 
     # -- facts ----------------------------------------------------------------------------
@@ -137,8 +169,8 @@ class Candidate:
                 raise VitParetoError(f"keep[{i}]={r} is out of range; allowed: (0, 1]")
             if r < 1.0 and self.heads[i] == 0:
                 raise VitParetoError(
-                    f"keep[{i}]={r} prunes tokens by attention, but heads[{i}]=0 removes "
-                    f"block {i}'s attention; use keep[{i}]=1.0 or keep a head"
+                    f"keep[{i}]={r} reduces tokens with block {i}'s attention, but heads[{i}]=0 "
+                    f"removes it; use keep[{i}]=1.0 or keep a head"
                 )
         if list(self.exits) != sorted(set(self.exits)):
             raise VitParetoError(f"exits={list(self.exits)} must be distinct and increasing")
@@ -155,10 +187,11 @@ class Candidate:
 
     # -- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values; ``fuse`` is left out (``token_mode`` says it)."""
         return {
             f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
             for f in dataclasses.fields(self)
-            if f.init
+            if f.init and f.name != "fuse"
         }
 
     @classmethod
@@ -169,7 +202,7 @@ class Candidate:
         unknown = set(data) - names
         if unknown:
             raise VitParetoError(f"unknown candidate field(s): {', '.join(sorted(unknown))}")
-        missing = {"patch_size", *PER_BLOCK} - set(data)
+        missing = set(REQUIRED) - set(data)
         if missing:
             raise VitParetoError(f"candidate is missing field(s): {', '.join(sorted(missing))}")
         return cls(**data)
@@ -224,5 +257,7 @@ def _per_block(name: str, value, full: tuple) -> tuple:
             out[b] = v
         return tuple(out)
     if isinstance(value, int | float) and not isinstance(value, bool):
+        return (value,) * depth
+    if isinstance(value, str) and name == "token_mode":
         return (value,) * depth
     return tuple(_seq(name, value))

@@ -9,15 +9,9 @@ import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
-from vitpareto.spaces._ops import (
-    ClassAttention,
-    TokenSelect,
-    attention,
-    residual_block,
-    slice_qkv,
-    sliced_norm_module,
-)
+from vitpareto.spaces._ops import attention, residual_block, slice_qkv, sliced_norm_module
 from vitpareto.spaces._spec import ViTSpec
+from vitpareto.spaces._tokens import reducer, reduces, scorer, sized_blocks
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -47,7 +41,7 @@ class PrunedAttention(nn.Module):
     """Self-attention with ``heads`` heads, ``qk_dim`` q/k channels and ``head_dim`` value
     channels per head; the fused attention kernel does the work."""
 
-    def __init__(self, attn: nn.Module, heads: int, qk_dim: int, scorer: ClassAttention | None):
+    def __init__(self, attn: nn.Module, heads: int, qk_dim: int, scorer: nn.Module | None):
         super().__init__()
         self.heads, self.qk_dim, self.head_dim = heads, qk_dim, attn.head_dim
         self.scale = attn.scale
@@ -62,7 +56,7 @@ class PrunedAttention(nn.Module):
         self.proj_drop = copy.deepcopy(attn.proj_drop)
         self.scorer = scorer
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, size=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, scores = attention(
             x,
             self.qkv.weight,
@@ -77,23 +71,42 @@ class PrunedAttention(nn.Module):
             k_norm=self.k_norm,
             dropout_p=self.attn_drop_p if self.training else 0.0,
             scorer=self.scorer,
+            size=size,
         )
         return self.proj_drop(out), scores
 
 
 class PrunedBlock(nn.Module):
     """A timm pre-norm block cut to a candidate: sliced attention and MLP, optional token
-    pruning between them. timm's own norm, LayerScale, drop-path and Mlp modules are reused."""
+    reduction between them. timm's own norm, LayerScale, drop-path and Mlp modules are reused.
 
-    def __init__(self, blk: nn.Module, c: Candidate, i: int, spec: ViTSpec):
+    Once a block has merged tokens, their sizes travel to the next block as one extra
+    channel of the tokens (``size_in`` / ``size_out``), so the model stays a chain of
+    blocks that each take and return one tensor, as timm's own forward runs them.
+    """
+
+    def __init__(
+        self,
+        blk: nn.Module,
+        c: Candidate,
+        i: int,
+        spec: ViTSpec,
+        size_in: bool = False,
+        size_out: bool = False,
+    ):
         super().__init__()
         h, dq, m, r = c.heads[i], c.qk_dim[i], c.mlp[i], c.keep[i]
         self.heads, self.qk_dim, self.mlp_dim, self.keep = h, dq, m, r
+        self.token_mode = c.token_mode[i] if reduces(c, i) else None
+        self.size_in, self.size_out = size_in, size_out
+        self.select = None
         if h > 0:
-            scorer = ClassAttention(spec.num_prefix_tokens, spec.has_class_token) if r < 1 else None
+            npt = spec.num_prefix_tokens
+            mode = self.token_mode
+            score = scorer(mode, npt, spec.has_class_token) if mode else None
             self.norm1, self.ls1, self.drop_path1 = blk.norm1, blk.ls1, blk.drop_path1
-            self.attn = PrunedAttention(blk.attn, h, dq, scorer)
-            self.select = TokenSelect(r, c.fuse, spec.num_prefix_tokens) if r < 1 else None
+            self.attn = PrunedAttention(blk.attn, h, dq, score)
+            self.select = reducer(mode, r, npt) if mode else None
         if m > 0:
             self.norm2, self.ls2, self.drop_path2 = blk.norm2, blk.ls2, blk.drop_path2
             mlp = blk.mlp
@@ -102,12 +115,21 @@ class PrunedBlock(nn.Module):
             self.mlp = mlp
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        size = None
+        if self.size_in:
+            x, size = x[..., :-1], x[..., -1:]
         attn = self.attn if self.heads > 0 else None
         mlp = self.mlp if self.mlp_dim > 0 else None
-        return residual_block(x, self, attn, mlp, self.select if self.heads > 0 else None)
+        x, size = residual_block(x, self, attn, mlp, self.select, size)
+        if self.size_out:
+            x = torch.cat([x, size.to(x.dtype)], dim=-1)
+        return x
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, qk_dim={self.qk_dim}, mlp={self.mlp_dim}, keep={self.keep}"
+        mode = f", token_mode={self.token_mode}" if self.token_mode else ""
+        return (
+            f"heads={self.heads}, qk_dim={self.qk_dim}, mlp={self.mlp_dim}, keep={self.keep}{mode}"
+        )
 
 
 def _detach(t):
@@ -203,9 +225,19 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
     if candidate.patch_size != spec.patch_size:
         vit.set_input_size(patch_size=candidate.patch_size)
     kept = [i for i in range(spec.depth) if not candidate.removed(i)]
-    vit.blocks = nn.Sequential(*(PrunedBlock(vit.blocks[i], candidate, i, spec) for i in kept))
+    # sizes leave a block when they exist after it and another block follows to read them
+    sized = sized_blocks(candidate)
+    packed = [sized[i] and j < len(kept) - 1 for j, i in enumerate(kept)]
+    vit.blocks = nn.Sequential(
+        *(
+            PrunedBlock(vit.blocks[i], candidate, i, spec, j > 0 and packed[j - 1], packed[j])
+            for j, i in enumerate(kept)
+        )
+    )
     exit_after = [sum(1 for i in kept if i <= b) for b in candidate.exits]
     heads = nn.ModuleList(copy.deepcopy(elastic.exit_heads[str(b)]) for b in candidate.exits)
+    for head, at in zip(heads, exit_after, strict=True):
+        head.packed = at > 0 and packed[at - 1]
     out = CompressedViT(vit, heads, exit_after, candidate)
     out.train(elastic.training)
     return out

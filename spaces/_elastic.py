@@ -19,16 +19,21 @@ from vitpareto.spaces._compress import CompressedViT, extract
 from vitpareto.spaces._criteria import BlockScores
 from vitpareto.spaces._importance import CALIBRATION_BATCHES, Criterion, rank
 from vitpareto.spaces._ops import (
-    ClassAttention,
     ExitHead,
     attention,
     mlp_forward,
     residual_block,
-    select_tokens,
     slice_qkv,
     sliced_norm,
 )
 from vitpareto.spaces._spec import ViTSpec, describe
+from vitpareto.spaces._tokens import (
+    ClassAttention,
+    MergeMetric,
+    merge_tokens,
+    reduces,
+    select_tokens,
+)
 
 
 class ElasticViT(nn.Module):
@@ -57,7 +62,11 @@ class ElasticViT(nn.Module):
         s = self.spec
         blocks = range(s.depth - 1) if exit_blocks is None else sorted(set(exit_blocks))
         self.exit_heads = nn.ModuleDict({str(b): self._new_exit_head() for b in blocks})
-        self._scorer = ClassAttention(s.num_prefix_tokens, s.has_class_token)
+        self._scorers = {
+            "prune": ClassAttention(s.num_prefix_tokens, s.has_class_token),
+            "merge": MergeMetric(s.num_prefix_tokens),
+        }
+        self._scorers["fuse"] = self._scorers["prune"]
         # FlexiViT PI-resize with its pseudo-inverse cached per target size (training visits
         # the same few patch sizes thousands of times)
         self._resample = PatchEmbedResamplerFixedOrigSize((s.patch_size, s.patch_size))
@@ -93,9 +102,10 @@ class ElasticViT(nn.Module):
             )
         x = self.embed(x, c.patch_size)
         outs = []
+        size = None  # tokens' merge sizes, from the first merging block on
         for i, blk in enumerate(self.vit.blocks):
             if not c.removed(i):
-                x = self._block(blk, x, c, i)
+                x, size = self._block(blk, x, c, i, size)
             if exits and i in c.exits:
                 outs.append(self.exit_heads[str(i)](x))
         outs.append(self.vit.forward_head(self.vit.norm(x)))
@@ -125,14 +135,15 @@ class ElasticViT(nn.Module):
                 x = torch.func.functional_call(_PosEmbed(vit), {"vit.pos_embed": pos}, (x,))
         return vit.norm_pre(vit.patch_drop(x))
 
-    def _block(self, blk: nn.Module, x: torch.Tensor, c: Candidate, i: int) -> torch.Tensor:
+    def _block(self, blk: nn.Module, x: torch.Tensor, c: Candidate, i: int, size):
         s = self.spec
         h, dq, m, r = c.heads[i], c.qk_dim[i], c.mlp[i], c.keep[i]
-        attn_fn = select = mlp_fn = None
+        mode = c.token_mode[i] if reduces(c, i) else None
+        attn_fn = reduce = mlp_fn = None
         if h > 0:
             a = blk.attn
 
-            def attn_fn(t):
+            def attn_fn(t, size):
                 out, scores = attention(
                     t,
                     *slice_qkv(a, h, dq),
@@ -143,14 +154,16 @@ class ElasticViT(nn.Module):
                     q_norm=sliced_norm(a.q_norm, dq),
                     k_norm=sliced_norm(a.k_norm, dq),
                     dropout_p=a.attn_drop.p if self.training else 0.0,
-                    scorer=self._scorer if r < 1.0 else None,
+                    scorer=self._scorers[mode] if mode else None,
+                    size=size,
                 )
                 return a.proj_drop(out), scores
 
-            if r < 1.0:
-                select = partial(
-                    select_tokens, keep=r, fuse=c.fuse, num_prefix_tokens=s.num_prefix_tokens
-                )
+            npt = s.num_prefix_tokens
+            if mode == "merge":
+                reduce = partial(merge_tokens, keep=r, num_prefix_tokens=npt)
+            elif mode:
+                reduce = partial(select_tokens, keep=r, fuse=mode == "fuse", num_prefix_tokens=npt)
         if m > 0:
             mp = blk.mlp
             fc1_b = mp.fc1.bias[:m] if mp.fc1.bias is not None else None
@@ -162,7 +175,7 @@ class ElasticViT(nn.Module):
                 fc2_w=mp.fc2.weight[:, :m],
                 fc2_b=mp.fc2.bias,
             )
-        return residual_block(x, blk, attn_fn, mlp_fn, select)
+        return residual_block(x, blk, attn_fn, mlp_fn, reduce, size)
 
     # -- extraction ---------------------------------------------------------------------------
     def extract(self, candidate: Candidate) -> CompressedViT:

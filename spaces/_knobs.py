@@ -15,6 +15,7 @@ import yaml
 
 from vitpareto.errors import VitParetoError
 from vitpareto.files import read_text
+from vitpareto.spaces._tokens import TOKEN_MODES
 
 MAX_FILE = 1 << 20  # bytes of a space file
 
@@ -29,20 +30,22 @@ _RULES = {
     "keep": (float, lambda v: 0 < v <= 1, "token keep ratios in (0, 1]"),
     "exit_threshold": (float, lambda v: 0 < v <= 1, "softmax confidences in (0, 1]"),
     "fuse": (bool, lambda v: True, "true or false"),
+    "token_mode": (str, lambda v: v in TOKEN_MODES, "token modes: " + ", ".join(TOKEN_MODES)),
 }
 
 
 @dataclass(frozen=True)
 class Knob:
-    """How one per-block knob (heads, qk_dim, mlp, keep) is searched.
+    """How one per-block knob (heads, qk_dim, mlp, keep, token_mode) is searched.
 
     Attributes:
         choices: values to choose from (heads: head counts; qk_dim and mlp: fractions of the
-            full width; keep: token keep ratios).
+            full width; keep: token keep ratios; token_mode: prune, fuse, merge).
         groups: ``"block"`` (one parameter per block), ``"all"`` (one parameter shared by
             every searched block) or a tuple of block tuples (one parameter per group).
         blocks: the searched blocks; ``None`` means every block, or the blocks of explicit
-            groups. Blocks not searched keep their full value.
+            groups; for token_mode, the blocks whose keep ratio is searched. Blocks not
+            searched keep their full value (token_mode: prune).
     """
 
     choices: tuple
@@ -80,6 +83,8 @@ def _coerce(kind: type, v):
     """v as a bool/int/float, or None when it is not one."""
     if kind is bool:
         return v if isinstance(v, bool) else None
+    if kind is str:
+        return v if isinstance(v, str) else None
     if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
         return None
     if kind is int:

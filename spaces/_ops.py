@@ -8,7 +8,6 @@ same numbers in both.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import torch
@@ -16,28 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import RmsNorm
 
-
-def kept_tokens(keep: float, n: int) -> int:
-    """Tokens kept of n by ratio keep: ``ceil(keep * n)``, robust to float round-off."""
-    if keep >= 1.0:
-        return n
-    return min(n, max(1, math.ceil(keep * n - 1e-9)))
-
-
-def token_counts(spec, candidate) -> list[tuple[int, int]]:
-    """(tokens into the attention, tokens into the MLP) of every block, prefix tokens
-    included: the one statement of how pruning and fusing change the token count."""
-    c = candidate
-    n = (spec.img_size[0] // c.patch_size) * (spec.img_size[1] // c.patch_size)
-    out = []
-    for i in range(spec.depth):
-        before = n + spec.num_prefix_tokens
-        if c.heads[i]:
-            k = kept_tokens(c.keep[i], n)
-            if k < n:
-                n = k + (1 if c.fuse else 0)
-        out.append((before, n + spec.num_prefix_tokens))
-    return out
+from vitpareto.spaces._tokens import ClassAttention, MergeMetric
 
 
 # --- attention -------------------------------------------------------------------------------
@@ -98,27 +76,6 @@ def sliced_norm_module(norm: nn.Module, d: int) -> nn.Module:
     return new
 
 
-class ClassAttention(nn.Module):
-    """The class token's attention row, averaged over heads: the token-ranking score.
-
-    The fused attention kernel never materialises the attention matrix, so the one row
-    EViT ranks tokens by is recomputed here from q and k (O(N) per head, not O(N^2)).
-    Without a class token, the mean query over the non-prefix tokens stands in for it.
-    ``count_macs`` treats this as token-selection bookkeeping (EViT's convention).
-    """
-
-    def __init__(self, num_prefix_tokens: int, has_class_token: bool):
-        super().__init__()
-        self.num_prefix_tokens = num_prefix_tokens
-        self.has_class_token = has_class_token
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-        npt = self.num_prefix_tokens
-        query = q[:, :, :1] if self.has_class_token else q[:, :, npt:].mean(2, keepdim=True)
-        row = torch.softmax((query * scale) @ k.transpose(-2, -1), dim=-1)  # B, h, 1, N
-        return row.mean(1)[:, 0, npt:]  # B, N - npt
-
-
 def attention(
     x: torch.Tensor,
     qkv_w: torch.Tensor,
@@ -132,13 +89,16 @@ def attention(
     q_norm: Callable,
     k_norm: Callable,
     dropout_p: float = 0.0,
-    scorer: ClassAttention | None = None,
+    scorer: ClassAttention | MergeMetric | None = None,
+    size: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Multi-head self-attention with ``qk_dim`` q/k channels and ``head_dim`` value channels.
 
     The scale stays the original ``head_dim ** -0.5`` so that a candidate computes a
-    prefix of the full model's attention logits. Returns the output and, when a scorer
-    is given, the class-attention token scores.
+    prefix of the full model's attention logits. Tokens that carry a ``size`` [B, N, 1]
+    are attended in proportion to it (ToMe's proportional attention: log size added to
+    the logits). Returns the output and what the scorer computes (token scores or merge
+    features), when one is given.
     """
     B, N, _ = x.shape
     qkv = F.linear(x, qkv_w, qkv_b)
@@ -147,45 +107,11 @@ def attention(
     k = k.unflatten(-1, (heads, qk_dim)).transpose(1, 2)
     v = v.unflatten(-1, (heads, head_dim)).transpose(1, 2)
     q, k = q_norm(q), k_norm(k)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    bias = None if size is None else size.log().to(q.dtype).transpose(1, 2).unsqueeze(1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     out = F.linear(out.transpose(1, 2).reshape(B, N, heads * head_dim), proj_w, proj_b)
-    scores = scorer(q, k, scale) if scorer is not None else None
+    scores = scorer(q, k, scale, bias) if scorer is not None else None
     return out, scores
-
-
-# --- token selection ------------------------------------------------------------------------
-class TokenSelect(nn.Module):
-    """Keep the best-scored ``ceil(keep * n)`` of the n non-prefix tokens (EViT).
-
-    Prefix tokens (class, register, distillation) always stay. With ``fuse`` the pruned
-    tokens are merged into one extra token, their sum weighted by their scores.
-    ``count_macs`` treats this as bookkeeping, as EViT's published MACs do.
-    """
-
-    def __init__(self, keep: float, fuse: bool, num_prefix_tokens: int):
-        super().__init__()
-        self.keep, self.fuse, self.num_prefix_tokens = keep, fuse, num_prefix_tokens
-
-    def forward(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return select_tokens(x, scores, self.keep, self.fuse, self.num_prefix_tokens)
-
-
-def select_tokens(
-    x: torch.Tensor, scores: torch.Tensor, keep: float, fuse: bool, num_prefix_tokens: int
-) -> torch.Tensor:
-    """The computation of ``TokenSelect``; scores are [B, n] for the n non-prefix tokens."""
-    npt = num_prefix_tokens
-    n = x.shape[1] - npt
-    k = kept_tokens(keep, n)
-    if k >= n:
-        return x
-    rest = x[:, npt:]
-    top = scores.topk(k, dim=1).indices  # best first, as a descending sort would order them
-    parts = [x[:, :npt], rest.gather(1, top.unsqueeze(-1).expand(-1, -1, x.shape[-1]))]
-    if fuse:  # the pruned tokens' score-weighted sum: one product, no second gather
-        weight = scores.scatter(1, top, 0.0).unsqueeze(1)  # B, 1, n (zero where kept)
-        parts.append(weight.to(rest.dtype) @ rest)
-    return torch.cat(parts, dim=1)
 
 
 # --- the residual block --------------------------------------------------------------------
@@ -194,21 +120,23 @@ def residual_block(
     blk: nn.Module,
     attn_fn: Callable | None,
     mlp_fn: Callable | None,
-    select: Callable | None,
-) -> torch.Tensor:
-    """A pre-norm ViT block with tokens pruned between its attention and its MLP.
+    reduce: Callable | None,
+    size: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A pre-norm ViT block with tokens reduced between its attention and its MLP;
+    returns the tokens and their sizes (None until a block merges).
 
     ``blk`` supplies timm's own norm1/norm2, LayerScale and drop-path modules, so
     features such as LayerScale are kept rather than re-implemented.
     """
     if attn_fn is not None:
-        out, scores = attn_fn(blk.norm1(x))
+        out, scores = attn_fn(blk.norm1(x), size)
         x = x + blk.drop_path1(blk.ls1(out))
-        if select is not None:
-            x = select(x, scores)
+        if reduce is not None:
+            x, size = reduce(x, scores, size=size)
     if mlp_fn is not None:
         x = x + blk.drop_path2(blk.ls2(mlp_fn(blk.norm2(x))))
-    return x
+    return x, size
 
 
 def mlp_forward(mlp: nn.Module, x: torch.Tensor, fc1_w, fc1_b, fc2_w, fc2_b) -> torch.Tensor:
@@ -226,7 +154,12 @@ class ExitHead(nn.Module):
         self.pool, self.num_prefix_tokens = pool, num_prefix_tokens
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
+        # set by ``extract`` where the compressed model's tokens carry their merge sizes as
+        # one extra channel at this point (see ``PrunedBlock``)
+        self.packed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            x = x[..., :-1]
         x = x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens :].mean(1)
         return self.head(self.norm(x))

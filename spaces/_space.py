@@ -21,19 +21,22 @@ choice is fixed, not a parameter)::
     qk_dim: {choices: [0.5, 1.0], groups: all}   # fractions of head_dim, >= 1 channel
     mlp: {choices: [0.5, 1.0], groups: [[0, 1, 2], [3, 4, 5]]}  # fractions of each MLP width
     keep: {blocks: [3, 6, 9], choices: [0.5, 0.7, 1.0]}  # token keep ratios in (0, 1]
+    token_mode: [prune, merge]               # how those blocks reduce: prune, fuse, merge
     exits: {blocks: [5, 8], threshold: [0.8, 0.9]}       # each exit on/off + one threshold
-    fuse: [false, true]
 
 ``groups`` is ``block`` (one parameter per block, the default), ``all`` (one parameter shared
 by every searched block) or a list of block lists (one parameter per group). ``blocks`` limits
-a per-block knob to those blocks (default: every block, or the blocks named in the groups).
+a per-block knob to those blocks (default: every block, or the blocks named in the groups;
+for ``token_mode``, the blocks of ``keep``). ``fuse: [false, true]``, the earlier form of
+``token_mode: [prune, fuse]`` with one choice for every block, still loads.
 
 Parameter names: ``patch_size``, ``heads.b3`` (per block), ``heads.g0`` (group), ``heads``
-(all blocks), ``keep.b3``, ``exit.b5``, ``exit_threshold``, ``fuse``.
+(all blocks), ``keep.b3``, ``token_mode.b3``, ``exit.b5``, ``exit_threshold``, ``fuse``.
 
 Normalisation, identical in both backends because both go through ``_build``:
 
 - a block whose heads are 0 has no attention to rank tokens by, so its keep becomes 1.0;
+- a block that reduces no tokens has no token mode (the candidate reads ``prune``);
 - ``exit_threshold`` is always a parameter when exits are declared (a static space suits
   GridSampler, multivariate TPE and Ray's fixed param space alike), and a candidate with no
   exit switched on gets ``exit_threshold=1.0``, the ``Candidate`` default.
@@ -93,6 +96,7 @@ class JointSpace:
     qk_dim: Knob | None = None
     mlp: Knob | None = None
     keep: Knob | None = None
+    token_mode: Knob | None = None
     exits: tuple[int, ...] | None = None
     exit_threshold: tuple[float, ...] | None = None
     fuse: tuple[bool, ...] | None = None
@@ -119,6 +123,11 @@ class JointSpace:
                 "exit_threshold is given but no exits; declare the exit blocks, e.g. "
                 "exits: {blocks: [5, 8], threshold: [0.8, 0.9]}"
             )
+        if self.fuse is not None and self.token_mode is not None:
+            raise VitParetoError(
+                "the space declares both fuse and token_mode; fuse: [false, true] is the "
+                "earlier form of token_mode: [prune, fuse]: declare token_mode alone"
+            )
         if self.spec is not None and not isinstance(self.spec, ViTSpec):
             raise VitParetoError("spec must be a ViTSpec; use space.bind(model)")
 
@@ -130,8 +139,8 @@ class JointSpace:
         Patch sides dividing the image in [base, 2*base]; heads per block from
         {ceil(H/2), ceil(3H/4), H}; qk_dim and mlp fractions 0.5/0.75/1.0; keep at blocks
         round(depth/4), round(depth/2), round(3*depth/4) (EViT's 3, 6, 9 for depth 12) with
-        ratios 0.5/0.7/0.9/1.0; exits after blocks depth//2-1 and 3*depth//4-1 (when before the
-        last block) with thresholds 0.8/0.9/0.95; no token fusion.
+        ratios 0.5/0.7/0.9/1.0, reduced by pruning; exits after blocks depth//2-1 and
+        3*depth//4-1 (when before the last block) with thresholds 0.8/0.9/0.95.
         """
         s = describe(model)
         base, h, d = s.patch_size, s.num_heads, s.depth
@@ -172,7 +181,7 @@ class JointSpace:
             )
         for name in PER_BLOCK:
             knob = getattr(self, name)
-            for b in _knob_blocks(knob, s.depth) if knob is not None else ():
+            for b in self._blocks(name, s.depth) if knob is not None else ():
                 if b >= s.depth:
                     raise VitParetoError(
                         f"{name}: block {b} is out of range; allowed: 0..{s.depth - 1}"
@@ -234,6 +243,8 @@ class JointSpace:
             knob = name.split(".")[0]
             if knob == "fuse":
                 values[name] = choices[0]
+            elif knob == "token_mode":  # pruning adds no token and computes no matching
+                values[name] = "prune" if "prune" in choices else choices[0]
             elif knob in ("patch_size", "exit", "exit_threshold"):
                 values[name] = min(choices) if largest else max(choices)
             else:
@@ -306,10 +317,10 @@ class JointSpace:
             if knob is None:
                 continue
             if knob.groups == "block":
-                for b in _knob_blocks(knob, depth):
+                for b in self._blocks(name, depth):
                     slots.append(_slot(name, f"{name}.b{b}", (b,), knob.choices))
             elif knob.groups == "all":
-                slots.append(_slot(name, name, _knob_blocks(knob, depth), knob.choices))
+                slots.append(_slot(name, name, self._blocks(name, depth), knob.choices))
             else:
                 for g, blocks in enumerate(knob.groups):
                     slots.append(_slot(name, f"{name}.g{g}", blocks, knob.choices))
@@ -321,6 +332,13 @@ class JointSpace:
             slots.append(_slot("fuse", "fuse", (), self.fuse))
         return slots
 
+    def _blocks(self, name: str, depth: int) -> tuple[int, ...]:
+        """The blocks a per-block knob searches (token_mode: those of keep by default)."""
+        knob = getattr(self, name)
+        if name == "token_mode" and knob.blocks is None and isinstance(knob.groups, str):
+            return self._blocks("keep", depth) if self.keep is not None else tuple(range(depth))
+        return _knob_blocks(knob, depth)
+
     def _build(self, values: Mapping[str, Any]) -> Candidate:
         """The one translation from parameter values to a candidate, used by both backends."""
         s = self._spec()
@@ -329,6 +347,7 @@ class JointSpace:
             "qk_dim": [s.head_dim] * s.depth,
             "mlp": list(s.mlp_hidden),
             "keep": [1.0] * s.depth,
+            "token_mode": ["prune"] * s.depth,
         }
         knobs: dict[str, Any] = {"patch_size": s.patch_size, "exit_threshold": 1.0, "fuse": False}
         exits = []
@@ -345,8 +364,8 @@ class JointSpace:
             if h == 0:  # no attention: no tokens to rank, no q/k channels to count
                 per_block["keep"][b] = 1.0
                 per_block["qk_dim"][b] = s.head_dim
-        if all(r >= 1.0 for r in per_block["keep"]):
-            knobs["fuse"] = False  # nothing pruned, nothing to fuse: one candidate, not two
+        if knobs.pop("fuse"):
+            per_block["token_mode"] = ["fuse"] * s.depth
         if not exits:
             knobs["exit_threshold"] = 1.0
         cand = Candidate(exits=tuple(sorted(exits)), **knobs, **per_block)

@@ -65,5 +65,5 @@ def random_candidate(model, rng: random.Random) -> Candidate:
         keep=keep,
         exits=exits,
         exit_threshold=0.9,
-        fuse=rng.random() < 0.5,
+        token_mode=[rng.choice(["prune", "fuse", "merge"]) for _ in range(s.depth)],
     ).validate(model)

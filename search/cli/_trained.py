@@ -4,8 +4,8 @@ The model's heads and channels are ranked once (``--importance``, on calibration
 of the training set for the data-driven criteria) and written as a checkpoint beside the
 results database, so that a resumed search, the front's fine-tune and ``export`` find
 the same weights. Its space keeps the knobs that need no training (heads, q/k and MLP
-channels, blocks, token keep ratios, patch size by PI-resize) and drops early exits,
-whose heads a normally trained model does not have. The front's second stage
+channels, blocks, token keep ratios reduced by pruning or by ToMe's merging, patch size by
+PI-resize) and drops early exits, whose heads a normally trained model does not have. The front's second stage
 (``--finetune-front``) then repairs each front model by distillation from the original.
 """
 
@@ -125,7 +125,9 @@ def ranked_supernet(args):
         importance=args.importance,
         calibration_batches=args.calibration_batches,
     )
-    space = dataclasses.replace(trainer.space, exits=None, exit_threshold=None)
+    space = dataclasses.replace(
+        trainer.space, exits=None, exit_threshold=None, fuse=None, token_mode=["prune", "merge"]
+    )
     trainer.space = space.bind(trainer.elastic)
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save(path)

@@ -259,6 +259,7 @@ run with `vitpareto bench DIR`.
 | q/k channels per head | {list(c["qk_dim"])} |
 | MLP channels | {list(c["mlp"])} |
 | token keep ratio | {list(c["keep"])} |
+| token reduction | {list(c.get("token_mode") or [])} |
 
 {exits}
 

@@ -35,6 +35,7 @@ def showcase(model: nn.Module) -> dict[str, Candidate]:
     cands = {
         "full": Candidate.full(s),
         "tokens: EViT keep 0.7 x3": Candidate.make(s, keep=evit, fuse=True),
+        "tokens: ToMe merge 0.7 x3": Candidate.make(s, keep=evit, token_mode="merge"),
         "heads: half": Candidate.make(s, heads=max(1, s.num_heads // 2)),
         "q/k dim: half": Candidate.make(s, qk_dim=max(1, s.head_dim // 2)),
         "mlp: half": Candidate.make(s, mlp=half_mlp),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from conftest import make_variant, random_candidate
 
 from vitpareto.evaluators import analytic_macs, count_macs, count_params, mac_profile
-from vitpareto.spaces import Candidate, compress
+from vitpareto.spaces import Candidate, compress, describe, merge_macs
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,19 @@ def test_mac_profile_is_cumulative():
     profile = mac_profile(model, c)
     assert len(profile) == 4 and profile == sorted(profile)
     assert profile[-1] == analytic_macs(model, c)
+
+
+# 16 patches: 0.7 keeps 12 (one round, 8 tokens against 8); 0.3 keeps 5 (8 against 8 takes
+# 16 to 8, then 4 against 4 merges 3 more)
+@pytest.mark.parametrize("keep,pairs", [(0.7, 8 * 8), (0.3, 8 * 8 + 4 * 4)])
+def test_merging_counts_its_matching(keep, pairs):
+    model = make_variant("registers")
+    s = describe(model)
+    assert s.num_patches == 16
+    size = model.patch_embed.img_size
+    prune = Candidate.make(model, keep={1: keep})
+    merge = prune.replace(token_mode=("prune", "merge", "prune", "prune"))
+    assert count_macs(compress(model, merge), size) == analytic_macs(model, merge)
+    # the same tokens leave block 1 in both modes; merging adds only the cosine matching
+    assert analytic_macs(model, merge) - analytic_macs(model, prune) == pairs * s.head_dim
+    assert merge_macs(16, math.ceil(keep * 16), s.head_dim) == pairs * s.head_dim

@@ -91,7 +91,8 @@ def test_predictor_error_on_held_out_candidates_is_within_what_it_states(elastic
             "patch_size": [16, 32],
             "heads": {"choices": [1, 2], "groups": "all"},
             "mlp": {"choices": [0.5, 1.0], "groups": [[0, 1, 2], [3, 4, 5]]},
-            "keep": {"blocks": [2], "choices": [0.5, 1.0]},
+            "keep": {"blocks": [2, 4], "choices": [0.5, 1.0]},
+            "token_mode": ["prune", "merge"],
         },
         elastic,
     )
@@ -109,6 +110,8 @@ def test_predictor_error_on_held_out_candidates_is_within_what_it_states(elastic
     # with the rest of the suite beside it on 2 cores): the contract is that held-out
     # candidates fall inside it, whatever it is
     assert 0 < pred.mape <= pred.error
+    # merging, and the sizes merged tokens carry into later blocks, are parts of their own
+    assert pred.table["attn_merge"] and pred.table["attn_select_sized"]
     held_out = sample_candidates(space, 40, seed=123)[-8:]
     # the bound was measured minutes before, the held-out candidates now, on a shared
     # machine: a round disturbed by the rest of the suite is measured again (up to three

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.search.hostile import refused, small_supernet
+from vitpareto import load
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import LatencyEvaluator
 from vitpareto.search import SearchConfig, load_supernet, search
@@ -76,6 +77,39 @@ def test_exported_exit_policy_equals_forward_dynamic(net, tmp_path):
             got = np.load(d / f"{name}-{fmt}-logits.npy")
             assert np.abs(got - logits.numpy()).max() < tol, (name, fmt)
             assert (np.load(d / f"{name}-{fmt}-exit.npy") == where.numpy()).all(), (name, fmt)
+
+
+def test_a_merging_candidate_exports_and_runs_without_vitpareto(net, tmp_path):
+    """Merged tokens carry their sizes between blocks and into the exits; the exported
+    graphs (no scatter with mean: sums and counts) give what eager gives."""
+    x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    spec = net.elastic.spec
+    cand = _mixed(net, x8).replace(
+        keep=(0.5, 0.7, 0.5) + (1.0,) * (spec.depth - 3),
+        token_mode=("merge", "prune", "merge") + ("prune",) * (spec.depth - 3),
+    )
+    model = net.elastic.extract(cand).eval()
+    with torch.no_grad():
+        first = model.forward_exits(x8)[0]
+    t = float(first.softmax(-1).amax(-1).median()) + 1e-7
+    model = net.elastic.extract(cand.replace(exit_threshold=min(t, 1.0))).eval()
+    files = model_files(model, net.model_name, net.model_kwargs, net.data["classes"], {})
+    d = tmp_path / "m"
+    write_model_dir(d, {**files, **portable_files(model)})
+    np.save(d / "x1.npy", x8[:1].numpy())
+    np.save(d / "x8.npy", x8.numpy())
+    run = subprocess.run([sys.executable, "-c", PORTABLE, str(d)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    for name, x in (("x1", x8[:1]), ("x8", x8)):
+        with torch.no_grad():
+            logits, where = model.forward_dynamic(x)
+        for fmt in ("pt2", "onnx"):
+            got = np.load(d / f"{name}-{fmt}-logits.npy")
+            assert np.abs(got - logits.numpy()).max() < 1e-4, (name, fmt)
+            assert (np.load(d / f"{name}-{fmt}-exit.npy") == where.numpy()).all(), (name, fmt)
+    reloaded = load(d)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x8), model(x8))
 
 
 def test_an_exit_candidate_is_timed_as_deployed_on_real_images(net):

@@ -49,6 +49,11 @@ def test_a_trained_model_is_searched_without_a_supernet(weights, tmp_path):
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 12
     assert all(t.user_attrs["candidate"]["exits"] == [] for t in done)
+    # merging tokens needs no training (ToMe): searched beside pruning
+    assert {v for t in done for k, v in t.params.items() if k.startswith("token_mode")} == {
+        "prune",
+        "merge",
+    }
     assert study.user_attrs["importance"] == {"criterion": "taylor", "calibration_batches": 2}
     front = optuna.load_study(study_name="mine/front", storage=f"sqlite:///{db}")
     assert front.trials and all(t.user_attrs["fidelity"] == "finetuned" for t in front.trials)

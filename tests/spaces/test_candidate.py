@@ -37,7 +37,7 @@ def test_full_and_json_round_trip(model):
         (dict(keep={0: math.nan}), r"keep\[0\]=nan is out of range"),
         (
             dict(heads={1: 0}, keep={1: 0.5}),
-            r"keep\[1\]=0\.5 prunes tokens by attention, but heads\[1\]=0",
+            r"keep\[1\]=0\.5 reduces tokens with block 1.s attention, but heads\[1\]=0",
         ),
         (dict(exits=(2,)), r"exits\[0\]=2 is out of range; allowed blocks: 0\.\.1"),
         (dict(exits=(1, 0)), r"exits=\[1, 0\] must be distinct and increasing"),

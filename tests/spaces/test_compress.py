@@ -141,7 +141,7 @@ def test_tokens_pruned_by_class_attention(key, fuse):
     seen = {}
     select = [m for m in compressed.modules() if isinstance(m, TokenSelect)]
     assert len(select) == 1
-    select[0].register_forward_hook(lambda m, a, out: seen.update(inp=a[0], out=out))
+    select[0].register_forward_hook(lambda m, a, out: seen.update(inp=a[0], out=out[0]))
     with torch.no_grad():
         compressed(x)
     _, scores = _manual_scores(model, block, x)
