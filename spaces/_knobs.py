@@ -15,6 +15,7 @@ import yaml
 
 from vitpareto.errors import VitParetoError
 from vitpareto.files import read_text
+from vitpareto.spaces._spec import ViTSpec
 from vitpareto.spaces._tokens import TOKEN_MODES
 
 MAX_FILE = 1 << 20  # bytes of a space file
@@ -178,3 +179,21 @@ def dump(data: dict[str, Any], path: str | Path) -> str:
     if _format(Path(path)) == "json":
         return json.dumps(data, indent=2) + "\n"
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def absolute(knob: str, v, block: int, s: ViTSpec):
+    """A choice as the candidate's value: fractions become channel counts."""
+    if knob == "qk_dim":
+        return max(1, int(round(v * s.head_dim)))
+    if knob == "mlp":
+        return int(round(v * s.mlp_hidden[block]))
+    return v
+
+
+def knob_blocks(knob: Knob, depth: int) -> tuple[int, ...]:
+    """The blocks a knob searches: its own, those of its groups, or every block."""
+    if knob.blocks is not None:
+        return knob.blocks
+    if isinstance(knob.groups, tuple):
+        return tuple(sorted(b for g in knob.groups for b in g))
+    return tuple(range(depth))

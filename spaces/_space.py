@@ -56,7 +56,9 @@ from vitpareto.files import atomic_write
 from vitpareto.spaces._candidate import PER_BLOCK, Candidate
 from vitpareto.spaces._knobs import (
     Knob,
+    absolute,
     dump,
+    knob_blocks,
     read_blocks,
     read_choices,
     read_knob,
@@ -127,6 +129,11 @@ class JointSpace:
             raise VitParetoError(
                 "the space declares both fuse and token_mode; fuse: [false, true] is the "
                 "earlier form of token_mode: [prune, fuse]: declare token_mode alone"
+            )
+        if self.token_mode is not None and self.keep is None:
+            raise VitParetoError(
+                "token_mode chooses how the keep ratios reduce tokens, but the space has no "
+                "keep: declare keep too, e.g. keep: {blocks: [3, 6, 9], choices: [0.5, 1.0]}"
             )
         if self.spec is not None and not isinstance(self.spec, ViTSpec):
             raise VitParetoError("spec must be a ViTSpec; use space.bind(model)")
@@ -337,7 +344,7 @@ class JointSpace:
         knob = getattr(self, name)
         if name == "token_mode" and knob.blocks is None and isinstance(knob.groups, str):
             return self._blocks("keep", depth) if self.keep is not None else tuple(range(depth))
-        return _knob_blocks(knob, depth)
+        return knob_blocks(knob, depth)
 
     def _build(self, values: Mapping[str, Any]) -> Candidate:
         """The one translation from parameter values to a candidate, used by both backends."""
@@ -357,7 +364,7 @@ class JointSpace:
                 exits += list(slot.blocks) if v else []
             elif slot.knob in per_block:
                 for b in slot.blocks:
-                    per_block[slot.knob][b] = _absolute(slot.knob, v, b, s)
+                    per_block[slot.knob][b] = absolute(slot.knob, v, b, s)
             else:
                 knobs[slot.knob] = v
         for b, h in enumerate(per_block["heads"]):
@@ -374,20 +381,3 @@ class JointSpace:
 
 def _slot(knob: str, param: str, blocks: tuple[int, ...], choices: tuple) -> _Slot:
     return _Slot(knob, param if len(choices) > 1 else None, tuple(blocks), tuple(choices))
-
-
-def _absolute(knob: str, v, block: int, s: ViTSpec):
-    """A choice as the candidate's value: fractions become channel counts."""
-    if knob == "qk_dim":
-        return max(1, int(round(v * s.head_dim)))
-    if knob == "mlp":
-        return int(round(v * s.mlp_hidden[block]))
-    return v
-
-
-def _knob_blocks(knob: Knob, depth: int) -> tuple[int, ...]:
-    if knob.blocks is not None:
-        return knob.blocks
-    if isinstance(knob.groups, tuple):
-        return tuple(sorted(b for g in knob.groups for b in g))
-    return tuple(range(depth))

@@ -44,58 +44,26 @@ def net(tmp_path_factory):
     return load_supernet(small_supernet(tmp_path_factory.mktemp("net") / "net.pt"))
 
 
-def _mixed(net, images):
-    """A candidate with exits after blocks 2 and 3, its threshold the median confidence at
-    its first exit on ``images``: some samples leave there, some go on."""
-    cand = Candidate.make(net.elastic.spec, exits=(2, 3), exit_threshold=0.5)
+def _mixed(net, images, base: Candidate | None = None):
+    """``base`` (default: the full model) with exits after blocks 2 and 3, its threshold
+    the median confidence at its first exit on ``images``: some samples leave there, some
+    go on."""
+    base = base or Candidate.full(net.elastic.spec)
+    cand = base.replace(exits=(2, 3), exit_threshold=0.5)
     with torch.no_grad():
         first = net.elastic.extract(cand).forward_exits(images)[0]
     t = float(first.softmax(-1).amax(-1).median()) + 1e-7
     return cand.replace(exit_threshold=min(t, 1.0))
 
 
-def test_exported_exit_policy_equals_forward_dynamic(net, tmp_path):
-    x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    cand = _mixed(net, x8)
-    model = net.elastic.extract(cand).eval()
+def _exports_equal_eager(net, model, d, x8) -> torch.Tensor:
+    """Export ``model`` into ``d``, run its files without vitpareto on one image and on
+    ``x8``, and check them against eager ``forward_dynamic``; the exits of ``x8``."""
     files = model_files(model, net.model_name, net.model_kwargs, net.data["classes"], {})
-    write_model_dir(tmp_path / "m", {**files, **portable_files(model)})
-    d = tmp_path / "m"
+    write_model_dir(d, {**files, **portable_files(model)})
     assert {"model.onnx", "model_static.onnx", "model.pt2", "model_static.pt2"} <= {
         p.name for p in d.iterdir()
     }
-    np.save(d / "x1.npy", x8[:1].numpy())
-    np.save(d / "x8.npy", x8.numpy())
-    run = subprocess.run([sys.executable, "-c", PORTABLE, str(d)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    for name, x in (("x1", x8[:1]), ("x8", x8)):
-        with torch.no_grad():
-            logits, where = model.forward_dynamic(x)
-        if name == "x8":
-            assert len(set(where.tolist())) > 1  # a batch of mixed exits
-        for fmt, tol in (("pt2", 1e-4), ("onnx", 1e-4)):
-            got = np.load(d / f"{name}-{fmt}-logits.npy")
-            assert np.abs(got - logits.numpy()).max() < tol, (name, fmt)
-            assert (np.load(d / f"{name}-{fmt}-exit.npy") == where.numpy()).all(), (name, fmt)
-
-
-def test_a_merging_candidate_exports_and_runs_without_vitpareto(net, tmp_path):
-    """Merged tokens carry their sizes between blocks and into the exits; the exported
-    graphs (no scatter with mean: sums and counts) give what eager gives."""
-    x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    spec = net.elastic.spec
-    cand = _mixed(net, x8).replace(
-        keep=(0.5, 0.7, 0.5) + (1.0,) * (spec.depth - 3),
-        token_mode=("merge", "prune", "merge") + ("prune",) * (spec.depth - 3),
-    )
-    model = net.elastic.extract(cand).eval()
-    with torch.no_grad():
-        first = model.forward_exits(x8)[0]
-    t = float(first.softmax(-1).amax(-1).median()) + 1e-7
-    model = net.elastic.extract(cand.replace(exit_threshold=min(t, 1.0))).eval()
-    files = model_files(model, net.model_name, net.model_kwargs, net.data["classes"], {})
-    d = tmp_path / "m"
-    write_model_dir(d, {**files, **portable_files(model)})
     np.save(d / "x1.npy", x8[:1].numpy())
     np.save(d / "x8.npy", x8.numpy())
     run = subprocess.run([sys.executable, "-c", PORTABLE, str(d)], capture_output=True, text=True)
@@ -107,7 +75,29 @@ def test_a_merging_candidate_exports_and_runs_without_vitpareto(net, tmp_path):
             got = np.load(d / f"{name}-{fmt}-logits.npy")
             assert np.abs(got - logits.numpy()).max() < 1e-4, (name, fmt)
             assert (np.load(d / f"{name}-{fmt}-exit.npy") == where.numpy()).all(), (name, fmt)
-    reloaded = load(d)
+    return where
+
+
+def test_exported_exit_policy_equals_forward_dynamic(net, tmp_path):
+    x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    model = net.elastic.extract(_mixed(net, x8)).eval()
+    where = _exports_equal_eager(net, model, tmp_path / "m", x8)
+    assert len(set(where.tolist())) > 1  # a batch of mixed exits
+
+
+def test_a_merging_candidate_exports_and_runs_without_vitpareto(net, tmp_path):
+    """Merged tokens carry their sizes between blocks and into the exits; the exported
+    graphs (no scatter with mean: sums and counts) give what eager gives."""
+    x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    depth = net.elastic.spec.depth
+    base = Candidate.make(
+        net.elastic.spec,
+        keep=(0.5, 0.7, 0.5) + (1.0,) * (depth - 3),
+        token_mode=("merge", "prune", "merge") + ("prune",) * (depth - 3),
+    )
+    model = net.elastic.extract(_mixed(net, x8, base)).eval()
+    _exports_equal_eager(net, model, tmp_path / "m", x8)
+    reloaded = load(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(reloaded(x8), model(x8))
 

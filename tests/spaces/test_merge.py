@@ -152,7 +152,9 @@ def test_token_mode_is_searched_in_the_blocks_that_reduce():
     with pytest.raises(VitParetoError, match="both fuse and token_mode"):
         JointSpace(keep=[0.5], fuse=[True], token_mode=["merge"])
     with pytest.raises(VitParetoError, match="token_mode: choice 'tome' is not allowed"):
-        JointSpace(token_mode=["tome"])
+        JointSpace(keep=[0.5], token_mode=["tome"])
+    with pytest.raises(VitParetoError, match="the space has no keep"):
+        JointSpace(heads=[1, 2], token_mode=["merge"])
     legacy = JointSpace(keep={"blocks": [1], "choices": [0.5]}, fuse=[True]).bind(model)
     assert legacy.smallest().token_mode == ("prune", "fuse", "prune", "prune")
 
