@@ -29,48 +29,19 @@ import yaml
 from vitpareto.evaluators import analytic_macs, count_params
 from vitpareto.search.supernet import (
     FinetuneConfig,
-    SupernetTrainer,
-    TrainConfig,
-    load_supernet,
     train_compressed,
 )
-from vitpareto.spaces import Candidate, compress, importance_scores
+from vitpareto.spaces import compress, importance_scores
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _h2h import accuracy as _accuracy  # noqa: E402
+from _h2h import trained_plain  # noqa: E402
+from _h2h import uniform_cut as _cut  # noqa: E402
 from _peer import available, torch_pruning_cut  # noqa: E402
 from _results import write_section  # noqa: E402
 
 MODEL = yaml.safe_load((Path(__file__).parent / "fmnist" / "model.yaml").read_text())
 CRITERIA = ("identity", "magnitude", "taylor", "similarity", "attention")
-
-
-def _trained(path: Path, epochs: int):
-    """The model trained normally (cached in ``path``) and its data."""
-    if not path.exists():
-        config = TrainConfig(epochs=epochs, batch_size=256, lr=2e-3, sandwich=False)
-        trainer = SupernetTrainer.create(
-            MODEL["name"], "fashion-mnist", config, model_kwargs=MODEL["kwargs"]
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.fit(path)
-    net = load_supernet(path)
-    return net, net.load_data(batch_size=256)
-
-
-def _cut(spec, ratio: float, heads: int) -> Candidate:
-    """The uniform cut with ``heads`` heads per block and the MLP width (a multiple of 8)
-    that brings the MACs nearest ``ratio`` times fewer."""
-    target = analytic_macs(spec) / ratio
-    widths = range(8, spec.mlp_hidden[0] + 1, 8)
-    cuts = [Candidate.make(spec, heads=heads, mlp=m) for m in widths]
-    return min(cuts, key=lambda c: abs(analytic_macs(spec, c) - target))
-
-
-def _accuracy(model, loader) -> float:
-    model.eval()
-    with torch.no_grad():
-        right = sum(int((model(x).argmax(-1) == y).sum()) for x, y in loader)
-    return right / len(loader.dataset)
 
 
 def _tp_version() -> str:
@@ -85,7 +56,8 @@ def _tp_version() -> str:
 def run(args) -> str:
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", message="Unwrapped parameters")
-    net, data = _trained(Path(args.model_path), args.epochs)
+    net = trained_plain(MODEL, Path(args.model_path), args.epochs)
+    data = net.load_data(batch_size=256)
     vit = net.elastic.vit.eval()  # trained --plain: its own order (identity ranking)
     spec = net.elastic.spec
     full_acc = _accuracy(vit, data.val)

@@ -1,0 +1,125 @@
+"""The pieces of bench_headtohead: the cuts, the two searched paths, and the choice of a
+searched model for a latency target."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import torch
+from optuna.trial import TrialState
+
+from vitpareto.evaluators import analytic_macs
+from vitpareto.search import SearchConfig, load_supernet, search
+from vitpareto.search.supernet import SupernetTrainer, TrainConfig
+from vitpareto.spaces import Candidate
+
+
+def trained_plain(model: dict, path: Path, epochs: int):
+    """The model trained normally (``train --plain``), cached in ``path``."""
+    if not path.exists():
+        config = TrainConfig(epochs=epochs, batch_size=256, lr=2e-3, sandwich=False)
+        trainer = SupernetTrainer.create(
+            model["name"], "fashion-mnist", config, model_kwargs=model["kwargs"]
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.fit(path)
+    return load_supernet(path)
+
+
+def uniform_cut(spec, ratio: float, heads: int) -> Candidate:
+    """The uniform cut with ``heads`` heads per block and the MLP width (a multiple of 8)
+    that brings the MACs nearest ``ratio`` times fewer (Torch-Pruning can cut the same)."""
+    target = analytic_macs(spec) / ratio
+    widths = range(8, spec.mlp_hidden[0] + 1, 8)
+    cuts = [Candidate.make(spec, heads=heads, mlp=m) for m in widths]
+    return min(cuts, key=lambda c: abs(analytic_macs(spec, c) - target))
+
+
+def token_cut(spec, ratio: float, mode: str) -> Candidate:
+    """Tokens alone: the same keep ratio after two blocks, the pair of blocks and the ratio
+    (a multiple of 0.05) that bring the MACs nearest ``ratio`` times fewer; ``mode`` is how
+    those blocks reduce (the same tokens remain in either mode)."""
+    target = analytic_macs(spec) / ratio
+    options = []
+    for blocks in itertools.combinations(range(spec.depth - 1), 2):
+        for r in (k / 20 for k in range(1, 20)):
+            c = Candidate.make(spec, keep={b: r for b in blocks}, token_mode=mode)
+            options.append(c)
+    return min(options, key=lambda c: abs(analytic_macs(spec, c) - target))
+
+
+def _space_without_exits(trainer: SupernetTrainer) -> None:
+    space = dataclasses.replace(
+        trainer.space, exits=None, exit_threshold=None, fuse=None, token_mode=["prune", "merge"]
+    )
+    trainer.space = space.bind(trainer.elastic)
+
+
+def one_shot(model: dict, weights: Path, path: Path, calibration_batches: int):
+    """``search --model``: the trained weights ranked by taylor, no supernet training."""
+    if not path.exists():
+        trainer = SupernetTrainer.create(
+            model["name"],
+            "fashion-mnist",
+            TrainConfig(epochs=1),
+            model_kwargs={**model["kwargs"], "num_classes": 10},
+            checkpoint=weights,
+            importance="taylor",
+            calibration_batches=calibration_batches,
+        )
+        _space_without_exits(trainer)
+        trainer.save(path)
+    return load_supernet(path)
+
+
+def supernet(model: dict, weights: Path, path: Path, epochs: int, calibration_batches: int):
+    """The supernet path: the same ranked weights trained as a supernet (sandwich rule,
+    distilled from the full model) for ``epochs``."""
+    if not path.exists():
+        trainer = SupernetTrainer.create(
+            model["name"],
+            "fashion-mnist",
+            # the sandwich's two ends only: a supernet epoch at twice a normal one's cost
+            TrainConfig(
+                epochs=epochs, batch_size=256, lr=5e-4, warmup_epochs=0.1, random_candidates=0
+            ),
+            model_kwargs={**model["kwargs"], "num_classes": 10},
+            checkpoint=weights,
+            importance="taylor",
+            calibration_batches=calibration_batches,
+        )
+        _space_without_exits(trainer)
+        trainer.fit(path, progress=False)
+    return load_supernet(path)
+
+
+def searched(net, storage: str, study: str, trials: int, batch: int, max_batches: int):
+    """A search of ``net`` timed under ONNX Runtime at ``batch``, scored on the first
+    ``max_batches`` validation batches (resumed when stored)."""
+    config = SearchConfig(
+        runtime="onnxruntime", latency_batch=batch, latency_repeats=10, max_batches=max_batches
+    )
+    return search(net, storage, study, trials, config, progress=False)
+
+
+def pick(study, speedup: float) -> tuple[Candidate, dict] | None:
+    """The searched trial with the best validation accuracy among those at least
+    ``speedup`` times faster than the full model, as the search measured them."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("speedup", 0) >= speedup
+    ]
+    if not done:
+        return None
+    best = max(done, key=lambda t: t.user_attrs["accuracy"])
+    return Candidate.from_dict(best.user_attrs["candidate"]), best.user_attrs
+
+
+def accuracy(model, loader) -> float:
+    model.eval()
+    with torch.no_grad():
+        right = sum(int((model(x).argmax(-1) == y).sum()) for x, y in loader)
+    return right / len(loader.dataset)
