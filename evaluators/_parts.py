@@ -11,13 +11,17 @@ import torch
 from vitpareto.spaces import Candidate, PrunedBlock, reduces, sized_blocks, token_counts
 
 
-def attn_kind(c: Candidate, i: int) -> str:
-    """Which measured attention part block i of ``c`` is: plain, pruning (or fusing) or
-    merging its tokens, and ``_sized`` when merged tokens' sizes come in."""
-    kind = "attn"
-    if reduces(c, i):
-        kind = "attn_merge" if c.token_mode[i] == "merge" else "attn_select"
-    return kind + ("_sized" if i > 0 and sized_blocks(c)[i - 1] else "")
+def attn_kinds(c: Candidate) -> list[str | None]:
+    """Which measured attention part each block of ``c`` is (None without heads): plain,
+    pruning (or fusing) or merging its tokens, ``_sized`` when merged tokens' sizes come in."""
+    sized = [False, *sized_blocks(c)[:-1]]
+    out = []
+    for i in range(c.depth):
+        kind = "attn"
+        if reduces(c, i):
+            kind = "attn_merge" if c.token_mode[i] == "merge" else "attn_select"
+        out.append(kind + ("_sized" if sized[i] else "") if c.heads[i] else None)
+    return out
 
 
 def block_part(block, spec, h: int, dq: int, m: int, kind: str, dev) -> torch.nn.Module:
@@ -44,7 +48,7 @@ def part_shapes(spec, pool: list[Candidate], n_grid: int, exact: bool) -> dict[s
         {(c.heads[i], c.qk_dim[i]) for c in pool for i in range(spec.depth) if c.heads[i]}
     )
     mlp = sorted({c.mlp[i] for c in pool for i in range(spec.depth) if c.mlp[i]})
-    kinds = {attn_kind(c, i) for c in pool for i in range(spec.depth) if c.heads[i]}
+    kinds = {k for c in pool for k in attn_kinds(c) if k}
     if any(k.startswith("attn_merge") for k in kinds):  # every kind merging can lead to
         kinds |= {"attn_merge", "attn_sized", "attn_merge_sized"}
         kinds |= {"attn_select_sized"} if "attn_select" in kinds else set()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._latency import expected_latency
-from vitpareto.evaluators._parts import StoredSpec, attn_kind, block_part, part_shapes, spec_dict
+from vitpareto.evaluators._parts import StoredSpec, attn_kinds, block_part, part_shapes, spec_dict
 from vitpareto.evaluators._runtime import check_runtime, prepare
 from vitpareto.evaluators._timing import (
     device_fingerprint,
@@ -83,9 +83,10 @@ class LatencyPredictor:
             raise VitParetoError(f"the latency table has no patch size {c.patch_size}; rebuild it")
         total = t["base"][str(c.patch_size)]
         cumulative = []
+        kinds = attn_kinds(c)
         for i, (n_attn, n_mlp) in enumerate(token_counts(StoredSpec(t["spec"]), c)):
             if c.heads[i]:
-                kind = attn_kind(c, i)
+                kind = kinds[i]
                 total += self._curve(kind, f"{c.heads[i]},{c.qk_dim[i]}", n_attn)
             if c.mlp[i]:
                 total += self._curve("mlp", str(c.mlp[i]), n_mlp)

@@ -27,13 +27,7 @@ from vitpareto.spaces._ops import (
     sliced_norm,
 )
 from vitpareto.spaces._spec import ViTSpec, describe
-from vitpareto.spaces._tokens import (
-    ClassAttention,
-    MergeMetric,
-    merge_tokens,
-    reduces,
-    select_tokens,
-)
+from vitpareto.spaces._tokens import TOKEN_MODES, reducer, reduces, scorer
 
 
 class ElasticViT(nn.Module):
@@ -62,11 +56,7 @@ class ElasticViT(nn.Module):
         s = self.spec
         blocks = range(s.depth - 1) if exit_blocks is None else sorted(set(exit_blocks))
         self.exit_heads = nn.ModuleDict({str(b): self._new_exit_head() for b in blocks})
-        self._scorers = {
-            "prune": ClassAttention(s.num_prefix_tokens, s.has_class_token),
-            "merge": MergeMetric(s.num_prefix_tokens),
-        }
-        self._scorers["fuse"] = self._scorers["prune"]
+        self._scorers = {m: scorer(m, s.num_prefix_tokens, s.has_class_token) for m in TOKEN_MODES}
         # FlexiViT PI-resize with its pseudo-inverse cached per target size (training visits
         # the same few patch sizes thousands of times)
         self._resample = PatchEmbedResamplerFixedOrigSize((s.patch_size, s.patch_size))
@@ -159,11 +149,7 @@ class ElasticViT(nn.Module):
                 )
                 return a.proj_drop(out), scores
 
-            npt = s.num_prefix_tokens
-            if mode == "merge":
-                reduce = partial(merge_tokens, keep=r, num_prefix_tokens=npt)
-            elif mode:
-                reduce = partial(select_tokens, keep=r, fuse=mode == "fuse", num_prefix_tokens=npt)
+            reduce = reducer(mode, r, s.num_prefix_tokens) if mode else None
         if m > 0:
             mp = blk.mlp
             fc1_b = mp.fc1.bias[:m] if mp.fc1.bias is not None else None
