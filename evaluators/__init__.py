@@ -19,6 +19,7 @@ from vitpareto.evaluators._data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
     Data,
+    channel_norm,
     load_data,
 )
 from vitpareto.evaluators._deployed import (
@@ -66,6 +67,7 @@ __all__ = [
     "ort_session",
     "time_deployed",
     "DEFAULT_STD",
+    "channel_norm",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "RUNTIMES",

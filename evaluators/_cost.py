@@ -40,12 +40,21 @@ def _sdpa_macs(inputs, outputs) -> int:
     return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
 
-def _image_shape(input_size: int | Sequence[int]) -> tuple[int, int, int]:
+def _in_chans(model: nn.Module) -> int:
+    """The input channels of a ViT (the first convolution's, for another model)."""
+    try:
+        return describe(model).in_chans
+    except VitParetoError:
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        return 3 if conv is None else conv.in_channels
+
+
+def _image_shape(input_size: int | Sequence[int], channels: int) -> tuple[int, int, int]:
     if isinstance(input_size, int):
-        return 3, input_size, input_size
+        return channels, input_size, input_size
     size = tuple(int(s) for s in input_size)
     if len(size) == 2:
-        return (3, *size)
+        return (channels, *size)
     if len(size) == 3:
         return size
     raise VitParetoError(f"input_size must be S, (H, W) or (C, H, W); got {input_size!r}")
@@ -54,14 +63,17 @@ def _image_shape(input_size: int | Sequence[int]) -> tuple[int, int, int]:
 def count_macs(
     model: nn.Module, input_size: int | Sequence[int], include_selection: bool = False
 ) -> int:
-    """Multiply-accumulates of ``model(x)`` for one image of ``input_size``.
+    """Multiply-accumulates of ``model(x)`` for one image of ``input_size`` (``(H, W)`` or
+    a side takes the model's own number of input channels).
 
     ``include_selection`` also counts the token-selection bookkeeping that EViT's
     convention leaves out.
     """
 
     param = next(model.parameters())
-    x = torch.zeros(1, *_image_shape(input_size), device=param.device, dtype=param.dtype)
+    x = torch.zeros(
+        1, *_image_shape(input_size, _in_chans(model)), device=param.device, dtype=param.dtype
+    )
     was_training = model.training
     model.eval()
     try:
@@ -111,7 +123,7 @@ def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
     c = (candidate or Candidate.full(s)).validate(s)
     D, hd, npt, p = s.embed_dim, s.head_dim, s.num_prefix_tokens, c.patch_size
     n = (s.img_size[0] // p) * (s.img_size[1] // p)  # non-prefix tokens
-    total = n * 3 * p * p * D
+    total = n * s.in_chans * p * p * D
     if s.norm_pre:
         total += 5 * (n + npt) * D
     profile = []

@@ -79,11 +79,14 @@ def load_data(
     limit: int | None = None,
     memory_limit: int = EAGER_LIMIT_BYTES,
     holdout: bool = False,
+    channels: int = 3,
 ) -> Data:
     """Build train and validation loaders for ``spec`` (see ``SPEC_FORMS``).
 
-    Images come out as float tensors ``[B, 3, H, W]``: resized (bilinear) to ``img_size``,
-    grayscale repeated to three channels, normalised with ``mean`` and ``std``. The same
+    Images come out as float tensors ``[B, channels, H, W]``: resized (bilinear) to
+    ``img_size``, grayscale repeated to three channels (or colour reduced to its luminance
+    for ``channels=1``, the input of a model with ``in_chans=1``), normalised with ``mean``
+    and ``std`` (per RGB channel; see ``channel_norm``). The same
     ``seed`` gives the same split (where the dataset has no official one, ``val_fraction``
     of it is held out, stratified by class) and the same training order; the validation
     loader is not shuffled. ``limit`` keeps a seeded random ``limit`` examples of each split.
@@ -96,12 +99,17 @@ def load_data(
     it was not chosen on; without it the official split validates (as runs before did).
     """
     size = _check_args(img_size, batch_size, val_fraction, num_workers, mean, std, limit)
+    if channels not in (1, 3):
+        raise VitParetoError(
+            f"the datasets give grayscale or RGB images, not {channels}-channel ones: train a "
+            "model with in_chans=1 or 3 (a model of other channels needs data of its own)"
+        )
     name, sep, arg = spec.partition(":")
     name = name.strip().lower()
     if sep and not arg.strip():
         raise VitParetoError(f"dataset spec {spec!r} has nothing after ':'; accepted: {SPEC_FORMS}")
     path = Path(arg.strip()).expanduser() if sep else None
-    norm = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    norm = channel_norm(mean, std, channels)
     if name == "digits" and path is None:
         train, val, classes = _digits(size, seed, val_fraction, norm, limit, memory_limit)
     elif name == "fashion-mnist":
@@ -146,6 +154,20 @@ def _carve(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, D
     """A seeded, stratified validation part carved out of a training split."""
     train, val = _split(_labels(dataset), val_fraction, seed)
     return Subset(dataset, train.tolist()), Subset(dataset, val.tolist())
+
+
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's and torchvision's grayscale
+
+
+def channel_norm(mean, std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel normalisation of ``channels``-channel images, from the RGB ``mean``
+    and ``std``: unchanged for 3, their luminance-weighted sums for 1 (grayscale)."""
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if channels == 3:
+        return mean, std
+    return (sum(w * m for w, m in zip(LUMINANCE, mean, strict=True)),), (
+        sum(w * s for w, s in zip(LUMINANCE, std, strict=True)),
+    )
 
 
 def _check_args(img_size, batch_size, val_fraction, num_workers, mean, std, limit):
@@ -221,8 +243,9 @@ class _InMemoryImages(Dataset):
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.scale = scale
         self.size = tuple(size)
-        self.mean = torch.tensor(norm[0]).view(3, 1, 1)
-        self.std = torch.tensor(norm[1]).view(3, 1, 1)
+        self.channels = len(norm[0])
+        self.mean = torch.tensor(norm[0]).view(-1, 1, 1)
+        self.std = torch.tensor(norm[1]).view(-1, 1, 1)
         n, c = images.shape[:2]
         self.lazy = n * c * self.size[0] * self.size[1] * 4 > memory_limit
         self.images = images
@@ -243,9 +266,13 @@ class _InMemoryImages(Dataset):
 
     def __getitem__(self, i: int):
         x = self._resize(self.images[i : i + 1])[0] if self.lazy else self.images[i]
-        if x.shape[0] == 1:
-            x = x.expand(3, -1, -1)
+        if x.shape[0] != self.channels:  # grayscale to RGB, or RGB to its luminance
+            x = x.expand(3, -1, -1) if x.shape[0] == 1 else _luminance(x)
         return (x - self.mean) / self.std, int(self.labels[i])
+
+
+def _luminance(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensordot(torch.tensor(LUMINANCE, dtype=x.dtype), x, dims=1).unsqueeze(0)
 
 
 def _digits(size, seed, val_fraction, norm, limit, memory_limit):
@@ -288,10 +315,13 @@ def _fashion_mnist(root: Path, size, seed, norm, limit, memory_limit):
 
 
 def _pil_transform(size, norm):
-    """Resize (bilinear), to tensor, normalise: the transform of the image-file datasets."""
+    """Resize (bilinear), to tensor, normalise (to grayscale first for one channel): the
+    transform of the image-file datasets."""
 
+    gray = [transforms.Grayscale(1)] if len(norm[0]) == 1 else []
     return transforms.Compose(
         [
+            *gray,
             transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
             transforms.ToTensor(),
             transforms.Normalize(*norm),

@@ -69,7 +69,7 @@ class LatencyEvaluator(Evaluator):
 
     def _input(self, elastic: ElasticViT) -> torch.Tensor:
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(self.batch_size, 3, *elastic.spec.img_size, generator=g)
+        x = torch.randn(self.batch_size, *elastic.spec.image_shape, generator=g)
         return x.to(self.device)
 
     def _reference_fn(self, elastic: ElasticViT, x: torch.Tensor):

@@ -71,6 +71,7 @@ def spec_dict(spec) -> dict[str, Any]:
     return {
         "depth": spec.depth,
         "img_size": list(spec.img_size),
+        "in_chans": spec.in_chans,
         "num_prefix_tokens": spec.num_prefix_tokens,
     }
 

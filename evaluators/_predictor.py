@@ -178,7 +178,7 @@ class LatencyPredictor:
         shapes = part_shapes(spec, [Candidate.full(spec), *pool], grid, exact=dev.type == "cuda")
         chosen = random.Random(seed + 1).sample(pool, min(len(pool), calibrate + validate))
         cal, val = chosen[:calibrate], chosen[calibrate:]
-        images = torch.randn(batch_size, 3, *spec.img_size, device=dev)
+        images = torch.randn(batch_size, *spec.image_shape, device=dev)
 
         # every part, every whole candidate and the full model, timed in one interleaved
         # loop: load that changes while the table is built shifts them all alike
@@ -279,7 +279,7 @@ def measure_candidates(
     table against fresh measurements that machine load drift does not skew.
     """
     dev = resolve_device(device)
-    images = torch.randn(batch_size, 3, *elastic.spec.img_size, device=dev)
+    images = torch.randn(batch_size, *elastic.spec.image_shape, device=dev)
     models = {str(i): elastic.extract(c).eval().to(dev) for i, c in enumerate(cands)}
     models["full"] = elastic.extract(Candidate.full(elastic.spec)).eval().to(dev)
     fns = {k: prepare(m, images, runtime) for k, m in models.items()}

@@ -40,13 +40,16 @@ def check_recipe(recipe, where: str) -> tuple[str, dict]:
             f"{where}: the model options {fetching} would load weights from elsewhere; a "
             "recipe builds the architecture only (remove them)"
         )
-    for key, high in (("img_size", MAX_SIDE), ("patch_size", MAX_SIDE), ("num_classes", 10**6)):
+    bounds = ("img_size", 0, MAX_SIDE), ("patch_size", 0, MAX_SIDE), ("num_classes", 0, 10**6)
+    for key, low, high in (*bounds, ("in_chans", 1, 1024)):
         v = kwargs.get(key)
         values = v if isinstance(v, (list, tuple)) else [v]
         if v is not None and not all(
-            isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= high for x in values
+            isinstance(x, int) and not isinstance(x, bool) and low <= x <= high for x in values
         ):
-            raise VitParetoError(f"{where}: the model's {key} {v!r} is out of range (0 to {high})")
+            raise VitParetoError(
+                f"{where}: the model's {key} {v!r} is out of range ({low} to {high})"
+            )
     return recipe["name"], dict(kwargs)
 
 

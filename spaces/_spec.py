@@ -32,6 +32,12 @@ class ViTSpec:
     norm_pre: bool = False
     final_norm: bool = True
     fc_norm: bool = False
+    in_chans: int = 3
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """One input image's ``(channels, height, width)``."""
+        return (self.in_chans, *self.img_size)
 
     @property
     def num_patches(self) -> int:
@@ -123,6 +129,7 @@ def describe(model) -> ViTSpec:
         norm_pre=not isinstance(model.norm_pre, nn.Identity),
         final_norm=not isinstance(model.norm, nn.Identity),
         fc_norm=not isinstance(model.fc_norm, nn.Identity),
+        in_chans=pe.proj.in_channels,
     )
 
 

@@ -24,6 +24,7 @@ VARIANTS = {
     "patch32": ("vit_small_patch32_224", dict(img_size=64, depth=2)),
     "distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=64, depth=3)),
     "qk_norm": ("vit_small_patch16_224", dict(img_size=64, depth=2, qk_norm=True)),
+    "one_channel": ("test_vit", dict(img_size=32, patch_size=8, in_chans=1, depth=2)),
 }
 
 
@@ -47,7 +48,7 @@ def variant(request):
 def images(model, n=2, seed=1):
     g = torch.Generator().manual_seed(seed)
     h, w = model.patch_embed.img_size
-    return torch.randn(n, 3, h, w, generator=g)
+    return torch.randn(n, model.patch_embed.proj.in_channels, h, w, generator=g)
 
 
 def random_candidate(model, rng: random.Random) -> Candidate:

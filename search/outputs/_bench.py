@@ -51,6 +51,11 @@ def image_size(model) -> tuple[int, int]:
     return tuple(model.vit.patch_embed.img_size)
 
 
+def image_shape(model) -> tuple[int, int, int]:
+    """Input channels, height and width of a compressed model."""
+    return (model.vit.patch_embed.proj.in_channels, *image_size(model))
+
+
 def measure_deployed(
     model,
     reference,
@@ -66,7 +71,7 @@ def measure_deployed(
     dev = resolve_device(device)
     check_runtime(runtime, dev)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, *image_size(model), generator=g).to(dev)
+    x = torch.randn(batch, *image_shape(model), generator=g).to(dev)
     ref = prepare(reference.to(dev), x, runtime)
     settings = dict(repeats=repeats, warmup=3, max_rel_iqr=0.10, max_attempts=3)
     got = time_deployed(model.to(dev), ref, x, runtime, settings, images, exit_fraction, onnx)
@@ -107,11 +112,15 @@ def _relative(metrics: dict[str, Any], iqr: str, median: str) -> float:
     return (metrics.get(iqr) or 0.0) / m if m else 0.0
 
 
-def validation_images(spec: str | None, size: tuple[int, int], batch: int) -> torch.Tensor | None:
-    """The validation images of a dataset spec an exit policy is timed on (None without one)."""
+def validation_images(
+    spec: str | None, shape: tuple[int, int, int], batch: int
+) -> torch.Tensor | None:
+    """The validation images of a dataset spec an exit policy is timed on (None without
+    one), with ``shape``'s channels and size."""
     if spec is None:
         return None
-    return first_images(load_data(spec, size, batch_size=128).val, batch)
+    data = load_data(spec, shape[1:], batch_size=128, channels=shape[0])
+    return first_images(data.val, batch)
 
 
 def bench_dirs(
@@ -131,7 +140,7 @@ def bench_dirs(
         b = batch or stored.get("deployed_batch") or stored.get("batch_size") or 1
         model = load_model(d, device)
         reference = full_model(cfg["model"])
-        images = validation_images(dataset, image_size(model), b)
+        images = validation_images(dataset, image_shape(model), b)
         onnx = Path(d) / "model.onnx"
         got = measure_deployed(
             model, reference, rt, b, device, images, stored.get("exit_fraction"),

@@ -23,6 +23,7 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     DEFAULT_MEAN,
     DEFAULT_STD,
+    channel_norm,
     deployed,
     export_onnx,
     export_pt2,
@@ -32,6 +33,7 @@ from vitpareto.search.explore import load_weights
 from vitpareto.search.outputs._bench import (
     disagreement,
     full_model,
+    image_shape,
     image_size,
     measure_deployed,
 )
@@ -150,7 +152,7 @@ def portable_files(model) -> dict[str, Any]:
     """``model.pt2`` and ``model.onnx``, which load without vitpareto: the exit policy for a
     model with exits (outputs: logits and each sample's exit), beside ``model_static.*``
     (every block, the final head) for runtimes that cannot take its control flow."""
-    x = torch.randn(2, 3, *image_size(model))  # 2: a batch of 1 would be specialised
+    x = torch.randn(2, *image_shape(model))  # 2: a batch of 1 would be specialised
     shipped = deployed(model)
     files = {
         "model.pt2": lambda dest: export_pt2(shipped, x, dest),
@@ -278,7 +280,7 @@ session = ort.InferenceSession("model.onnx")
 outputs = session.run(None, {{"images": images_nchw_float32}})
 ```
 
-Inputs: float32 images, N x 3 x {h} x {w}: pixel values scaled to 0..1, resized
+Inputs: float32 images, N x {pre["channels"]} x {h} x {w}: pixel values scaled to 0..1, resized
 (bilinear) to {h} x {w}, then normalised with mean {pre["mean"]} and std {pre["std"]}
 (also in `config.json`, under `preprocessing`). Outputs: logits over the classes listed in
 `config.json`. Supernet SHA-256: `{a.get("supernet_sha256")}`.
@@ -287,7 +289,9 @@ Inputs: float32 images, N x 3 x {h} x {w}: pixel values scaled to 0..1, resized
 
 def preprocessing(model) -> dict[str, Any]:
     """What the model expects of its input (vitpareto's datasets all normalise so)."""
-    return {"image_size": list(image_size(model)), "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
+    channels = image_shape(model)[0]
+    mean, std = channel_norm(DEFAULT_MEAN, DEFAULT_STD, channels)
+    return {"image_size": list(image_size(model)), "channels": channels, "mean": mean, "std": std}
 
 
 def _fmt(v: Any) -> str:

@@ -97,7 +97,7 @@ def measure(
             fns[name] = m
             macs[name] = analytic_macs(s, c)
         params[name] = count_params(m)
-    x = torch.randn(batch, 3, *s.img_size, device=device)
+    x = torch.randn(batch, *s.image_shape, device=device)
     fns = {name: prepare(fn, x, runtime) for name, fn in fns.items()}
     bar = tqdm(
         total=repeats,

@@ -82,6 +82,7 @@ class Supernet:
             seed=seed,
             num_workers=workers,
             holdout=bool(self.data.get("holdout", False)),  # older runs validated on test
+            channels=self.elastic.spec.in_chans,
         )
         if list(data.classes) != list(self.data["classes"]):
             raise VitParetoError(

@@ -138,7 +138,7 @@ def finetune(
     if teacher is None and supernet.meta.get("teacher"):
         teacher = reload_teacher(supernet.meta["teacher"]), supernet.meta["teacher"]
     if teacher is not None:
-        check_teacher(*teacher[:1], len(supernet.data["classes"]), spec.img_size, teacher[1])
+        check_teacher(*teacher[:1], len(supernet.data["classes"]), spec.image_shape, teacher[1])
         external = teacher[0].to(dev).eval()
     for p in elastic.parameters():
         p.requires_grad_(False)

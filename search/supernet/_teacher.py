@@ -82,17 +82,18 @@ def load_teacher(
 
 
 def check_teacher(
-    model: nn.Module, num_classes: int, img_size: tuple[int, int], record: dict[str, Any]
+    model: nn.Module, num_classes: int, shape: tuple[int, int, int], record: dict[str, Any]
 ) -> None:
     """Refuse a teacher that cannot label this dataset's images: checked before training."""
     name = record.get("name") or record.get("checkpoint")
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, 3, *img_size, device=next(model.parameters()).device))
+            out = model(torch.zeros(1, *shape, device=next(model.parameters()).device))
     except (RuntimeError, AssertionError, ValueError) as e:
         raise VitParetoError(
-            f"teacher {name!r} cannot take {img_size[0]}x{img_size[1]} images ({e}); give it "
-            "the student's image size (img_size in its options)"
+            f"teacher {name!r} cannot take {shape[0]}-channel {shape[1]}x{shape[2]} images "
+            f"({e}); give it the student's image size and channels (img_size and in_chans "
+            "in its options)"
         ) from None
     if out.ndim != 2 or out.shape[-1] != num_classes:
         raise VitParetoError(

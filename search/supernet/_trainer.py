@@ -169,9 +169,10 @@ class SupernetTrainer:
             seed=config.seed,
             num_workers=workers,
             holdout=True,
+            channels=describe(vit).in_chans,
         )
         if teacher is not None:
-            check_teacher(*teacher[:1], data.num_classes, describe(vit).img_size, teacher[1])
+            check_teacher(*teacher[:1], data.num_classes, describe(vit).image_shape, teacher[1])
         if vit.num_classes != data.num_classes:
             vit.reset_classifier(data.num_classes)
         kwargs["num_classes"] = data.num_classes

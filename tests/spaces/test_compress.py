@@ -29,7 +29,7 @@ def expected_params(model, c: Candidate) -> int:
     h_img, w_img = model.patch_embed.img_size
     grid = (h_img // p) * (w_img // p)
     prefix = model.num_prefix_tokens
-    n = 3 * p * p * D + D  # patch embedding conv and bias
+    n = model.patch_embed.proj.in_channels * p * p * D + D  # patch embedding conv and bias
     n += (grid + (0 if model.no_embed_class else prefix)) * D  # position embedding
     n += prefix * D  # class / register / distillation tokens
     for i in range(len(model.blocks)):
