@@ -49,6 +49,27 @@ class ViTSpec:
         return [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
 
 
+# why an architecture cannot be cut, by timm class name: what a user can act on
+_FAMILIES = {
+    "VisionTransformerRelPos": "relative-position bias (vit_relpos_*): each pair of tokens "
+    "has a learned bias that token pruning and patch resizing would have to re-index",
+    "Beit": "relative-position bias (BEiT, BEiT-v2): each pair of tokens has a learned bias "
+    "that token pruning and patch resizing would have to re-index",
+    "Eva": "the Eva family (EVA-02, EVA-CLIP, RoPE ViTs, Perception Encoder): rotary "
+    "position embeddings and separate q/k/v projections are not supported yet",
+    "VisionTransformerSAM": "windowed attention (SAM's image encoder): tokens attend within "
+    "windows, which token pruning would break",
+    "HybridEmbed": "a convolutional stem (a hybrid model): the patch-size knob resizes a "
+    "linear patch embedding, which a CNN stem is not",
+    "ParallelThingsBlock": "parallel blocks (attention and MLP branches side by side): "
+    "vitpareto cuts one attention then one MLP per block",
+    "ParallelScalingBlock": "parallel blocks (attention and MLP in one fused layer): "
+    "vitpareto cuts one attention then one MLP per block",
+    "ResPostBlock": "post-norm blocks (ResPostBlock): vitpareto cuts pre-norm blocks",
+}
+_WINDOWED = ("Swin", "Hiera", "MultiScaleVit", "Twins", "Volo", "MaxxVit", "Levit")
+
+
 def _unsupported(model: nn.Module, why: str) -> VitParetoError:
     name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     label = f"{type(model).__name__}" + (f" ({name})" if name else "")
@@ -67,6 +88,12 @@ def describe(model) -> ViTSpec:
         return spec
 
     if not isinstance(model, VisionTransformer):
+        kind = type(model).__name__
+        if kind in _FAMILIES:
+            raise _unsupported(model, _FAMILIES[kind])
+        if kind.startswith(_WINDOWED):
+            why = "windowed or hierarchical attention (token grids that change between stages)"
+            raise _unsupported(model, why)
         raise _unsupported(
             model,
             "vitpareto compresses timm VisionTransformer models (vit_*, deit_*, deit3_*, "
@@ -80,14 +107,19 @@ def describe(model) -> ViTSpec:
     hidden = []
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block:
-            raise _unsupported(model, f"block {i} is a {type(blk).__name__}, not a timm Block")
+            why = _FAMILIES.get(type(blk).__name__, "vitpareto cuts timm's pre-norm Block")
+            raise _unsupported(model, f"block {i} is a {type(blk).__name__}: {why}")
         attn, mlp = blk.attn, blk.mlp
         if type(attn) is not Attention:
             raise _unsupported(model, f"block {i} attention is a {type(attn).__name__}")
         if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
             raise _unsupported(model, f"block {i} attention has an output norm or gate")
         if type(mlp) is not Mlp:
-            raise _unsupported(model, f"block {i} MLP is a {type(mlp).__name__}, not a timm Mlp")
+            raise _unsupported(
+                model,
+                f"block {i} MLP is a {type(mlp).__name__}: gated MLPs (SwiGLU, GLU) are not "
+                "supported yet; vitpareto cuts timm's Mlp",
+            )
         if not isinstance(mlp.norm, nn.Identity):
             raise _unsupported(model, f"block {i} MLP has an inner norm (scale_mlp_norm)")
         if not isinstance(attn.q_norm, nn.Identity) and not _is_sliceable_norm(attn.q_norm):
@@ -99,9 +131,16 @@ def describe(model) -> ViTSpec:
     ((num_heads, head_dim),) = heads
     pe = model.patch_embed
     if type(pe) is not PatchEmbed:
-        raise _unsupported(model, f"the patch embedding is a {type(pe).__name__} (hybrid models)")
+        why = _FAMILIES.get(type(pe).__name__, "vitpareto cuts a linear patch embedding")
+        raise _unsupported(model, f"the patch embedding is a {type(pe).__name__}: {why}")
     if model.num_classes < 1:
-        raise _unsupported(model, "it has no classifier head (num_classes=0)")
+        raise _unsupported(
+            model,
+            "it has no classifier head (num_classes=0, a backbone): give it one, "
+            "`kwargs: {num_classes: N}` in a model file (--model file.yaml, a new head to "
+            "train), --num-classes N with the --checkpoint that holds its trained head, or "
+            "timm.create_model(name, num_classes=N) in Python",
+        )
     if pe.patch_size[0] != pe.patch_size[1]:
         raise _unsupported(model, f"non-square patches {tuple(pe.patch_size)}")
     h, w = pe.img_size

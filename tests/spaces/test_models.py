@@ -12,10 +12,23 @@ from vitpareto.spaces import Candidate, VitParetoError, compress, create_model, 
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("swin_tiny_patch4_window7_224", {}, r"unsupported model SwinTransformer.*Swin, CNNs"),
+        ("swin_tiny_patch4_window7_224", {}, r"unsupported model SwinTransformer.*windowed"),
         ("resnet18", {}, r"unsupported model ResNet.*timm VisionTransformer"),
         ("test_vit3", {"img_size": 32}, r"attention-pool heads \(global_pool='map'\)"),
         ("vit_small_patch16_224", {"depth": 1, "scale_mlp_norm": True}, r"block 0 MLP"),
+        # each refusal names the reason a user can act on, not a generic list
+        ("vit_relpos_small_patch16_224", {"depth": 1}, r"relative-position bias"),
+        ("beit_base_patch16_224", {"depth": 1}, r"relative-position bias \(BEiT"),
+        ("eva02_tiny_patch14_224", {"depth": 1}, r"Eva family.*rotary"),
+        ("vit_base_patch16_rope_224", {"depth": 1}, r"Eva family.*rotary"),
+        ("vit_small_r26_s32_224", {"img_size": 64}, r"HybridEmbed: a convolutional stem"),
+        ("vit_small_patch16_18x2_224", {"depth": 1}, r"ParallelThingsBlock: parallel blocks"),
+        ("aimv2_large_patch14_224", {"depth": 1}, r"SwiGLU: gated MLPs"),
+        (
+            "vit_small_patch14_dinov2",
+            {"depth": 1, "img_size": 56, "num_classes": 0},
+            r"no classifier head.*num_classes: N.*--num-classes N.*num_classes=N",
+        ),
     ],
 )
 def test_unsupported_architectures(name, kwargs, message):
@@ -25,6 +38,14 @@ def test_unsupported_architectures(name, kwargs, message):
             call(model)
     with pytest.raises(VitParetoError, match=message):
         create_model(name, **kwargs)
+
+
+def test_post_norm_blocks_are_named():
+    from timm.models.vision_transformer import ResPostBlock
+
+    model = timm.create_model("vit_small_patch16_224", depth=1, block_fn=ResPostBlock)
+    with pytest.raises(VitParetoError, match=r"block 0 is a ResPostBlock: post-norm blocks"):
+        describe(model)
 
 
 def test_unknown_model_name_suggests_close_ones():
