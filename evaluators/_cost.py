@@ -107,7 +107,7 @@ def analytic_macs(model, candidate: Candidate | None = None) -> int:
     The same convention as ``count_macs``, with which it agrees exactly for LayerNorm
     models: per block ``5 N D + N D (2 h d_qk + h d_v) + N^2 h (d_qk + d_v) + N h d_v D``
     for the attention (N tokens in) and ``5 N' D + 2 N' D m`` for the MLP (N' tokens
-    after pruning), plus the patch embedding, the norms and the head(s); a merging block
+    after pruning; ``3 N' D m`` for a gated one, SwiGLU or GLU), plus the patch embedding, the norms and the head(s); a merging block
     adds its matching, ``a b d_qk`` per round of a tokens against b.
     """
     return mac_profile(model, candidate)[-1]
@@ -138,7 +138,7 @@ def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
             if c.token_mode[i] == "merge":
                 total += merge_macs(N - npt, n_mlp - npt, dq)
         if m > 0:
-            total += 5 * n_mlp * D + 2 * n_mlp * D * m
+            total += 5 * n_mlp * D + (3 if s.gated_mlp else 2) * n_mlp * D * m
         profile.append(total)
     N = counts[-1][1]
     total += (5 * N * D if s.final_norm else 0) + (5 * D if s.fc_norm else 0)

@@ -9,24 +9,10 @@ import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._mlp import cut_mlp, linear_from
 from vitpareto.spaces._ops import attention, residual_block, slice_qkv, sliced_norm_module
 from vitpareto.spaces._spec import ViTSpec
 from vitpareto.spaces._tokens import reducer, reduces, scorer, sized_blocks
-
-
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    lin = nn.Linear(
-        weight.shape[1],
-        weight.shape[0],
-        bias=bias is not None,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        if bias is not None:
-            lin.bias.copy_(bias)
-    return lin
 
 
 def _eager() -> bool:
@@ -48,11 +34,11 @@ class PrunedAttention(nn.Module):
         qkv_w, qkv_b, proj_w, proj_b = (
             t.detach() if t is not None else None for t in slice_qkv(attn, heads, qk_dim)
         )
-        self.qkv = _linear(qkv_w, qkv_b)
+        self.qkv = linear_from(qkv_w, qkv_b)
         self.q_norm = sliced_norm_module(attn.q_norm, qk_dim)
         self.k_norm = sliced_norm_module(attn.k_norm, qk_dim)
         self.attn_drop_p = attn.attn_drop.p
-        self.proj = _linear(proj_w, proj_b)
+        self.proj = linear_from(proj_w, proj_b)
         self.proj_drop = copy.deepcopy(attn.proj_drop)
         self.scorer = scorer
 
@@ -109,10 +95,7 @@ class PrunedBlock(nn.Module):
             self.select = reducer(mode, r, npt) if mode else None
         if m > 0:
             self.norm2, self.ls2, self.drop_path2 = blk.norm2, blk.ls2, blk.drop_path2
-            mlp = blk.mlp
-            mlp.fc1 = _linear(mlp.fc1.weight.detach()[:m], _head(mlp.fc1.bias, m))
-            mlp.fc2 = _linear(mlp.fc2.weight.detach()[:, :m], _detach(mlp.fc2.bias))
-            self.mlp = mlp
+            self.mlp = cut_mlp(blk.mlp, m)
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         size = None
@@ -130,14 +113,6 @@ class PrunedBlock(nn.Module):
         return (
             f"heads={self.heads}, qk_dim={self.qk_dim}, mlp={self.mlp_dim}, keep={self.keep}{mode}"
         )
-
-
-def _detach(t):
-    return t.detach() if t is not None else None
-
-
-def _head(t, n):
-    return t.detach()[:n] if t is not None else None
 
 
 class CompressedViT(nn.Module):

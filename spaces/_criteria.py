@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitpareto.spaces._mlp import channel_sum, first_layer, hidden
+
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -50,7 +52,9 @@ def magnitude(block: nn.Module) -> BlockScores:
     proj = attn.proj.weight.detach().view(-1, H, hd)
     heads = (w.pow(2).sum((0, 2, 3)) + proj.pow(2).sum((0, 2))).sqrt()
     qk = w[0].norm(dim=-1) * w[1].norm(dim=-1)
-    mlp_s = mlp.fc1.weight.detach().norm(dim=1) * mlp.fc2.weight.detach().norm(dim=0)
+    rows = [w.detach() for w, _ in first_layer(mlp)]  # a gated MLP's gate and value rows
+    fc1 = rows[0].norm(dim=1) if len(rows) == 1 else torch.cat(rows, 1).norm(dim=1)
+    mlp_s = fc1 * mlp.fc2.weight.detach().norm(dim=0)
     return BlockScores(heads=heads, qk=qk, mlp=mlp_s)
 
 
@@ -58,7 +62,7 @@ def identity(block: nn.Module) -> BlockScores:
     """Keep the model's own order (heads and channels kept from the first)."""
     attn = block.attn
     H, hd = attn.num_heads, attn.head_dim
-    n = block.mlp.fc1.out_features
+    n = hidden(block.mlp)
     return BlockScores(
         heads=-torch.arange(H, dtype=torch.float),
         qk=-torch.arange(hd, dtype=torch.float).expand(H, hd),
@@ -74,6 +78,12 @@ def _wg(p: torch.Tensor | None) -> torch.Tensor | None:
     return (p.detach() * p.grad.detach()).abs().float()
 
 
+def _taylor_rows(layer: nn.Linear) -> torch.Tensor:
+    rows = _wg(layer.weight).sum(1)
+    bias = _wg(layer.bias)
+    return rows if bias is None else rows + bias
+
+
 def _taylor_block(block: nn.Module) -> BlockScores:
     attn, mlp = block.attn, block.mlp
     H, hd = attn.num_heads, attn.head_dim
@@ -83,10 +93,7 @@ def _taylor_block(block: nn.Module) -> BlockScores:
         rows = rows + bias
     rows = rows.view(3, H, hd)
     proj = _wg(attn.proj.weight).sum(0).view(H, hd)
-    fc1 = _wg(mlp.fc1.weight).sum(1)
-    fc1_bias = _wg(mlp.fc1.bias)
-    if fc1_bias is not None:
-        fc1 = fc1 + fc1_bias
+    fc1 = channel_sum(mlp, _taylor_rows)  # a gated MLP's gate and value rows together
     return BlockScores(
         heads=rows.sum((0, 2)) + proj.sum(1),
         qk=rows[0] + rows[1],

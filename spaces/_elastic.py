@@ -18,10 +18,10 @@ from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, extract
 from vitpareto.spaces._criteria import BlockScores
 from vitpareto.spaces._importance import CALIBRATION_BATCHES, Criterion, rank
+from vitpareto.spaces._mlp import first_rows, mlp_forward
 from vitpareto.spaces._ops import (
     ExitHead,
     attention,
-    mlp_forward,
     residual_block,
     slice_qkv,
     sliced_norm,
@@ -152,11 +152,11 @@ class ElasticViT(nn.Module):
             reduce = reducer(mode, r, s.num_prefix_tokens) if mode else None
         if m > 0:
             mp = blk.mlp
-            fc1_b = mp.fc1.bias[:m] if mp.fc1.bias is not None else None
+            fc1_w, fc1_b = first_rows(mp, m)
             mlp_fn = partial(
                 mlp_forward,
                 mp,
-                fc1_w=mp.fc1.weight[:m],
+                fc1_w=fc1_w,
                 fc1_b=fc1_b,
                 fc2_w=mp.fc2.weight[:, :m],
                 fc2_b=mp.fc2.bias,

@@ -25,6 +25,7 @@ from vitpareto.spaces._criteria import (
     similarity,
     taylor,
 )
+from vitpareto.spaces._mlp import permute_mlp
 
 Criterion = Callable[[nn.Module], BlockScores]  # a block's scores from its weights alone
 
@@ -143,7 +144,7 @@ def rank(
                 qk_order = _order(s.qk.sum(0)).expand(H, hd)
             mlp_order = _order(s.mlp)
             _permute_attention(attn, head_order, qk_order)
-            _permute_mlp(blk.mlp, mlp_order)
+            permute_mlp(blk.mlp, mlp_order)
             orders.append(
                 {"heads": head_order.tolist(), "qk": qk_order.tolist(), "mlp": mlp_order.tolist()}
             )
@@ -168,11 +169,3 @@ def _permute_attention(attn: nn.Module, head_order: torch.Tensor, qk_order: torc
             for p in (norm.weight, getattr(norm, "bias", None)):
                 if p is not None:
                     p.copy_(p[channel])
-
-
-def _permute_mlp(mlp: nn.Module, order: torch.Tensor) -> None:
-    order = order.to(mlp.fc1.weight.device)
-    mlp.fc1.weight.copy_(mlp.fc1.weight[order])
-    if mlp.fc1.bias is not None:
-        mlp.fc1.bias.copy_(mlp.fc1.bias[order])
-    mlp.fc2.weight.copy_(mlp.fc2.weight[:, order])

@@ -142,12 +142,6 @@ def residual_block(
     return x, size
 
 
-def mlp_forward(mlp: nn.Module, x: torch.Tensor, fc1_w, fc1_b, fc2_w, fc2_b) -> torch.Tensor:
-    """timm's Mlp computation with given (possibly sliced) fc1/fc2 weights."""
-    x = mlp.drop1(mlp.act(F.linear(x, fc1_w, fc1_b)))
-    return mlp.drop2(F.linear(mlp.norm(x), fc2_w, fc2_b))
-
-
 # --- early exits ----------------------------------------------------------------------------
 class ExitHead(nn.Module):
     """An early-exit classifier: pool like the model, LayerNorm, Linear (Multi-Exit ViT's MLP-EE)."""

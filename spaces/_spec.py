@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn as nn
-from timm.layers import Mlp, PatchEmbed, RmsNorm
+from timm.layers import PatchEmbed, RmsNorm
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from vitpareto.errors import VitParetoError
+from vitpareto.spaces._mlp import MLPS, gated, hidden
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ViTSpec:
     final_norm: bool = True
     fc_norm: bool = False
     in_chans: int = 3
+    gated_mlp: bool = False  # SwiGLU or GLU: two first-layer rows per hidden channel
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -103,8 +105,8 @@ def describe(model) -> ViTSpec:
         raise _unsupported(model, "attention-pool heads (global_pool='map') are not supported")
     if model.global_pool not in ("token", "avg"):
         raise _unsupported(model, f"global_pool={model.global_pool!r}; use 'token' or 'avg'")
-    heads = set()
-    hidden = []
+    heads, kinds = set(), set()
+    widths = []
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block:
             why = _FAMILIES.get(type(blk).__name__, "vitpareto cuts timm's pre-norm Block")
@@ -114,18 +116,21 @@ def describe(model) -> ViTSpec:
             raise _unsupported(model, f"block {i} attention is a {type(attn).__name__}")
         if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
             raise _unsupported(model, f"block {i} attention has an output norm or gate")
-        if type(mlp) is not Mlp:
+        if type(mlp) not in MLPS:
             raise _unsupported(
                 model,
-                f"block {i} MLP is a {type(mlp).__name__}: gated MLPs (SwiGLU, GLU) are not "
-                "supported yet; vitpareto cuts timm's Mlp",
+                f"block {i} MLP is a {type(mlp).__name__}: vitpareto cuts timm's Mlp, SwiGLU "
+                "and GluMlp",
             )
         if not isinstance(mlp.norm, nn.Identity):
             raise _unsupported(model, f"block {i} MLP has an inner norm (scale_mlp_norm)")
         if not isinstance(attn.q_norm, nn.Identity) and not _is_sliceable_norm(attn.q_norm):
             raise _unsupported(model, f"block {i} q/k norm is a {type(attn.q_norm).__name__}")
         heads.add((attn.num_heads, attn.head_dim))
-        hidden.append(mlp.fc1.out_features)
+        widths.append(hidden(mlp))
+        kinds.add(gated(mlp))
+    if len(kinds) != 1:
+        raise _unsupported(model, "some blocks have gated MLPs and some plain ones")
     if len(heads) != 1:
         raise _unsupported(model, "blocks differ in head count or head width")
     ((num_heads, head_dim),) = heads
@@ -156,7 +161,7 @@ def describe(model) -> ViTSpec:
         embed_dim=model.embed_dim,
         num_heads=num_heads,
         head_dim=head_dim,
-        mlp_hidden=tuple(hidden),
+        mlp_hidden=tuple(widths),
         img_size=tuple(pe.img_size),
         patch_size=pe.patch_size[0],
         num_prefix_tokens=model.num_prefix_tokens,
@@ -169,6 +174,7 @@ def describe(model) -> ViTSpec:
         final_norm=not isinstance(model.norm, nn.Identity),
         fc_norm=not isinstance(model.fc_norm, nn.Identity),
         in_chans=pe.proj.in_channels,
+        gated_mlp=kinds == {True},
     )
 
 

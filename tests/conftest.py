@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import pytest
 import timm
 import torch
+from timm.layers import GluMlp, SwiGLU
 
 from vitpareto.spaces import Candidate, describe
 
@@ -25,6 +27,11 @@ VARIANTS = {
     "distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=64, depth=3)),
     "qk_norm": ("vit_small_patch16_224", dict(img_size=64, depth=2, qk_norm=True)),
     "one_channel": ("test_vit", dict(img_size=32, patch_size=8, in_chans=1, depth=2)),
+    "swiglu": ("vit_small_patch16_224", dict(img_size=64, depth=2, mlp_layer=SwiGLU)),
+    "glu": (
+        "vit_small_patch16_224",
+        dict(img_size=64, depth=2, mlp_layer=partial(GluMlp, gate_last=True), mlp_ratio=3.0),
+    ),
 }
 
 

@@ -46,7 +46,17 @@ def test_plain_fvcore_misses_the_attention_matmuls(deit_small):
 
 @pytest.mark.parametrize(
     "key",
-    ["class_token", "avg_pool", "registers", "layerscale", "distilled", "qk_norm", "one_channel"],
+    [
+        "class_token",
+        "avg_pool",
+        "registers",
+        "layerscale",
+        "distilled",
+        "qk_norm",
+        "one_channel",
+        "swiglu",
+        "glu",
+    ],  # fmt: skip
 )
 def test_analytic_formula_equals_fvcore(key):
     model = make_variant(key)

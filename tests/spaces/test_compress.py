@@ -39,8 +39,11 @@ def expected_params(model, c: Candidate) -> int:
             n += 2 * D + D * width + (width if qkv_bias else 0) + h * hd * D + D
             n += 4 * dq if qk_norm else 0
             n += D if ls else 0
-        if m:
-            n += 2 * D + D * m + m + m * D + D + (D if ls else 0)
+        if m:  # a gated MLP has two first-layer rows per channel
+            rows = 2 * m if describe(model).gated_mlp else m
+            bias = model.blocks[0].mlp.fc2.bias is not None
+            n += 2 * D + D * rows + (rows if bias else 0) + m * D + (D if bias else 0)
+            n += D if ls else 0
     n += 2 * D if not isinstance(model.norm, torch.nn.Identity) else 0
     n += 2 * D if not isinstance(model.fc_norm, torch.nn.Identity) else 0
     n += (D * C + C) * (2 if hasattr(model, "dist_token") else 1)

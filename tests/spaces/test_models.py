@@ -23,7 +23,6 @@ from vitpareto.spaces import Candidate, VitParetoError, compress, create_model, 
         ("vit_base_patch16_rope_224", {"depth": 1}, r"Eva family.*rotary"),
         ("vit_small_r26_s32_224", {"img_size": 64}, r"HybridEmbed: a convolutional stem"),
         ("vit_small_patch16_18x2_224", {"depth": 1}, r"ParallelThingsBlock: parallel blocks"),
-        ("aimv2_large_patch14_224", {"depth": 1}, r"SwiGLU: gated MLPs"),
         (
             "vit_small_patch14_dinov2",
             {"depth": 1, "img_size": 56, "num_classes": 0},
