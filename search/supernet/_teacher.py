@@ -91,7 +91,7 @@ def check_teacher(
             out = model(torch.zeros(1, *shape, device=next(model.parameters()).device))
     except (RuntimeError, AssertionError, ValueError) as e:
         raise VitParetoError(
-            f"teacher {name!r} cannot take {shape[0]}-channel {shape[1]}x{shape[2]} images "
+            f"teacher {name!r} cannot take {shape[1]}x{shape[2]} images of {shape[0]} channels "
             f"({e}); give it the student's image size and channels (img_size and in_chans "
             "in its options)"
         ) from None
