@@ -74,17 +74,15 @@ def one_shot(model: dict, weights: Path, path: Path, calibration_batches: int):
     return load_supernet(path)
 
 
-def supernet(model: dict, weights: Path, path: Path, epochs: int, calibration_batches: int):
-    """The supernet path: the same ranked weights trained as a supernet (sandwich rule,
-    distilled from the full model) for ``epochs``."""
+def supernet(model: dict, weights: Path, path: Path, config: TrainConfig, calibration_batches: int):
+    """The supernet path: the same ranked weights trained as a supernet (sandwich rule:
+    the full model, the smallest and ``config.random_candidates`` random candidates per
+    step, distilled from the full model)."""
     if not path.exists():
         trainer = SupernetTrainer.create(
             model["name"],
             "fashion-mnist",
-            # the sandwich's two ends only: a supernet epoch at twice a normal one's cost
-            TrainConfig(
-                epochs=epochs, batch_size=256, lr=5e-4, warmup_epochs=0.1, random_candidates=0
-            ),
+            config,
             model_kwargs={**model["kwargs"], "num_classes": 10},
             checkpoint=weights,
             importance="taylor",
@@ -104,18 +102,17 @@ def searched(net, storage: str, study: str, trials: int, batch: int, max_batches
     return search(net, storage, study, trials, config, progress=False)
 
 
-def pick(study, speedup: float) -> tuple[Candidate, dict] | None:
-    """The searched trial with the best validation accuracy among those at least
-    ``speedup`` times faster than the full model, as the search measured them."""
+def pick(study, speedup: float, count: int) -> list[tuple[Candidate, dict]]:
+    """The ``count`` searched trials with the best validation accuracy among those at
+    least ``speedup`` times faster than the full model, as the search measured them
+    (several, because a search's accuracy is on a few batches and before fine-tuning)."""
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("speedup", 0) >= speedup
     ]
-    if not done:
-        return None
-    best = max(done, key=lambda t: t.user_attrs["accuracy"])
-    return Candidate.from_dict(best.user_attrs["candidate"]), best.user_attrs
+    done.sort(key=lambda t: -t.user_attrs["accuracy"])
+    return [(Candidate.from_dict(t.user_attrs["candidate"]), t.user_attrs) for t in done[:count]]
 
 
 def accuracy(model, loader) -> float:

@@ -5,6 +5,7 @@ example (whole heads removed, MLP hidden channels pruned, the embedding width ke
 from __future__ import annotations
 
 import copy
+import types
 
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention
@@ -76,7 +77,8 @@ def torch_pruning_cut(vit, heads: int, mlp: int, criterion: str, batches, exampl
     got = {(b.attn.num_heads, b.mlp.fc1.out_features) for b in model.blocks}
     if got != {(heads, mlp)}:
         raise RuntimeError(f"Torch-Pruning cut to {got}, asked for {(heads, mlp)}")
-    model.forward_exits = lambda x: [model(x)]  # the fine-tuning loop's interface
+    # the fine-tuning loop's interface, bound so that a deep copy calls its own model
+    model.forward_exits = types.MethodType(lambda self, x: [self(x)], model)
     return model
 
 
