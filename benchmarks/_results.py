@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import re
+from datetime import date
 from pathlib import Path
+
+import timm
+import torch
 
 from vitpareto.files import atomic_write
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def stamp() -> str:
+    """Date, machine, cores, torch threads, torch and timm: how a table's line begins."""
+    machine = platform.processor() or platform.machine()
+    return (
+        f"{date.today().isoformat()}, {machine} ({os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}), torch {torch.__version__}, timm {timm.__version__}"
+    )
 
 
 def write_section(key: str, markdown: str, path: Path = RESULTS) -> None:

@@ -24,27 +24,29 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import os
-import platform
 import statistics
 import sys
 import warnings
-from datetime import date
 from importlib.metadata import version
 from pathlib import Path
 
-import timm
 import torch
 import yaml
 
-from vitpareto.evaluators import analytic_macs, count_params, prepare, time_interleaved
+from vitpareto.evaluators import (
+    analytic_macs,
+    count_macs,
+    count_params,
+    prepare,
+    time_interleaved,
+)
 from vitpareto.search.supernet import FinetuneConfig, TrainConfig, train_compressed
 from vitpareto.spaces import Candidate, compress, importance_scores
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _h2h as h  # noqa: E402
 from _peer import available, torch_pruning_cut  # noqa: E402
-from _results import write_section  # noqa: E402
+from _results import stamp, write_section  # noqa: E402
 
 MODEL = yaml.safe_load((Path(__file__).parent / "fmnist" / "model.yaml").read_text())
 SETTINGS = (("onnxruntime", 1), ("onnxruntime", 16), ("eager", 1), ("eager", 16))
@@ -209,14 +211,11 @@ def _report(args, spec, vit, data, models, acc, ms) -> str:
             verdict.append(
                 f"| {ratio:g}x | {s[0]} b{s[1]} | {peer_txt} | {ours_txt} | {margin:+.2f} pt |"
             )
-    machine = platform.processor() or platform.machine()
     return "\n".join(
         [
             "### bench_headtohead: against Torch-Pruning at matched measured latency",
             "",
-            f"{date.today().isoformat()}, {machine} ({os.cpu_count()} cores, torch threads "
-            f"{torch.get_num_threads()}), torch {torch.__version__}, timm {timm.__version__}, "
-            f"onnxruntime {version('onnxruntime')}, torch-pruning {version('torch-pruning')}. "
+            f"{stamp()}, onnxruntime {version('onnxruntime')}, torch-pruning {version('torch-pruning')}. "
             f"The Fashion-MNIST benchmark model (`benchmarks/fmnist/model.yaml`) trained "
             f"normally ({args.epochs} epochs, batch 256, lr 0.002; validation carved from the "
             f"training split): test accuracy {full_test:.4f}. Rankings (taylor, and "
@@ -271,8 +270,6 @@ def _macs(model, spec) -> int:
     cand = getattr(model, "candidate", None)
     if cand is not None:
         return analytic_macs(spec, cand)
-    from vitpareto.evaluators import count_macs
-
     return count_macs(model, spec.img_size)
 
 

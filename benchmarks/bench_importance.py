@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import sys
 import warnings
-from datetime import date
 from pathlib import Path
 
-import timm
 import torch
 import yaml
 
@@ -38,7 +34,7 @@ from _h2h import accuracy as _accuracy  # noqa: E402
 from _h2h import trained_plain  # noqa: E402
 from _h2h import uniform_cut as _cut  # noqa: E402
 from _peer import available, torch_pruning_cut  # noqa: E402
-from _results import write_section  # noqa: E402
+from _results import stamp, write_section  # noqa: E402
 
 MODEL = yaml.safe_load((Path(__file__).parent / "fmnist" / "model.yaml").read_text())
 CRITERIA = ("identity", "magnitude", "taylor", "similarity", "attention")
@@ -92,13 +88,11 @@ def run(args) -> str:
     ]
     for cut, name, before, after, params in rows:
         table.append(f"| {cut} | {name} | {before:.4f} | {after:.4f} | {params:,} |")
-    machine = platform.processor() or platform.machine()
     return "\n".join(
         [
             "### bench_importance: ranking a normally trained model",
             "",
-            f"{date.today().isoformat()}, {machine} ({os.cpu_count()} cores), torch "
-            f"{torch.__version__}, timm {timm.__version__}. The Fashion-MNIST benchmark model "
+            f"{stamp()}. The Fashion-MNIST benchmark model "
             f"(`benchmarks/fmnist/model.yaml`: embed {spec.embed_dim}, depth {spec.depth}, "
             f"{spec.num_heads} heads, MLP {spec.mlp_hidden[0]}, 28 px, patch {spec.patch_size}) "
             f"trained normally (`train --plain`, {net.meta['config']['epochs']} epochs, batch 256, "

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitpareto.spaces._mlp import channel_sum, first_layer, hidden
+from vitpareto.spaces._mlp import first_layer, hidden
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -52,9 +52,8 @@ def magnitude(block: nn.Module) -> BlockScores:
     proj = attn.proj.weight.detach().view(-1, H, hd)
     heads = (w.pow(2).sum((0, 2, 3)) + proj.pow(2).sum((0, 2))).sqrt()
     qk = w[0].norm(dim=-1) * w[1].norm(dim=-1)
-    rows = [w.detach() for w, _ in first_layer(mlp)]  # a gated MLP's gate and value rows
-    fc1 = rows[0].norm(dim=1) if len(rows) == 1 else torch.cat(rows, 1).norm(dim=1)
-    mlp_s = fc1 * mlp.fc2.weight.detach().norm(dim=0)
+    rows = torch.cat([w.detach() for w, _ in first_layer(mlp)], 1)  # gate and value rows
+    mlp_s = rows.norm(dim=1) * mlp.fc2.weight.detach().norm(dim=0)
     return BlockScores(heads=heads, qk=qk, mlp=mlp_s)
 
 
@@ -78,12 +77,6 @@ def _wg(p: torch.Tensor | None) -> torch.Tensor | None:
     return (p.detach() * p.grad.detach()).abs().float()
 
 
-def _taylor_rows(layer: nn.Linear) -> torch.Tensor:
-    rows = _wg(layer.weight).sum(1)
-    bias = _wg(layer.bias)
-    return rows if bias is None else rows + bias
-
-
 def _taylor_block(block: nn.Module) -> BlockScores:
     attn, mlp = block.attn, block.mlp
     H, hd = attn.num_heads, attn.head_dim
@@ -93,7 +86,9 @@ def _taylor_block(block: nn.Module) -> BlockScores:
         rows = rows + bias
     rows = rows.view(3, H, hd)
     proj = _wg(attn.proj.weight).sum(0).view(H, hd)
-    fc1 = channel_sum(mlp, _taylor_rows)  # a gated MLP's gate and value rows together
+    fc1 = 0  # a gated MLP's gate and value rows together
+    for w, b in first_layer(mlp, _wg):
+        fc1 = fc1 + w.sum(1) + (0 if b is None else b)
     return BlockScores(
         heads=rows.sum((0, 2)) + proj.sum(1),
         qk=rows[0] + rows[1],

@@ -22,26 +22,22 @@ def hidden(mlp: nn.Module) -> int:
     return mlp.fc2.in_features
 
 
-def first_layer(mlp: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def first_layer(mlp: nn.Module, get=None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The first layer's (weight, bias) per role, a row per hidden channel: one pair for
-    ``Mlp``, the gate's then the value's for a gated MLP (views of the parameters)."""
+    ``Mlp``, the gate's then the value's for a gated MLP (views of the parameters, or of
+    what ``get`` makes of each, such as its |weight x gradient|; None stays None)."""
+
+    def g(p):
+        return p if p is None or get is None else get(p)
+
     if isinstance(mlp, SwiGLU):
-        return [(mlp.fc1_g.weight, mlp.fc1_g.bias), (mlp.fc1_x.weight, mlp.fc1_x.bias)]
-    w, b = mlp.fc1.weight, mlp.fc1.bias
+        return [(g(mlp.fc1_g.weight), g(mlp.fc1_g.bias)), (g(mlp.fc1_x.weight), g(mlp.fc1_x.bias))]
+    w, b = g(mlp.fc1.weight), g(mlp.fc1.bias)
     if isinstance(mlp, GluMlp):  # one layer, chunked in two halves
         n = hidden(mlp)
         halves = [(w[:n], None if b is None else b[:n]), (w[n:], None if b is None else b[n:])]
         return halves[::-1] if mlp.gate_last else halves
     return [(w, b)]
-
-
-def channel_sum(mlp: nn.Module, per_row) -> torch.Tensor:
-    """``per_row(layer)`` (a value per output row) of each first-layer ``nn.Linear``,
-    summed per hidden channel (a gated MLP's gate and value rows together)."""
-    layers = [mlp.fc1_g, mlp.fc1_x] if isinstance(mlp, SwiGLU) else [mlp.fc1]
-    total = sum(per_row(layer) for layer in layers)
-    n = hidden(mlp)
-    return total if total.numel() == n else total.view(-1, n).sum(0)  # GluMlp's halves
 
 
 def first_rows(mlp: nn.Module, m: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -93,7 +89,6 @@ def linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
 def cut_mlp(mlp: nn.Module, m: int) -> nn.Module:
     """``mlp`` (a copy the caller owns) with its first ``m`` channels only, physically:
     timm's own module with smaller layers, so its forward is timm's."""
-    detach = lambda t: None if t is None else t.detach()  # noqa: E731
     if isinstance(mlp, SwiGLU):
         for name in ("fc1_g", "fc1_x"):
             layer = getattr(mlp, name)
@@ -107,5 +102,6 @@ def cut_mlp(mlp: nn.Module, m: int) -> nn.Module:
         rows = rows.to(mlp.fc1.weight.device)
         bias = None if mlp.fc1.bias is None else mlp.fc1.bias.detach()[rows]
         mlp.fc1 = linear_from(mlp.fc1.weight.detach()[rows], bias)
-    mlp.fc2 = linear_from(mlp.fc2.weight.detach()[:, :m], detach(mlp.fc2.bias))
+    bias = None if mlp.fc2.bias is None else mlp.fc2.bias.detach()
+    mlp.fc2 = linear_from(mlp.fc2.weight.detach()[:, :m], bias)
     return mlp
