@@ -6,6 +6,7 @@ from vitpareto.evaluators._accuracy import AccuracyEvaluator, exit_metrics
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._cost import (
     analytic_macs,
+    attn_pool_macs,
     count_macs,
     count_params,
     exit_head_macs,
@@ -39,6 +40,7 @@ from vitpareto.evaluators._predictor import (
 from vitpareto.evaluators._runtime import (
     DYNAMIC,
     RUNTIMES,
+    check_onnxscript,
     check_runtime,
     deployed,
     export_onnx,
@@ -80,6 +82,7 @@ __all__ = [
     "PredictedLatencyEvaluator",
     "Timing",
     "analytic_macs",
+    "attn_pool_macs",
     "count_macs",
     "count_params",
     "device_fingerprint",
@@ -88,6 +91,7 @@ __all__ = [
     "exit_macs",
     "exit_metrics",
     "expected_latency",
+    "check_onnxscript",
     "export_onnx",
     "load_data",
     "mac_profile",

@@ -1,7 +1,8 @@
 """Cost of a model: multiply-accumulates (fvcore, attention included) and parameters.
 
 Convention (the papers' GMACs, which they call GFLOPs): one multiply-add is one MAC; a
-LayerNorm counts 5 x its elements, as fvcore counts it; the attention matmuls are counted (fvcore skips
+LayerNorm counts 5 x its elements, as fvcore counts it, and an RMSNorm 3 (the same less
+the mean and its subtraction; fvcore sees only its elementwise ops and counts nothing); the attention matmuls are counted (fvcore skips
 ``aten::scaled_dot_product_attention`` unless given the handle below); token selection
 (the class-attention row, ranking, gathering, fusing) is bookkeeping and left out, which
 reproduces EViT's published MACs; token merging's matching (the cosine similarities of one
@@ -24,11 +25,13 @@ with warnings.catch_warnings():  # fvcore calls torch.jit.script on import, whic
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces import (
+    NORM_MACS,
     Candidate,
     ClassAttention,
     TokenSelect,
     describe,
     merge_macs,
+    norm_kind,
     token_counts,
 )
 
@@ -76,14 +79,15 @@ def count_macs(
     )
     was_training = model.training
     model.eval()
+    rms = _RmsCount(model)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rms:
             warnings.simplefilter("ignore")
             fca = FlopCountAnalysis(model, x)
             fca.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
             fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             fca.tracer_warnings("none")
-            total = fca.total()
+            total = fca.total() + rms.macs
             if not include_selection:
                 by_module = fca.by_module()
                 total -= sum(
@@ -96,6 +100,26 @@ def count_macs(
     return int(total)
 
 
+class _RmsCount:
+    """Counts the RMSNorms' MACs while fvcore traces the model (their elementwise ops are
+    invisible to it): each call's input elements times ``NORM_MACS['rmsnorm']``."""
+
+    def __init__(self, model: nn.Module):
+        self.norms = [m for m in model.modules() if norm_kind(m) == "rmsnorm"]
+        self.macs, self.hooks = 0, []
+
+    def _hook(self, module, args, output) -> None:
+        self.macs += args[0].numel() * NORM_MACS["rmsnorm"]
+
+    def __enter__(self):
+        self.hooks = [m.register_forward_hook(self._hook) for m in self.norms]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameters (every one of a compressed model is really there)."""
     return sum(p.numel() for p in model.parameters())
@@ -104,13 +128,35 @@ def count_params(model: nn.Module) -> int:
 def analytic_macs(model, candidate: Candidate | None = None) -> int:
     """MACs of ``candidate`` on ``model`` from the shapes alone, without running anything.
 
-    The same convention as ``count_macs``, with which it agrees exactly for LayerNorm
-    models: per block ``5 N D + N D (2 h d_qk + h d_v) + N^2 h (d_qk + d_v) + N h d_v D``
-    for the attention (N tokens in) and ``5 N' D + 2 N' D m`` for the MLP (N' tokens
-    after pruning; ``3 N' D m`` for a gated one, SwiGLU or GLU), plus the patch embedding, the norms and the head(s); a merging block
-    adds its matching, ``a b d_qk`` per round of a tokens against b.
+    The same convention as ``count_macs``, with which it agrees exactly. Per block, with
+    ``c`` a norm's cost per element (5 for a LayerNorm, 3 for an RMSNorm):
+    ``c N D + N D (2 h d_qk + h d_v) + N^2 h (d_qk + d_v) + N h d_v D`` for the attention
+    (N tokens in) and ``c N' D + 2 N' D m`` for the MLP (N' tokens after pruning;
+    ``3 N' D m`` for a gated one, SwiGLU or GLU), plus the patch embedding, the norms and
+    the head(s); a merging block adds its matching, ``a b d_qk`` per round of a tokens
+    against b; an attention pool ('map') ``attn_pool_macs``.
     """
     return mac_profile(model, candidate)[-1]
+
+
+def attn_pool_macs(model, tokens: int) -> int:
+    """MACs of the model's attention pool ('map') over ``tokens`` patch tokens: the latent
+    queries' projection, the keys and values of every token, the attention, the output
+    projection, the norm and the MLP (timm's ``AttentionPoolLatent``)."""
+    s = describe(model)
+    latents, _, m = s.attn_pool
+    D = s.embed_dim
+    proj = 2 * latents * D * D + 2 * tokens * D * D  # q and proj; k and v
+    return proj + 2 * latents * tokens * D + latents * D * (s.norm_macs + 2 * m)
+
+
+def _head_macs(s, tokens: int) -> int:
+    """The final head after the last block, on ``tokens`` tokens (prefix included)."""
+    D, c = s.embed_dim, s.norm_macs
+    total = (c * tokens * D if s.final_norm else 0) + (c * D if s.fc_norm else 0)
+    if s.attn_pool:
+        total += attn_pool_macs(s, tokens - (0 if s.pool_prefix else s.num_prefix_tokens))
+    return total + D * s.num_classes * (2 if s.distilled else 1)
 
 
 def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
@@ -121,41 +167,47 @@ def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
     """
     s = describe(model)
     c = (candidate or Candidate.full(s)).validate(s)
-    D, hd, npt, p = s.embed_dim, s.head_dim, s.num_prefix_tokens, c.patch_size
+    D, hd, npt, p, cn = s.embed_dim, s.head_dim, s.num_prefix_tokens, c.patch_size, s.norm_macs
     n = (s.img_size[0] // p) * (s.img_size[1] // p)  # non-prefix tokens
     total = n * s.in_chans * p * p * D
     if s.norm_pre:
-        total += 5 * (n + npt) * D
+        total += cn * (n + npt) * D
     profile = []
     counts = token_counts(s, c)
     for i, (n_attn, n_mlp) in enumerate(counts):
         h, dq, m = c.heads[i], c.qk_dim[i], c.mlp[i]
         if h > 0:
             N = n_attn
-            total += 5 * N * D + N * D * h * (2 * dq + hd) + N * N * h * (dq + hd) + N * h * hd * D
+            total += cn * N * D + N * D * h * (2 * dq + hd) + N * N * h * (dq + hd) + N * h * hd * D
             if s.qk_norm:
-                total += 2 * 5 * N * h * dq
+                total += 2 * cn * N * h * dq
             if c.token_mode[i] == "merge":
                 total += merge_macs(N - npt, n_mlp - npt, dq)
         if m > 0:
-            total += 5 * n_mlp * D + (3 if s.gated_mlp else 2) * n_mlp * D * m
+            total += cn * n_mlp * D + (3 if s.gated_mlp else 2) * n_mlp * D * m
         profile.append(total)
-    N = counts[-1][1]
-    total += (5 * N * D if s.final_norm else 0) + (5 * D if s.fc_norm else 0)
-    total += D * s.num_classes * (2 if s.distilled else 1)
-    profile.append(total)
+    profile.append(total + _head_macs(s, counts[-1][1]))
     return profile
 
 
-def exit_head_macs(model) -> int:
-    """MACs of one early-exit head (pooled LayerNorm and Linear)."""
+def exit_head_macs(model, tokens: int | None = None) -> int:
+    """MACs of one early-exit head on ``tokens`` tokens (prefix included; needed only for
+    an attention-pool model, whose exit runs its own pool): the norm and the Linear."""
     s = describe(model)
-    return 5 * s.embed_dim + s.embed_dim * s.num_classes
+    D = s.embed_dim
+    if not s.attn_pool:
+        return s.norm_macs * D + D * s.num_classes
+    if tokens is None:
+        raise VitParetoError("an attention-pool model's exit head costs by its tokens: pass tokens")
+    pool = attn_pool_macs(s, tokens - (0 if s.pool_prefix else s.num_prefix_tokens))
+    return s.norm_macs * tokens * D + pool + D * s.num_classes
 
 
 def exit_macs(model, candidate: Candidate) -> list[int]:
     """MACs spent on a sample that leaves at each exit, then on one that reaches the final
     head; every exit head the sample passed through is counted."""
-    profile, head = mac_profile(model, candidate), exit_head_macs(model)
-    out = [profile[b] + (j + 1) * head for j, b in enumerate(candidate.exits)]
-    return out + [profile[-1] + len(candidate.exits) * head]
+    s = describe(model)
+    profile, counts = mac_profile(s, candidate), token_counts(s, candidate)
+    heads = [exit_head_macs(s, counts[b][1]) for b in candidate.exits]
+    out = [profile[b] + sum(heads[: j + 1]) for j, b in enumerate(candidate.exits)]
+    return out + [profile[-1] + sum(heads)]

@@ -202,7 +202,7 @@ class LatencyPredictor:
             )
             base = elastic.extract(empty).eval().to(dev)
             calls[f"base|{p}"] = partial(prepare(base, images, runtime), images)
-        head = ExitHead(spec.embed_dim, spec.num_classes, spec.global_pool, spec.num_prefix_tokens)
+        head = ExitHead.like(elastic.vit, spec)
         x = torch.randn(batch_size, shapes["grid"][-1], spec.embed_dim, device=dev)
         calls["exit"] = partial(prepare(head.to(dev).eval(), x, runtime), x)
         for i, c in enumerate([Candidate.full(spec), *cal]):

@@ -25,6 +25,7 @@ from vitpareto.spaces import DeployedViT
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "cudagraphs", "tensorrt")
 DYNAMIC = ("eager", "onnxruntime")  # the runtimes that run an exit policy's graph
+EXPORTERS = ("dynamo", "torchscript")  # ONNX exporters: PyTorch's maintained one, the legacy tracer
 _NEEDS = {"onnxruntime": "onnxruntime", "tensorrt": "torch_tensorrt"}
 _EXTRA = {"onnxruntime": "pip install 'vitpareto[onnx]'", "tensorrt": "pip install torch-tensorrt"}
 
@@ -37,6 +38,8 @@ def check_runtime(runtime: str, device: str | torch.device = "cpu") -> None:
     package = _NEEDS.get(runtime)
     if package and importlib.util.find_spec(package) is None:
         raise VitParetoError(f"runtime {runtime!r} needs the {package} package: {_EXTRA[runtime]}")
+    if runtime == "onnxruntime":
+        check_onnxscript()
     if runtime in ("cudagraphs", "tensorrt") and torch.device(device).type != "cuda":
         raise VitParetoError(f"runtime {runtime!r} runs on CUDA GPUs only; pass --device cuda")
 
@@ -96,24 +99,49 @@ def prepare(
 
 
 def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: str | os.PathLike, dynamic_batch: bool = True
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    dynamic_batch: bool = True,
+    exporter: str = "dynamo",
 ) -> None:
-    """Write ``model`` as an ONNX graph (opset 17; input ``images``; output ``logits``, and
-    ``exit`` for an exit policy) for any batch size (or ``example``'s alone)."""
+    """Write ``model`` as an ONNX graph (input ``images``; output ``logits``, and ``exit``
+    for an exit policy) for any batch size (or ``example``'s alone).
+
+    ``exporter="dynamo"`` (the default) is the exporter PyTorch maintains: it captures the
+    graph with ``torch.export`` (as the ``.pt2`` file is), translates it with onnxscript
+    (opset 18) and optimises it; ``rms_norm``, token merging and the exit policy's row
+    gathers export through it. ``exporter="torchscript"`` is the legacy tracer (opset 17),
+    kept as a fallback for a graph the first cannot capture; it has no ``rms_norm``."""
+    if exporter not in EXPORTERS:
+        raise VitParetoError(f"unknown ONNX exporter {exporter!r}; choose {' or '.join(EXPORTERS)}")
     outputs = ["logits", "exit"] if isinstance(model, DeployedViT) else ["logits"]
-    axes = {name: {0: "batch"} for name in ("images", *outputs)} if dynamic_batch else None
     model = model.eval().to(example.device)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=["images"],
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
+        if exporter == "torchscript":
+            axes = {name: {0: "batch"} for name in ("images", *outputs)} if dynamic_batch else None
+            torch.onnx.export(
+                model, (example,), str(path), input_names=["images"], output_names=outputs,
+                dynamic_axes=axes, opset_version=17, dynamo=False,
+            )  # fmt: skip
+            return
+        check_onnxscript()
+        if dynamic_batch and example.shape[0] < 2:
+            example = example.expand(2, *example.shape[1:])  # a batch of 1 is specialised
+        shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+        program = torch.onnx.export(
+            model, (example,), input_names=["images"], output_names=outputs,
+            dynamic_shapes=shapes, opset_version=18, dynamo=True, verbose=False,
+        )  # fmt: skip
+        program.save(str(path))
+
+
+def check_onnxscript() -> None:
+    """Refuse, with the fix, an ONNX export without the onnxscript package it runs on."""
+    if importlib.util.find_spec("onnxscript") is None:
+        raise VitParetoError(
+            "ONNX export needs the onnxscript package: pip install 'vitpareto[onnx]'"
         )
 
 

@@ -17,7 +17,7 @@ from vitpareto.spaces._importance import (
 from vitpareto.spaces._models import check_recipe, create_model, load_checkpoint
 from vitpareto.spaces._ops import ExitHead
 from vitpareto.spaces._space import JointSpace, Knob
-from vitpareto.spaces._spec import ViTSpec, describe
+from vitpareto.spaces._spec import NORM_MACS, ViTSpec, describe, norm_kind
 from vitpareto.spaces._tokens import (
     TOKEN_MODES,
     ClassAttention,
@@ -56,6 +56,8 @@ __all__ = [
     "JointSpace",
     "Knob",
     "ViTSpec",
+    "NORM_MACS",
+    "norm_kind",
     "VitParetoError",
     "compress",
     "check_recipe",

@@ -62,17 +62,7 @@ class ElasticViT(nn.Module):
         self._resample = PatchEmbedResamplerFixedOrigSize((s.patch_size, s.patch_size))
 
     def _new_exit_head(self) -> ExitHead:
-        s, vit = self.spec, self.vit
-        ref = vit.cls_token if vit.cls_token is not None else vit.patch_embed.proj.weight
-        head = ExitHead(s.embed_dim, s.num_classes, s.global_pool, s.num_prefix_tokens)
-        head = head.to(device=ref.device, dtype=ref.dtype)
-        ref_norm = vit.norm if isinstance(vit.norm, nn.LayerNorm) else vit.fc_norm
-        with torch.no_grad():
-            if isinstance(ref_norm, nn.LayerNorm):
-                head.norm.load_state_dict(ref_norm.state_dict())
-            if isinstance(vit.head, nn.Linear):
-                head.head.load_state_dict(vit.head.state_dict())
-        return head
+        return ExitHead.like(self.vit, self.spec)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, candidate: Candidate | None = None) -> torch.Tensor:

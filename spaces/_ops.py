@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import RmsNorm
 
+from vitpareto.spaces._spec import make_norm, norm_kind
 from vitpareto.spaces._tokens import ClassAttention, MergeMetric
 
 
@@ -144,19 +145,56 @@ def residual_block(
 
 # --- early exits ----------------------------------------------------------------------------
 class ExitHead(nn.Module):
-    """An early-exit classifier: pool like the model, LayerNorm, Linear (Multi-Exit ViT's MLP-EE)."""
+    """An early-exit classifier that pools as the model's own head does (Multi-Exit ViT's
+    MLP-EE): the class token or the patch tokens' mean, normalised, then a Linear; for an
+    attention-pool model ('map', SigLIP), every patch token normalised, then its own copy
+    of the model's attention pool, then a Linear.
 
-    def __init__(self, dim: int, num_classes: int, pool: str, num_prefix_tokens: int):
+    ``norm`` is the model's norm kind (``"layernorm"`` or ``"rmsnorm"``); ``attn_pool`` the
+    model's pool, copied (trained from there on as this exit's own), over the prefix tokens
+    too when ``pool_prefix``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        pool: str,
+        num_prefix_tokens: int,
+        norm: str = "layernorm",
+        attn_pool: nn.Module | None = None,
+        pool_prefix: bool = False,
+    ):
         super().__init__()
         self.pool, self.num_prefix_tokens = pool, num_prefix_tokens
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pool_from = 0 if pool_prefix else num_prefix_tokens  # the attention pool's first token
+        self.norm = make_norm(norm, dim)
+        self.attn_pool = copy.deepcopy(attn_pool) if attn_pool is not None else None
         self.head = nn.Linear(dim, num_classes)
         # set by ``extract`` where the compressed model's tokens carry their merge sizes as
         # one extra channel at this point (see ``PrunedBlock``)
         self.packed = False
 
+    @classmethod
+    def like(cls, vit: nn.Module, spec) -> ExitHead:
+        """A head for ``vit`` (described by ``spec``), started from its own final norm,
+        pool and classifier so that a fresh exit predicts like the model's end."""
+        pool = vit.attn_pool if spec.attn_pool else None
+        head = cls(spec.embed_dim, spec.num_classes, spec.global_pool, spec.num_prefix_tokens,
+                   spec.norm, pool, spec.pool_prefix)  # fmt: skip
+        ref = vit.cls_token if vit.cls_token is not None else vit.patch_embed.proj.weight
+        head = head.to(device=ref.device, dtype=ref.dtype)
+        ref_norm = vit.fc_norm if spec.fc_norm and not spec.attn_pool else vit.norm
+        with torch.no_grad():
+            if norm_kind(ref_norm) == spec.norm:
+                head.norm.load_state_dict(ref_norm.state_dict())
+            if isinstance(vit.head, nn.Linear):
+                head.head.load_state_dict(vit.head.state_dict())
+        return head
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
             x = x[..., :-1]
+        if self.attn_pool is not None:
+            return self.head(self.attn_pool(self.norm(x)[:, self.pool_from :]))
         x = x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens :].mean(1)
         return self.head(self.norm(x))

@@ -35,6 +35,15 @@ class ViTSpec:
     fc_norm: bool = False
     in_chans: int = 3
     gated_mlp: bool = False  # SwiGLU or GLU: two first-layer rows per hidden channel
+    norm: str = "layernorm"  # every norm's kind: "layernorm" or "rmsnorm"
+    attn_pool: tuple[int, int, int] | None = None  # a 'map' head: (latent tokens, heads, MLP width)
+    pool_prefix: bool = False  # the attention pool attends over the prefix tokens too
+
+    @property
+    def norm_macs(self) -> int:
+        """MACs per normalised element: 5 for a LayerNorm (fvcore's count), 3 for an
+        RMSNorm (the same less the mean and its subtraction)."""
+        return NORM_MACS[self.norm]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -49,6 +58,23 @@ class ViTSpec:
         """Patch sides that divide both image sides."""
         h, w = self.img_size
         return [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
+
+
+NORM_MACS = {"layernorm": 5, "rmsnorm": 3}
+
+
+def norm_kind(norm: nn.Module) -> str | None:
+    """``"layernorm"`` or ``"rmsnorm"`` for a norm vitpareto counts, else None."""
+    if isinstance(norm, nn.LayerNorm):
+        return "layernorm"
+    if isinstance(norm, RmsNorm | nn.RMSNorm):
+        return "rmsnorm"
+    return None
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    """A fresh norm of ``kind`` over ``dim`` channels, as timm builds one."""
+    return RmsNorm(dim, eps=1e-6) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=1e-6)
 
 
 # why an architecture cannot be cut, by timm class name: what a user can act on
@@ -101,10 +127,9 @@ def describe(model) -> ViTSpec:
             "vitpareto compresses timm VisionTransformer models (vit_*, deit_*, deit3_*, "
             "test_vit); Swin, CNNs and hybrids are not supported",
         )
-    if model.attn_pool is not None:
-        raise _unsupported(model, "attention-pool heads (global_pool='map') are not supported")
-    if model.global_pool not in ("token", "avg"):
-        raise _unsupported(model, f"global_pool={model.global_pool!r}; use 'token' or 'avg'")
+    pool = _attn_pool(model)
+    if model.global_pool not in ("token", "avg", "map"):
+        raise _unsupported(model, f"global_pool={model.global_pool!r}; use 'token', 'avg' or 'map'")
     heads, kinds = set(), set()
     widths = []
     for i, blk in enumerate(model.blocks):
@@ -133,6 +158,7 @@ def describe(model) -> ViTSpec:
         raise _unsupported(model, "some blocks have gated MLPs and some plain ones")
     if len(heads) != 1:
         raise _unsupported(model, "blocks differ in head count or head width")
+    norm = _norm(model)
     ((num_heads, head_dim),) = heads
     pe = model.patch_embed
     if type(pe) is not PatchEmbed:
@@ -175,7 +201,54 @@ def describe(model) -> ViTSpec:
         fc_norm=not isinstance(model.fc_norm, nn.Identity),
         in_chans=pe.proj.in_channels,
         gated_mlp=kinds == {True},
+        norm=norm,
+        attn_pool=pool,
+        pool_prefix=pool is not None and bool(getattr(model, "pool_include_prefix", False)),
     )
+
+
+def _norm(model: nn.Module) -> str:
+    """The one kind of every norm in ``model`` (its cost per element is counted exactly)."""
+    mods = [model.norm_pre, model.norm, model.fc_norm]
+    for blk in model.blocks:
+        mods += [blk.norm1, blk.norm2, blk.attn.q_norm, blk.attn.k_norm]
+    if model.attn_pool is not None:
+        mods += [model.attn_pool.norm]
+    kinds = set()
+    for mod in mods:
+        if isinstance(mod, nn.Identity):
+            continue
+        kind = norm_kind(mod)
+        if kind is None or not _affine(mod):
+            raise _unsupported(
+                model, f"a {type(mod).__name__} norm: vitpareto counts LayerNorm and RMSNorm "
+                "with their learned scale"
+            )  # fmt: skip
+        kinds.add(kind)
+    if len(kinds) > 1:
+        raise _unsupported(model, "it mixes LayerNorm and RMSNorm layers")
+    return kinds.pop() if kinds else "layernorm"
+
+
+def _affine(norm: nn.Module) -> bool:
+    return getattr(norm, "weight", None) is not None
+
+
+def _attn_pool(model: nn.Module) -> tuple[int, int, int] | None:
+    """The shape facts of an attention-pool head (SigLIP's 'map'), refusing the forms whose
+    inputs token pruning or a new patch size would change underneath it."""
+    pool = model.attn_pool
+    if pool is None:
+        return None
+    if type(pool).__name__ != "AttentionPoolLatent":
+        raise _unsupported(model, f"a {type(pool).__name__} pooling head: vitpareto keeps "
+                           "timm's AttentionPoolLatent ('map')")  # fmt: skip
+    if pool.pos_embed is not None:
+        raise _unsupported(model, "an attention pool with its own position embedding, tied to "
+                           "one token grid that token pruning and patch resizing change")  # fmt: skip
+    if pool.mlp is None or type(pool.mlp) not in MLPS or gated(pool.mlp):
+        raise _unsupported(model, "an attention pool without its plain MLP")
+    return pool.latent_len, pool.num_heads, hidden(pool.mlp)
 
 
 def _is_sliceable_norm(norm: nn.Module) -> bool:

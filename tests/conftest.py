@@ -32,6 +32,14 @@ VARIANTS = {
         "vit_small_patch16_224",
         dict(img_size=64, depth=2, mlp_layer=partial(GluMlp, gate_last=True), mlp_ratio=3.0),
     ),
+    "rmsnorm": ("vit_small_patch16_224", dict(img_size=64, depth=2, norm_layer="rmsnorm")),
+    # SigLIP's vision tower: no class token, an attention-pool ('map') head
+    "siglip_map": (
+        "vit_base_patch16_siglip_224",
+        dict(img_size=64, depth=2, embed_dim=192, num_heads=3),
+    ),
+    # a class token and an attention pool that attends over it too
+    "map_class_token": ("test_vit3", dict(img_size=32, patch_size=8, depth=3)),
 }
 
 

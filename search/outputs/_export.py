@@ -24,6 +24,7 @@ from vitpareto.evaluators import (
     DEFAULT_MEAN,
     DEFAULT_STD,
     channel_norm,
+    check_onnxscript,
     deployed,
     export_onnx,
     export_pt2,
@@ -98,6 +99,8 @@ def export_trials(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VitParetoError(f"--out {str(out)!r} is a file, not a directory")
+    if portable:
+        check_onnxscript()  # before any model is built, not at the first model.onnx
     dirs = [check_writable(out / f"trial_{t.number}", force) for t in trials]
     models = [build_model(study, t, supernet, artifacts) for t in trials]
     timing = deployed_timing(study, supernet) if measure else None

@@ -15,8 +15,7 @@ from vitpareto.evaluators import (
     analytic_macs,
     check_runtime,
     count_params,
-    exit_head_macs,
-    mac_profile,
+    exit_macs,
     prepare,
     speedup,
     summarize,
@@ -92,7 +91,7 @@ def measure(
         m = elastic.extract(c).eval().to(device)
         if c.exits:  # a sample that leaves at the first exit runs only the blocks before it
             fns[name] = ExitPath(m, 0)
-            macs[name] = mac_profile(s, c)[c.exits[0]] + exit_head_macs(s)
+            macs[name] = exit_macs(s, c)[0]
         else:
             fns[name] = m
             macs[name] = analytic_macs(s, c)

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
 
-import vitpareto
-from tests.search.test_cli import vitpareto as cli
+from tests.search.backbone import exported_front, trained_and_searched
 from vitpareto.evaluators import channel_norm, load_data
-from vitpareto.search import SearchConfig, SupernetTrainer, TrainConfig, load_supernet, search
+from vitpareto.search import load_supernet
 from vitpareto.spaces import VitParetoError, check_recipe
 
 
@@ -23,17 +21,7 @@ from vitpareto.spaces import VitParetoError, check_recipe
 def one_channel(tmp_path_factory):
     """A one-channel supernet trained one epoch on digits and a predicted-latency study."""
     d = tmp_path_factory.mktemp("channels")
-    trainer = SupernetTrainer.create(
-        "test_vit",
-        "digits",
-        TrainConfig(epochs=1, batch_size=128, random_candidates=1),
-        model_kwargs=dict(img_size=32, patch_size=16, in_chans=1),
-    )
-    trainer.fit(d / "net.pt", progress=False)
-    url = f"sqlite:///{d / 'r.db'}"
-    config = SearchConfig(latency="predicted", latency_repeats=3)
-    search(load_supernet(d / "net.pt"), url, "s", 5, config, progress=False)
-    return d, url
+    return d, trained_and_searched(d, dict(img_size=32, patch_size=16, in_chans=1))
 
 
 def test_data_comes_in_the_channels_asked_for():
@@ -78,17 +66,7 @@ def test_a_one_channel_model_trains_searches_and_exports(one_channel, tmp_path):
     assert net.elastic.spec.in_chans == 1 and net.elastic.spec.image_shape == (1, 32, 32)
     x = next(iter(net.load_data(batch_size=4).val))[0]
     assert x.shape == (4, 1, 32, 32)
-    out = cli("export", "--storage", url, "--study", "s", "--pareto", "--out", str(tmp_path / "m"))
-    assert out.returncode == 0, out.stderr
-    for model_dir in (tmp_path / "m").iterdir():
-        model = vitpareto.load(model_dir)
-        with torch.no_grad():  # a model with exits ships its exit policy
-            eager = (model.forward_dynamic(x)[0] if model.exit_heads else model(x)).numpy()
-        onnx = ort.InferenceSession(str(model_dir / "model.onnx")).run(None, {"images": x.numpy()})
-        assert np.abs(onnx[0] - eager).max() < 1e-4
-        pt2 = torch.export.load(str(model_dir / "model.pt2")).module()(x)
-        pt2 = pt2[0] if isinstance(pt2, (tuple, list)) else pt2
-        assert torch.allclose(pt2, torch.from_numpy(eager), atol=1e-4)
+    for model_dir, _ in exported_front(url, tmp_path / "m", x):
         config = json.loads((model_dir / "config.json").read_text())
         assert config["preprocessing"]["channels"] == 1
         assert len(config["preprocessing"]["mean"]) == 1

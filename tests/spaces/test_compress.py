@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 from conftest import VARIANTS, images, make_variant, random_candidate
-from timm.layers import LayerScale
+from timm.layers import LayerScale, RmsNorm
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces import Candidate, ElasticViT, TokenSelect, compress, describe
@@ -25,6 +25,8 @@ def expected_params(model, c: Candidate) -> int:
     qkv_bias = attn0.qkv.bias is not None
     qk_norm = not isinstance(attn0.q_norm, torch.nn.Identity)
     ls = isinstance(model.blocks[0].ls1, LayerScale)
+    rms = isinstance(model.blocks[0].norm1, RmsNorm)
+    norm = D if rms else 2 * D  # a norm's scale (and a LayerNorm's bias)
     p = c.patch_size
     h_img, w_img = model.patch_embed.img_size
     grid = (h_img // p) * (w_img // p)
@@ -36,18 +38,22 @@ def expected_params(model, c: Candidate) -> int:
         h, dq, m = c.heads[i], c.qk_dim[i], c.mlp[i]
         if h:
             width = h * (2 * dq + hd)
-            n += 2 * D + D * width + (width if qkv_bias else 0) + h * hd * D + D
-            n += 4 * dq if qk_norm else 0
+            n += norm + D * width + (width if qkv_bias else 0) + h * hd * D + D
+            n += (2 if rms else 4) * dq if qk_norm else 0
             n += D if ls else 0
         if m:  # a gated MLP has two first-layer rows per channel
             rows = 2 * m if describe(model).gated_mlp else m
             bias = model.blocks[0].mlp.fc2.bias is not None
-            n += 2 * D + D * rows + (rows if bias else 0) + m * D + (D if bias else 0)
+            n += norm + D * rows + (rows if bias else 0) + m * D + (D if bias else 0)
             n += D if ls else 0
-    n += 2 * D if not isinstance(model.norm, torch.nn.Identity) else 0
-    n += 2 * D if not isinstance(model.fc_norm, torch.nn.Identity) else 0
-    n += (D * C + C) * (2 if hasattr(model, "dist_token") else 1)
-    n += len(c.exits) * (2 * D + D * C + C)
+    n += norm if not isinstance(model.norm, torch.nn.Identity) else 0
+    n += norm if not isinstance(model.fc_norm, torch.nn.Identity) else 0
+    pool = 0
+    if model.attn_pool is not None:  # latent, q, kv, proj, norm, MLP: kept whole
+        m = model.attn_pool.mlp.fc1.out_features
+        pool = D + (D * D + D) + (2 * D * D + 2 * D) + (D * D + D) + norm + 2 * D * m + m + D
+    n += pool + (D * C + C) * (2 if hasattr(model, "dist_token") else 1)
+    n += len(c.exits) * (norm + pool + D * C + C)  # an exit copies the model's pool
     return n
 
 
@@ -194,9 +200,10 @@ def test_removed_block_keeps_exit_in_place():
 
 
 def test_all_variants_are_covered():
-    assert {"class_token", "avg_pool", "registers", "layerscale", "patch32", "distilled"} <= set(
-        VARIANTS
-    )
+    assert {
+        "class_token", "avg_pool", "registers", "layerscale", "patch32", "distilled",
+        "one_channel", "swiglu", "glu", "rmsnorm", "siglip_map",
+    } <= set(VARIANTS)  # fmt: skip
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

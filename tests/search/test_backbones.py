@@ -1,0 +1,22 @@
+"""A SigLIP-style backbone end to end: an attention-pool ('map') head and RMSNorm layers
+train as a supernet, search, export through the dynamo ONNX exporter and load, and the
+exported files compute what the loaded model computes."""
+
+from __future__ import annotations
+
+from tests.search.backbone import exported_front, trained_and_searched
+from vitpareto.evaluators import analytic_macs, count_macs
+from vitpareto.search import load_supernet
+
+KWARGS = dict(img_size=32, patch_size=8, class_token=False, global_pool="map", norm_layer="rmsnorm")
+
+
+def test_a_map_rmsnorm_supernet_trains_searches_and_exports(tmp_path):
+    url = trained_and_searched(tmp_path, KWARGS, trials=6)
+    net = load_supernet(tmp_path / "net.pt")
+    spec = net.elastic.spec
+    assert spec.attn_pool and spec.norm == "rmsnorm"
+    assert all(h.attn_pool is not None for h in net.elastic.exit_heads.values())
+    x = next(iter(net.load_data(batch_size=5).val))[0]
+    for _, model in exported_front(url, tmp_path / "m", x):
+        assert count_macs(model, spec.img_size) == analytic_macs(spec, model.candidate)
