@@ -40,7 +40,7 @@ from vitpareto.evaluators._timing import (
 from vitpareto.files import atomic_write
 from vitpareto.spaces import Candidate, ElasticViT, ExitHead, JointSpace, token_counts
 
-FORMAT = 2  # bumped when tables built before would predict wrongly
+FORMAT = 3  # bumped when tables built before would predict wrongly
 
 
 def sample_candidates(space: JointSpace, n: int, seed: int) -> list[Candidate]:
@@ -84,15 +84,18 @@ class LatencyPredictor:
         total = t["base"][str(c.patch_size)]
         cumulative = []
         kinds = attn_kinds(c)
-        for i, (n_attn, n_mlp) in enumerate(token_counts(StoredSpec(t["spec"]), c)):
+        counts = token_counts(StoredSpec(t["spec"]), c)
+        for i, (n_attn, n_mlp) in enumerate(counts):
             if c.heads[i]:
                 kind = kinds[i]
                 total += self._curve(kind, f"{c.heads[i]},{c.qk_dim[i]}", n_attn)
             if c.mlp[i]:
                 total += self._curve("mlp", str(c.mlp[i]), n_mlp)
             cumulative.append(total)
-        exits = [cumulative[b] + t["exit"] * (j + 1) for j, b in enumerate(c.exits)]
-        return exits + [total + t["exit"] * len(c.exits)]
+        # an exit head's time by the tokens it sees (an attention pool's grows with them)
+        heads = np.cumsum([0.0] + [self._curve("exit", "head", counts[b][1]) for b in c.exits])
+        exits = [cumulative[b] + heads[j + 1] for j, b in enumerate(c.exits)]
+        return exits + [total + heads[-1]]
 
     def predict_segments(self, c: Candidate) -> list[float]:
         a, b = self.table["calibration"]
@@ -202,9 +205,11 @@ class LatencyPredictor:
             )
             base = elastic.extract(empty).eval().to(dev)
             calls[f"base|{p}"] = partial(prepare(base, images, runtime), images)
-        head = ExitHead.like(elastic.vit, spec)
-        x = torch.randn(batch_size, shapes["grid"][-1], spec.embed_dim, device=dev)
-        calls["exit"] = partial(prepare(head.to(dev).eval(), x, runtime), x)
+        head = ExitHead.like(elastic.vit, spec).to(dev).eval()
+        # a pooled exit costs the same on any token count; an attention pool's does not
+        for n in shapes["grid"] if spec.attn_pool else shapes["grid"][-1:]:
+            x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
+            calls[f"exit|head|{n}"] = partial(prepare(head, x, runtime), x)
         for i, c in enumerate([Candidate.full(spec), *cal]):
             whole = elastic.extract(c).eval().to(dev)
             calls[f"whole|{i}"] = partial(prepare(whole, images, runtime), images)
@@ -217,7 +222,7 @@ class LatencyPredictor:
         bar.close()
         ms = {k: statistics.median(v) for k, v in times.items()}
 
-        curves = ("attn", "attn_select", *shapes["kinds"], "mlp")
+        curves = ("attn", "attn_select", *shapes["kinds"], "mlp", "exit")
         table: dict[str, Any] = {kind: {} for kind in (*curves, "base")}
         for key, t in ms.items():
             kind, *rest = key.split("|")
@@ -235,7 +240,6 @@ class LatencyPredictor:
             fingerprint=device_fingerprint(dev),
             batch_size=batch_size,
             runtime=runtime,
-            exit=ms["exit"],
             reference_ms=whole[0],
             calibration=[1.0, 0.0],
             error=0.0,

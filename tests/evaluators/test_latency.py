@@ -17,7 +17,7 @@ from vitpareto.evaluators import (
     prepare,
     sample_candidates,
 )
-from vitpareto.spaces import Candidate, ElasticViT, JointSpace, VitParetoError
+from vitpareto.spaces import Candidate, ElasticViT, JointSpace, VitParetoError, token_counts
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,30 @@ def test_unknown_or_unavailable_runtime():
             LatencyEvaluator(runtime="cudagraphs", repeats=2)
         with pytest.raises(VitParetoError, match="tensorrt"):
             LatencyEvaluator(runtime="tensorrt", repeats=2)
+
+
+def test_an_attention_pool_exit_is_timed_by_the_tokens_it_sees(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "test_vit", img_size=64, num_classes=10, class_token=False, global_pool="map"
+    )
+    pooled = ElasticViT(model).eval()
+    space = JointSpace.from_dict(
+        {
+            "keep": {"blocks": [0], "choices": [0.3, 1.0]},
+            "exits": {"blocks": [1], "threshold": [0.9]},
+        },
+        pooled,
+    )
+    pred = LatencyPredictor.cached(
+        pooled, space, batch_size=2, cache_dir=tmp_path, repeats=3, calibrate=2, validate=2,
+        progress=False,
+    )  # fmt: skip
+    assert len(pred.table["exit"]["head"]) > 1  # one point per token count on the grid
+    # a known curve: the exit head's part of a segment is read at the exit's token count
+    pred.table["exit"]["head"] = [[1, 0.0], [1000, 999.0]]
+    pruned = Candidate.make(pooled, keep={0: 0.3}, exits=(1,), exit_threshold=0.9)
+    static = pruned.replace(exits=())
+    tokens = token_counts(pooled.spec, pruned)[1][1]
+    exit_ms = pred.raw_segments(pruned)[-1] - pred.raw_segments(static)[-1]
+    assert exit_ms == pytest.approx(tokens - 1.0)
