@@ -144,6 +144,8 @@ def attn_pool_macs(model, tokens: int) -> int:
     queries' projection, the keys and values of every token, the attention, the output
     projection, the norm and the MLP (timm's ``AttentionPoolLatent``)."""
     s = describe(model)
+    if not s.attn_pool:
+        raise VitParetoError("the model has no attention pool (global_pool='map')")
     latents, _, m = s.attn_pool
     D = s.embed_dim
     proj = 2 * latents * D * D + 2 * tokens * D * D  # q and proj; k and v
@@ -170,6 +172,8 @@ def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
     D, hd, npt, p, cn = s.embed_dim, s.head_dim, s.num_prefix_tokens, c.patch_size, s.norm_macs
     n = (s.img_size[0] // p) * (s.img_size[1] // p)  # non-prefix tokens
     total = n * s.in_chans * p * p * D
+    if s.embed_norm:
+        total += cn * n * D
     if s.norm_pre:
         total += cn * (n + npt) * D
     profile = []
@@ -200,7 +204,8 @@ def exit_head_macs(model, tokens: int | None = None) -> int:
     if tokens is None:
         raise VitParetoError("an attention-pool model's exit head costs by its tokens: pass tokens")
     pool = attn_pool_macs(s, tokens - (0 if s.pool_prefix else s.num_prefix_tokens))
-    return s.norm_macs * tokens * D + pool + D * s.num_classes
+    norm = tokens * D if s.final_norm else D if s.fc_norm else 0  # where the model's head has it
+    return s.norm_macs * norm + pool + D * s.num_classes
 
 
 def exit_macs(model, candidate: Candidate) -> list[int]:

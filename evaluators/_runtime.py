@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
-from vitpareto.spaces import DeployedViT
+from vitpareto.spaces import DeployedViT, norm_kind
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "cudagraphs", "tensorrt")
 DYNAMIC = ("eager", "onnxruntime")  # the runtimes that run an exit policy's graph
@@ -120,6 +120,11 @@ def export_onnx(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
+            if any(norm_kind(m) == "rmsnorm" for m in model.modules()):
+                raise VitParetoError(
+                    "the TorchScript exporter has no rms_norm (this model has RMSNorm "
+                    "layers): export with exporter='dynamo'"
+                )
             axes = {name: {0: "batch"} for name in ("images", *outputs)} if dynamic_batch else None
             torch.onnx.export(
                 model, (example,), str(path), input_names=["images"], output_names=outputs,

@@ -57,7 +57,7 @@ def sliced_norm(norm: nn.Module, d: int) -> Callable[[torch.Tensor], torch.Tenso
         w = norm.weight[:d] if norm.weight is not None else None
         b = norm.bias[:d] if norm.bias is not None else None
         return lambda t: F.layer_norm(t, (d,), w, b, norm.eps)
-    if isinstance(norm, RmsNorm):
+    if isinstance(norm, RmsNorm | nn.RMSNorm):
         return lambda t: F.rms_norm(
             t, (d,), norm.weight[:d] if norm.weight is not None else None, norm.eps
         )
@@ -152,7 +152,9 @@ class ExitHead(nn.Module):
 
     ``norm`` is the model's norm kind (``"layernorm"`` or ``"rmsnorm"``); ``attn_pool`` the
     model's pool, copied (trained from there on as this exit's own), over the prefix tokens
-    too when ``pool_prefix``."""
+    too when ``pool_prefix``; ``norm_at`` where an attention-pool exit normalises, as its
+    model does: the tokens (``"tokens"``, a final norm), the pooled vector (``"pooled"``,
+    an ``fc_norm``) or nowhere (``"none"``)."""
 
     def __init__(
         self,
@@ -163,11 +165,13 @@ class ExitHead(nn.Module):
         norm: str = "layernorm",
         attn_pool: nn.Module | None = None,
         pool_prefix: bool = False,
+        norm_at: str = "tokens",
     ):
         super().__init__()
         self.pool, self.num_prefix_tokens = pool, num_prefix_tokens
         self.pool_from = 0 if pool_prefix else num_prefix_tokens  # the attention pool's first token
-        self.norm = make_norm(norm, dim)
+        self.norm_at = norm_at
+        self.norm = nn.Identity() if norm_at == "none" else make_norm(norm, dim)
         self.attn_pool = copy.deepcopy(attn_pool) if attn_pool is not None else None
         self.head = nn.Linear(dim, num_classes)
         # set by ``extract`` where the compressed model's tokens carry their merge sizes as
@@ -179,11 +183,12 @@ class ExitHead(nn.Module):
         """A head for ``vit`` (described by ``spec``), started from its own final norm,
         pool and classifier so that a fresh exit predicts like the model's end."""
         pool = vit.attn_pool if spec.attn_pool else None
+        at = "tokens" if spec.final_norm else "pooled" if spec.fc_norm else "none"
         head = cls(spec.embed_dim, spec.num_classes, spec.global_pool, spec.num_prefix_tokens,
-                   spec.norm, pool, spec.pool_prefix)  # fmt: skip
+                   spec.norm, pool, spec.pool_prefix, at if pool is not None else "tokens")  # fmt: skip
         ref = vit.cls_token if vit.cls_token is not None else vit.patch_embed.proj.weight
         head = head.to(device=ref.device, dtype=ref.dtype)
-        ref_norm = vit.fc_norm if spec.fc_norm and not spec.attn_pool else vit.norm
+        ref_norm = vit.fc_norm if spec.fc_norm else vit.norm  # the norm the model's head reads
         with torch.no_grad():
             if norm_kind(ref_norm) == spec.norm:
                 head.norm.load_state_dict(ref_norm.state_dict())
@@ -195,6 +200,8 @@ class ExitHead(nn.Module):
         if self.packed:
             x = x[..., :-1]
         if self.attn_pool is not None:
-            return self.head(self.attn_pool(self.norm(x)[:, self.pool_from :]))
+            if self.norm_at == "tokens":
+                return self.head(self.attn_pool(self.norm(x)[:, self.pool_from :]))
+            return self.head(self.norm(self.attn_pool(x[:, self.pool_from :])))
         x = x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens :].mean(1)
         return self.head(self.norm(x))

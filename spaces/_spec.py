@@ -31,6 +31,7 @@ class ViTSpec:
     distilled: bool
     qk_norm: bool = False
     norm_pre: bool = False
+    embed_norm: bool = False  # a norm over the patch embeddings (timm's embed_norm_layer)
     final_norm: bool = True
     fc_norm: bool = False
     in_chans: int = 3
@@ -87,6 +88,9 @@ _FAMILIES = {
     "position embeddings and separate q/k/v projections are not supported yet",
     "VisionTransformerSAM": "windowed attention (SAM's image encoder): tokens attend within "
     "windows, which token pruning would break",
+    "NaFlexVit": "variable-resolution inputs (NaFlexViT, SigLIP2 NaFlex): patches come as "
+    "a sequence with their own coordinates; vitpareto cuts fixed-grid ViTs (the "
+    "vit_*_siglip_* towers)",
     "HybridEmbed": "a convolutional stem (a hybrid model): the patch-size knob resizes a "
     "linear patch embedding, which a CNN stem is not",
     "ParallelThingsBlock": "parallel blocks (attention and MLP branches side by side): "
@@ -158,12 +162,12 @@ def describe(model) -> ViTSpec:
         raise _unsupported(model, "some blocks have gated MLPs and some plain ones")
     if len(heads) != 1:
         raise _unsupported(model, "blocks differ in head count or head width")
-    norm = _norm(model)
     ((num_heads, head_dim),) = heads
     pe = model.patch_embed
     if type(pe) is not PatchEmbed:
         why = _FAMILIES.get(type(pe).__name__, "vitpareto cuts a linear patch embedding")
         raise _unsupported(model, f"the patch embedding is a {type(pe).__name__}: {why}")
+    norm = _norm(model)
     if model.num_classes < 1:
         raise _unsupported(
             model,
@@ -197,6 +201,7 @@ def describe(model) -> ViTSpec:
         distilled=distilled,
         qk_norm=not isinstance(model.blocks[0].attn.q_norm, nn.Identity),
         norm_pre=not isinstance(model.norm_pre, nn.Identity),
+        embed_norm=not isinstance(model.patch_embed.norm, nn.Identity),
         final_norm=not isinstance(model.norm, nn.Identity),
         fc_norm=not isinstance(model.fc_norm, nn.Identity),
         in_chans=pe.proj.in_channels,
@@ -209,7 +214,7 @@ def describe(model) -> ViTSpec:
 
 def _norm(model: nn.Module) -> str:
     """The one kind of every norm in ``model`` (its cost per element is counted exactly)."""
-    mods = [model.norm_pre, model.norm, model.fc_norm]
+    mods = [model.patch_embed.norm, model.norm_pre, model.norm, model.fc_norm]
     for blk in model.blocks:
         mods += [blk.norm1, blk.norm2, blk.attn.q_norm, blk.attn.k_norm]
     if model.attn_pool is not None:
@@ -253,4 +258,4 @@ def _attn_pool(model: nn.Module) -> tuple[int, int, int] | None:
 
 def _is_sliceable_norm(norm: nn.Module) -> bool:
 
-    return isinstance(norm, nn.LayerNorm | RmsNorm)
+    return isinstance(norm, nn.LayerNorm | RmsNorm | nn.RMSNorm)

@@ -9,12 +9,15 @@ import importlib.util
 import numpy as np
 import onnxruntime as ort
 import pytest
+import timm
 import torch
 from conftest import images, make_variant
 
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     ExitPath,
+    analytic_macs,
+    attn_pool_macs,
     count_macs,
     exit_head_macs,
     exit_macs,
@@ -30,9 +33,25 @@ from vitpareto.spaces import (
 )
 
 
-@pytest.mark.parametrize("key", ["siglip_map", "map_class_token"])
+def _siglip(**kwargs):
+    torch.manual_seed(0)
+    return timm.create_model(
+        "vit_base_patch16_siglip_224", img_size=32, patch_size=8, depth=2, embed_dim=96,
+        num_heads=3, num_classes=10, **kwargs,
+    ).eval()  # fmt: skip
+
+
+MAPS = {  # where the model's head normalises: the tokens, the pooled vector, nowhere
+    "siglip_map": lambda: make_variant("siglip_map"),
+    "map_class_token": lambda: make_variant("map_class_token"),
+    "map_fc_norm": lambda: _siglip(fc_norm=True),
+    "map_no_norm": lambda: _siglip(final_norm=False),
+}
+
+
+@pytest.mark.parametrize("key", list(MAPS))
 def test_a_map_exit_starts_as_the_models_own_head(key):
-    model = make_variant(key)
+    model = MAPS[key]()
     elastic = ElasticViT(model)
     head = elastic.exit_heads["0"].eval()
     assert head.attn_pool is not None and head.attn_pool is not model.attn_pool
@@ -50,11 +69,9 @@ def test_an_rmsnorm_models_exit_normalises_as_the_model_does():
     assert torch.equal(head.norm.weight, model.norm.weight)
 
 
-@pytest.mark.parametrize(
-    "key", ["siglip_map", "map_class_token", "rmsnorm", "class_token", "avg_pool"]
-)
+@pytest.mark.parametrize("key", [*MAPS, "rmsnorm", "class_token", "avg_pool"])
 def test_the_cost_of_leaving_at_an_exit_is_counted_exactly(key):
-    model = make_variant(key)
+    model = MAPS[key]() if key in MAPS else make_variant(key)
     s = describe(model)
     c = Candidate.make(model, keep={0: 0.5}, mlp={0: 40}, exits=(0,), exit_threshold=0.5)
     small = compress(model, c).eval()
@@ -63,6 +80,40 @@ def test_the_cost_of_leaving_at_an_exit_is_counted_exactly(key):
         assert exit_head_macs(s, 10) > exit_head_macs(s, 5)
         with pytest.raises(VitParetoError, match="tokens"):
             exit_head_macs(s)
+    else:
+        with pytest.raises(VitParetoError, match="no attention pool"):
+            attn_pool_macs(s, 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(embed_norm_layer="layernorm"),  # a norm over the patch embeddings, counted
+        dict(norm_layer=torch.nn.RMSNorm, qk_norm=True),  # torch's own RMSNorm, sliced too
+        dict(norm_layer="rmsnorm", embed_norm_layer="rmsnorm"),
+    ],
+)
+def test_every_norm_is_counted_and_cut(kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10, **kwargs
+    ).eval()
+    c = Candidate.make(model, heads=2, qk_dim=40, mlp=300, keep={0: 0.5})
+    assert count_macs(model, 32) == analytic_macs(model)
+    small = compress(model, c).eval()
+    assert count_macs(small, 32) == analytic_macs(model, c)
+    x = images(model)
+    with torch.no_grad():
+        assert torch.allclose(small(x), ElasticViT(model)(x, c), atol=1e-5)
+
+
+def test_norms_of_two_kinds_are_refused_with_the_reason():
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=10,
+        embed_norm_layer="rmsnorm",
+    )  # fmt: skip
+    with pytest.raises(VitParetoError, match="mixes LayerNorm and RMSNorm"):
+        describe(model)
 
 
 @pytest.mark.parametrize("key", ["siglip_map", "map_class_token"])
@@ -112,6 +163,9 @@ def test_the_legacy_exporter_is_a_fallback_and_unknown_ones_are_refused(tmp_path
         assert np.abs(out - small(x).numpy()).max() < 1e-4
     with pytest.raises(VitParetoError, match="dynamo or torchscript"):
         export_onnx(small, x, tmp_path / "n.onnx", exporter="jit")
+    rms = compress(make_variant("rmsnorm"), Candidate.make(make_variant("rmsnorm"), heads=2))
+    with pytest.raises(VitParetoError, match="no rms_norm.*exporter='dynamo'"):
+        export_onnx(rms, images(rms.vit), tmp_path / "r.onnx", exporter="torchscript")
 
 
 def test_onnx_export_without_onnxscript_says_how_to_install_it(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from vitpareto.spaces import Candidate, VitParetoError, compress, create_model, 
         ("swin_tiny_patch4_window7_224", {}, r"unsupported model SwinTransformer.*windowed"),
         ("resnet18", {}, r"unsupported model ResNet.*timm VisionTransformer"),
         ("test_vit", {"img_size": 32, "global_pool": "prr"}, r"AttentionPoolPrr pooling head"),
+        ("naflexvit_base_patch16_siglip", {"depth": 1}, r"variable-resolution inputs \(NaFlexViT"),
         ("vit_small_patch16_224", {"depth": 1, "scale_mlp_norm": True}, r"block 0 MLP"),
         # each refusal names the reason a user can act on, not a generic list
         ("vit_relpos_small_patch16_224", {"depth": 1}, r"relative-position bias"),
