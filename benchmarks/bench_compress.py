@@ -1,14 +1,17 @@
 """Does physically smaller mean proportionally faster? Speedup against MAC ratio per knob.
 
-deit_small_patch16_224 shapes (random weights: latency does not depend on their values),
-threads fixed, batch 1 and batch 16; every candidate timed interleaved with the full
-model, medians of per-round ratios, under a runtime (eager, onnxruntime, ...: each model in
-the form export writes for it). Targets: speedup >= 0.85 x MAC ratio at the largest batch
-for token, head and MLP pruning; >= 0.95 x MAC ratio at batch 1 for every knob. At batch 1
-the table is followed by the ceiling a timm block itself sets: one block timed on fewer
-tokens against its MAC ratio, with no token selection at all. Writes into RESULTS.md.
+deit_small_patch16_224 shapes by default, any timm ViT with --model (random weights:
+latency does not depend on their values), threads fixed, batch 1 and batch 16; every
+candidate timed interleaved with the full model, medians of per-round ratios, under a
+runtime (eager, onnxruntime, ...: each model in the form export writes for it).
+Targets: speedup >= 0.85 x MAC ratio at the largest batch for token, head and MLP
+pruning; >= 0.95 x MAC ratio at batch 1 for every knob. At batch 1 the table is followed
+by the ceiling a timm block itself sets: one block timed on fewer tokens against its MAC
+ratio, with no token selection at all. Writes into RESULTS.md, one section per model,
+device and runtime.
 
-    python benchmarks/bench_compress.py [--device cuda] [--threads 2] [--runtime onnxruntime]
+    python benchmarks/bench_compress.py [--model NAME [--num-classes N]] [--device cuda]
+        [--threads 2] [--runtime onnxruntime]
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ from vitpareto.evaluators import (  # noqa: E402
 from vitpareto.search.outputs import measure, showcase  # noqa: E402
 from vitpareto.spaces import create_model  # noqa: E402
 
+DEFAULT_MODEL = "deit_small_patch16_224"
 TARGETED = ("tokens", "heads", "mlp")  # the knobs the 0.85 target applies to
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="deit_small_patch16_224")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument(
+        "--num-classes", type=int, default=1000, help="classifier width (backbones have none)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
@@ -53,7 +60,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    model = create_model(args.model).eval()
+    model = create_model(args.model, num_classes=args.num_classes).eval()
     cands = showcase(model)
     results = {}
     for b in args.batches:
@@ -113,6 +120,8 @@ def main() -> None:
     if not args.no_write:
         kw = {"path": args.results} if args.results else {}
         key = f"bench_compress:{device.type}"
+        if args.model != DEFAULT_MODEL:  # each model's tables side by side, not over each other
+            key = f"{key}:{args.model}"
         write_section(key if args.runtime == "eager" else f"{key}:{args.runtime}", table, **kw)
 
 

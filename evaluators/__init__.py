@@ -39,6 +39,7 @@ from vitpareto.evaluators._predictor import (
 )
 from vitpareto.evaluators._runtime import (
     DYNAMIC,
+    OPSET,
     RUNTIMES,
     check_onnxscript,
     check_runtime,
@@ -59,6 +60,7 @@ from vitpareto.evaluators._timing import (
 
 __all__ = [
     "DYNAMIC",
+    "OPSET",
     "IMAGES_PER_ROUND",
     "first_images",
     "DEFAULT_MEAN",
