@@ -6,6 +6,7 @@ from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, DeployedViT, PrunedBlock
 from vitpareto.spaces._criteria import BlockScores
 from vitpareto.spaces._elastic import ElasticViT, compress
+from vitpareto.spaces._eva import canonical as canonical_eva
 from vitpareto.spaces._exits import exit_assignment
 from vitpareto.spaces._importance import (
     CALIBRATION_BATCHES,
@@ -16,6 +17,7 @@ from vitpareto.spaces._importance import (
 )
 from vitpareto.spaces._models import check_recipe, create_model, load_checkpoint
 from vitpareto.spaces._ops import ExitHead
+from vitpareto.spaces._rope import TokenRope, grid_positions, pair_order, pair_table
 from vitpareto.spaces._space import JointSpace, Knob
 from vitpareto.spaces._spec import NORM_MACS, ViTSpec, describe, norm_kind
 from vitpareto.spaces._tokens import (
@@ -28,6 +30,7 @@ from vitpareto.spaces._tokens import (
     merge_macs,
     merge_tokens,
     reduces,
+    select_tokens,
     sized_blocks,
     token_counts,
 )
@@ -40,14 +43,20 @@ __all__ = [
     "ExitHead",
     "PrunedBlock",
     "TokenSelect",
+    "TokenRope",
+    "grid_positions",
+    "pair_order",
+    "pair_table",
     "TokenMerge",
     "MergeMetric",
     "TOKEN_MODES",
     "merge_macs",
     "merge_tokens",
+    "select_tokens",
     "reduces",
     "sized_blocks",
     "exit_assignment",
+    "canonical_eva",
     "token_counts",
     "BlockScores",
     "Candidate",

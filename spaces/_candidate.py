@@ -163,6 +163,11 @@ class Candidate:
         for i in range(s.depth):
             _check_range("heads", i, self.heads[i], 0, s.num_heads)
             _check_range("qk_dim", i, self.qk_dim[i], 1, s.head_dim)
+            if s.rope and self.qk_dim[i] % 2:
+                raise VitParetoError(
+                    f"qk_dim[{i}]={self.qk_dim[i]} splits a rotary pair; this model rotates q "
+                    "and k in pairs of channels: choose an even qk_dim"
+                )
             _check_range("mlp", i, self.mlp[i], 0, s.mlp_hidden[i])
             r = self.keep[i]
             if not (0.0 < r <= 1.0) or math.isnan(r):

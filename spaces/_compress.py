@@ -9,8 +9,10 @@ import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._eva import rope_table
 from vitpareto.spaces._mlp import cut_mlp, linear_from
 from vitpareto.spaces._ops import attention, residual_block, slice_qkv, sliced_norm_module
+from vitpareto.spaces._rope import TokenRope, grid_positions
 from vitpareto.spaces._spec import ViTSpec
 from vitpareto.spaces._tokens import reducer, reduces, scorer, sized_blocks
 
@@ -27,7 +29,14 @@ class PrunedAttention(nn.Module):
     """Self-attention with ``heads`` heads, ``qk_dim`` q/k channels and ``head_dim`` value
     channels per head; the fused attention kernel does the work."""
 
-    def __init__(self, attn: nn.Module, heads: int, qk_dim: int, scorer: nn.Module | None):
+    def __init__(
+        self,
+        attn: nn.Module,
+        heads: int,
+        qk_dim: int,
+        scorer: nn.Module | None,
+        rope_table: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.heads, self.qk_dim, self.head_dim = heads, qk_dim, attn.head_dim
         self.scale = attn.scale
@@ -41,8 +50,13 @@ class PrunedAttention(nn.Module):
         self.proj = linear_from(proj_w, proj_b)
         self.proj_drop = copy.deepcopy(attn.proj_drop)
         self.scorer = scorer
+        self.rope = None
+        if rope_table is not None:  # the kept pairs of the kept heads, at their frequencies
+            self.rope = TokenRope(*rope_table, attn.rope_slots[:heads, : qk_dim // 2].cpu())
 
-    def forward(self, x: torch.Tensor, size=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, size=None, pos=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, scores = attention(
             x,
             self.qkv.weight,
@@ -58,6 +72,8 @@ class PrunedAttention(nn.Module):
             dropout_p=self.attn_drop_p if self.training else 0.0,
             scorer=self.scorer,
             size=size,
+            rope=self.rope,
+            pos=pos,
         )
         return self.proj_drop(out), scores
 
@@ -68,7 +84,9 @@ class PrunedBlock(nn.Module):
 
     Once a block has merged tokens, their sizes travel to the next block as one extra
     channel of the tokens (``size_in`` / ``size_out``), so the model stays a chain of
-    blocks that each take and return one tensor, as timm's own forward runs them.
+    blocks that each take and return one tensor, as timm's own forward runs them. In a
+    model with rotary embeddings each token's position travels the same way, after the
+    size (``pos_in`` / ``pos_out``); the first block starts from the grid's.
     """
 
     def __init__(
@@ -79,8 +97,13 @@ class PrunedBlock(nn.Module):
         spec: ViTSpec,
         size_in: bool = False,
         size_out: bool = False,
+        rope_table: tuple[torch.Tensor, torch.Tensor] | None = None,
+        pos_in: bool = False,
+        pos_out: bool = False,
     ):
         super().__init__()
+        self.rope_on, self.pos_in, self.pos_out = rope_table is not None, pos_in, pos_out
+        self.num_prefix_tokens = spec.num_prefix_tokens
         h, dq, m, r = c.heads[i], c.qk_dim[i], c.mlp[i], c.keep[i]
         self.heads, self.qk_dim, self.mlp_dim, self.keep = h, dq, m, r
         self.token_mode = c.token_mode[i] if reduces(c, i) else None
@@ -91,21 +114,28 @@ class PrunedBlock(nn.Module):
             mode = self.token_mode
             score = scorer(mode, npt, spec.has_class_token) if mode else None
             self.norm1, self.ls1, self.drop_path1 = blk.norm1, blk.ls1, blk.drop_path1
-            self.attn = PrunedAttention(blk.attn, h, dq, score)
+            self.attn = PrunedAttention(blk.attn, h, dq, score, rope_table)
             self.select = reducer(mode, r, npt) if mode else None
         if m > 0:
             self.norm2, self.ls2, self.drop_path2 = blk.norm2, blk.ls2, blk.drop_path2
             self.mlp = cut_mlp(blk.mlp, m)
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        size = None
+        size = pos = None
+        if self.pos_in:
+            x, pos = x[..., :-1], x[..., -1].long()
+        elif self.rope_on:
+            npt = self.num_prefix_tokens
+            pos = grid_positions(x.shape[0], npt, x.shape[1] - npt, x.device)
         if self.size_in:
             x, size = x[..., :-1], x[..., -1:]
         attn = self.attn if self.heads > 0 else None
         mlp = self.mlp if self.mlp_dim > 0 else None
-        x, size = residual_block(x, self, attn, mlp, self.select, size)
+        x, size, pos = residual_block(x, self, attn, mlp, self.select, size, pos)
         if self.size_out:
             x = torch.cat([x, size.to(x.dtype)], dim=-1)
+        if self.pos_out:
+            x = torch.cat([x, pos.unsqueeze(-1).to(x.dtype)], dim=-1)
         return x
 
     def extra_repr(self) -> str:
@@ -203,16 +233,28 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
     # sizes leave a block when they exist after it and another block follows to read them
     sized = sized_blocks(candidate)
     packed = [sized[i] and j < len(kept) - 1 for j, i in enumerate(kept)]
+    table = rope_table(vit, candidate.patch_size) if spec.rope else None
+    placed = [table is not None and j < len(kept) - 1 for j in range(len(kept))]
     vit.blocks = nn.Sequential(
         *(
-            PrunedBlock(vit.blocks[i], candidate, i, spec, j > 0 and packed[j - 1], packed[j])
+            PrunedBlock(
+                vit.blocks[i],
+                candidate,
+                i,
+                spec,
+                j > 0 and packed[j - 1],
+                packed[j],
+                table,
+                j > 0 and placed[j - 1],
+                placed[j],
+            )  # fmt: skip
             for j, i in enumerate(kept)
         )
     )
     exit_after = [sum(1 for i in kept if i <= b) for b in candidate.exits]
     heads = nn.ModuleList(copy.deepcopy(elastic.exit_heads[str(b)]) for b in candidate.exits)
     for head, at in zip(heads, exit_after, strict=True):
-        head.packed = at > 0 and packed[at - 1]
+        head.packed = int(at > 0 and packed[at - 1]) + int(at > 0 and placed[at - 1])
     out = CompressedViT(vit, heads, exit_after, candidate)
     out.train(elastic.training)
     return out

@@ -17,6 +17,8 @@ from vitpareto.errors import VitParetoError
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, extract
 from vitpareto.spaces._criteria import BlockScores
+from vitpareto.spaces._eva import EVA_CLASSES, rope_table
+from vitpareto.spaces._eva import canonical as canonical_eva
 from vitpareto.spaces._importance import CALIBRATION_BATCHES, Criterion, rank
 from vitpareto.spaces._mlp import first_rows, mlp_forward
 from vitpareto.spaces._ops import (
@@ -26,6 +28,7 @@ from vitpareto.spaces._ops import (
     slice_qkv,
     sliced_norm,
 )
+from vitpareto.spaces._rope import TokenRope, grid_positions
 from vitpareto.spaces._spec import ViTSpec, describe
 from vitpareto.spaces._tokens import TOKEN_MODES, reducer, reduces, scorer
 
@@ -50,6 +53,8 @@ class ElasticViT(nn.Module):
         calibration_batches: int = CALIBRATION_BATCHES,
     ):
         super().__init__()
+        if type(model).__name__ in EVA_CLASSES:  # an adapter maps it onto the model we cut
+            model = canonical_eva(model)
         self.spec: ViTSpec = describe(model)
         self.vit = model
         self.orders = rank(model, importance, data, calibration_batches)
@@ -60,6 +65,7 @@ class ElasticViT(nn.Module):
         # FlexiViT PI-resize with its pseudo-inverse cached per target size (training visits
         # the same few patch sizes thousands of times)
         self._resample = PatchEmbedResamplerFixedOrigSize((s.patch_size, s.patch_size))
+        self._rope_tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per patch size
 
     def _new_exit_head(self) -> ExitHead:
         return ExitHead.like(self.vit, self.spec)
@@ -83,9 +89,13 @@ class ElasticViT(nn.Module):
         x = self.embed(x, c.patch_size)
         outs = []
         size = None  # tokens' merge sizes, from the first merging block on
+        npt = self.spec.num_prefix_tokens
+        pos = (
+            grid_positions(x.shape[0], npt, x.shape[1] - npt, x.device) if self.spec.rope else None
+        )
         for i, blk in enumerate(self.vit.blocks):
             if not c.removed(i):
-                x, size = self._block(blk, x, c, i, size)
+                x, size, pos = self._block(blk, x, c, i, size, pos)
             if exits and i in c.exits:
                 outs.append(self.exit_heads[str(i)](x))
         outs.append(self.vit.forward_head(self.vit.norm(x)))
@@ -115,7 +125,7 @@ class ElasticViT(nn.Module):
                 x = torch.func.functional_call(_PosEmbed(vit), {"vit.pos_embed": pos}, (x,))
         return vit.norm_pre(vit.patch_drop(x))
 
-    def _block(self, blk: nn.Module, x: torch.Tensor, c: Candidate, i: int, size):
+    def _block(self, blk: nn.Module, x: torch.Tensor, c: Candidate, i: int, size, pos):
         s = self.spec
         h, dq, m, r = c.heads[i], c.qk_dim[i], c.mlp[i], c.keep[i]
         mode = c.token_mode[i] if reduces(c, i) else None
@@ -123,7 +133,13 @@ class ElasticViT(nn.Module):
         if h > 0:
             a = blk.attn
 
-            def attn_fn(t, size):
+            rope = None
+            if s.rope:  # each head's kept pairs, each at its own frequency
+                if c.patch_size not in self._rope_tables:
+                    self._rope_tables[c.patch_size] = rope_table(self.vit, c.patch_size)
+                rope = TokenRope(*self._rope_tables[c.patch_size], a.rope_slots[:h, : dq // 2])
+
+            def attn_fn(t, size, pos):
                 out, scores = attention(
                     t,
                     *slice_qkv(a, h, dq),
@@ -136,6 +152,8 @@ class ElasticViT(nn.Module):
                     dropout_p=a.attn_drop.p if self.training else 0.0,
                     scorer=self._scorers[mode] if mode else None,
                     size=size,
+                    rope=rope,
+                    pos=pos,
                 )
                 return a.proj_drop(out), scores
 
@@ -151,7 +169,7 @@ class ElasticViT(nn.Module):
                 fc2_w=mp.fc2.weight[:, :m],
                 fc2_b=mp.fc2.bias,
             )
-        return residual_block(x, blk, attn_fn, mlp_fn, reduce, size)
+        return residual_block(x, blk, attn_fn, mlp_fn, reduce, size, pos)
 
     # -- extraction ---------------------------------------------------------------------------
     def extract(self, candidate: Candidate) -> CompressedViT:

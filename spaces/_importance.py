@@ -138,7 +138,9 @@ def rank(
             attn = blk.attn
             H, hd = attn.num_heads, attn.head_dim
             head_order = _order(s.heads)
-            if isinstance(attn.q_norm, nn.Identity):
+            if hasattr(attn, "rope_slots"):  # rotary pairs move whole, each with its frequency
+                qk_order = _pair_orders(attn, s.qk, head_order)
+            elif isinstance(attn.q_norm, nn.Identity):
                 qk_order = torch.stack([_order(s.qk[h]) for h in range(H)])
             else:  # q/k norm weights are shared by all heads: one channel order for all
                 qk_order = _order(s.qk.sum(0)).expand(H, hd)
@@ -149,6 +151,19 @@ def rank(
                 {"heads": head_order.tolist(), "qk": qk_order.tolist(), "mlp": mlp_order.tolist()}
             )
     return orders
+
+
+def _pair_orders(attn: nn.Module, qk: torch.Tensor, head_order: torch.Tensor) -> torch.Tensor:
+    """Channel orders [H, head_dim] that keep rotary pairs together (pairs ranked by the sum
+    of their two channels' scores), with ``rope_slots`` permuted to follow them."""
+    H, hd = attn.num_heads, attn.head_dim
+    if not isinstance(attn.q_norm, nn.Identity):  # shared norm weights: one order for all heads
+        qk = qk.sum(0).expand(H, hd)
+    pairs = torch.stack([_order(qk[h].view(-1, 2).sum(-1)) for h in range(H)])  # H, P
+    slots = attn.rope_slots
+    new = slots.gather(1, pairs.to(slots.device))[head_order.to(slots.device)]
+    slots.copy_(new)
+    return torch.stack([2 * pairs, 2 * pairs + 1], dim=-1).flatten(1)
 
 
 def _permute_attention(attn: nn.Module, head_order: torch.Tensor, qk_order: torch.Tensor) -> None:

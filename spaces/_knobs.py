@@ -183,7 +183,9 @@ def dump(data: dict[str, Any], path: str | Path) -> str:
 
 def absolute(knob: str, v, block: int, s: ViTSpec):
     """A choice as the candidate's value: fractions become channel counts."""
-    if knob == "qk_dim":
+    if knob == "qk_dim":  # whole rotary pairs where q and k are rotated
+        if s.rope:
+            return max(2, 2 * int(round(v * s.head_dim / 2)))
         return max(1, int(round(v * s.head_dim)))
     if knob == "mlp":
         return int(round(v * s.mlp_hidden[block]))

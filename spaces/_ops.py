@@ -92,14 +92,17 @@ def attention(
     dropout_p: float = 0.0,
     scorer: ClassAttention | MergeMetric | None = None,
     size: torch.Tensor | None = None,
+    rope: Callable | None = None,
+    pos: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Multi-head self-attention with ``qk_dim`` q/k channels and ``head_dim`` value channels.
 
     The scale stays the original ``head_dim ** -0.5`` so that a candidate computes a
     prefix of the full model's attention logits. Tokens that carry a ``size`` [B, N, 1]
     are attended in proportion to it (ToMe's proportional attention: log size added to
-    the logits). Returns the output and what the scorer computes (token scores or merge
-    features), when one is given.
+    the logits). With ``rope`` (a ``TokenRope``) q and k are rotated by each token's
+    position ``pos`` [B, N]. Returns the output and what the scorer computes (token scores
+    or merge features), when one is given.
     """
     B, N, _ = x.shape
     qkv = F.linear(x, qkv_w, qkv_b)
@@ -111,6 +114,8 @@ def attention(
         k = k.unflatten(-1, (heads, qk_dim)).transpose(1, 2)
         v = v.unflatten(-1, (heads, head_dim)).transpose(1, 2)
     q, k = q_norm(q), k_norm(k)
+    if rope is not None:  # after the q/k norms, as timm's Eva rotates
+        q, k = rope(q, k, pos)
     bias = None if size is None else size.log().to(q.dtype).transpose(1, 2).unsqueeze(1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     out = F.linear(out.transpose(1, 2).reshape(B, N, heads * head_dim), proj_w, proj_b)
@@ -126,21 +131,23 @@ def residual_block(
     mlp_fn: Callable | None,
     reduce: Callable | None,
     size: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    pos: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """A pre-norm ViT block with tokens reduced between its attention and its MLP;
-    returns the tokens and their sizes (None until a block merges).
+    returns the tokens, their sizes (None until a block merges) and their rotary
+    positions (None for a model without rotary embeddings).
 
     ``blk`` supplies timm's own norm1/norm2, LayerScale and drop-path modules, so
     features such as LayerScale are kept rather than re-implemented.
     """
     if attn_fn is not None:
-        out, scores = attn_fn(blk.norm1(x), size)
+        out, scores = attn_fn(blk.norm1(x), size, pos)
         x = x + blk.drop_path1(blk.ls1(out))
         if reduce is not None:
-            x, size = reduce(x, scores, size=size)
+            x, size, pos = reduce(x, scores, size=size, pos=pos)
     if mlp_fn is not None:
         x = x + blk.drop_path2(blk.ls2(mlp_fn(blk.norm2(x))))
-    return x, size
+    return x, size, pos
 
 
 # --- early exits ----------------------------------------------------------------------------
@@ -174,9 +181,9 @@ class ExitHead(nn.Module):
         self.norm = nn.Identity() if norm_at == "none" else make_norm(norm, dim)
         self.attn_pool = copy.deepcopy(attn_pool) if attn_pool is not None else None
         self.head = nn.Linear(dim, num_classes)
-        # set by ``extract`` where the compressed model's tokens carry their merge sizes as
-        # one extra channel at this point (see ``PrunedBlock``)
-        self.packed = False
+        # set by ``extract`` to the channels the compressed model's tokens carry at this
+        # point besides their features: merge sizes, rotary positions (see ``PrunedBlock``)
+        self.packed = 0
 
     @classmethod
     def like(cls, vit: nn.Module, spec) -> ExitHead:
@@ -197,8 +204,8 @@ class ExitHead(nn.Module):
         return head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            x = x[..., :-1]
+        if self.packed:  # merge sizes and rotary positions riding on the tokens
+            x = x[..., : -int(self.packed)]
         if self.attn_pool is not None:
             if self.norm_at == "tokens":
                 return self.head(self.attn_pool(self.norm(x)[:, self.pool_from :]))

@@ -10,6 +10,8 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from vitpareto.errors import VitParetoError
+from vitpareto.spaces._eva import EVA_CLASSES
+from vitpareto.spaces._eva import canonical as canonical_eva
 from vitpareto.spaces._mlp import MLPS, gated, hidden
 
 
@@ -39,6 +41,7 @@ class ViTSpec:
     norm: str = "layernorm"  # every norm's kind: "layernorm" or "rmsnorm"
     attn_pool: tuple[int, int, int] | None = None  # a 'map' head: (latent tokens, heads, MLP width)
     pool_prefix: bool = False  # the attention pool attends over the prefix tokens too
+    rope: bool = False  # rotary position embeddings on q and k (the Eva family)
 
     @property
     def norm_macs(self) -> int:
@@ -84,8 +87,6 @@ _FAMILIES = {
     "has a learned bias that token pruning and patch resizing would have to re-index",
     "Beit": "relative-position bias (BEiT, BEiT-v2): each pair of tokens has a learned bias "
     "that token pruning and patch resizing would have to re-index",
-    "Eva": "the Eva family (EVA-02, EVA-CLIP, RoPE ViTs, Perception Encoder): rotary "
-    "position embeddings and separate q/k/v projections are not supported yet",
     "VisionTransformerSAM": "windowed attention (SAM's image encoder): tokens attend within "
     "windows, which token pruning would break",
     "NaFlexVit": "variable-resolution inputs (NaFlexViT, SigLIP2 NaFlex): patches come as "
@@ -119,6 +120,8 @@ def describe(model) -> ViTSpec:
     if isinstance(spec, ViTSpec):
         return spec
 
+    if type(model).__name__ in EVA_CLASSES:  # the Eva adapter maps it onto a VisionTransformer
+        return describe(canonical_eva(model))
     if not isinstance(model, VisionTransformer):
         kind = type(model).__name__
         if kind in _FAMILIES:
@@ -209,6 +212,7 @@ def describe(model) -> ViTSpec:
         norm=norm,
         attn_pool=pool,
         pool_prefix=pool is not None and bool(getattr(model, "pool_include_prefix", False)),
+        rope=hasattr(model, "rope_sin"),
     )
 
 

@@ -119,8 +119,8 @@ class TokenSelect(nn.Module):
         super().__init__()
         self.keep, self.fuse, self.num_prefix_tokens = keep, fuse, num_prefix_tokens
 
-    def forward(self, x, scores, size=None):
-        return select_tokens(x, scores, self.keep, self.fuse, self.num_prefix_tokens, size)
+    def forward(self, x, scores, size=None, pos=None):
+        return select_tokens(x, scores, self.keep, self.fuse, self.num_prefix_tokens, size, pos)
 
 
 class TokenMerge(nn.Module):
@@ -131,8 +131,8 @@ class TokenMerge(nn.Module):
         super().__init__()
         self.keep, self.num_prefix_tokens = keep, num_prefix_tokens
 
-    def forward(self, x, metric, size=None):
-        return merge_tokens(x, metric, self.keep, self.num_prefix_tokens, size)
+    def forward(self, x, metric, size=None, pos=None):
+        return merge_tokens(x, metric, self.keep, self.num_prefix_tokens, size, pos)
 
 
 def reducer(mode: str, keep: float, num_prefix_tokens: int) -> nn.Module:
@@ -149,35 +149,42 @@ def scorer(mode: str, num_prefix_tokens: int, has_class_token: bool) -> nn.Modul
     return ClassAttention(num_prefix_tokens, has_class_token)
 
 
-def select_tokens(x, scores, keep: float, fuse: bool, num_prefix_tokens: int, size=None):
+def select_tokens(x, scores, keep: float, fuse: bool, num_prefix_tokens: int, size=None, pos=None):
     """The computation of ``TokenSelect``; scores are [B, n] for the n non-prefix tokens,
-    size (when tokens carry sizes) [B, N, 1]. Returns the tokens and their sizes; a fused
-    token's size is the sum of the sizes it stands for."""
+    size (when tokens carry sizes) [B, N, 1], pos (when tokens carry rotary positions)
+    [B, N]. Returns the tokens, their sizes and their positions; a fused token's size is
+    the sum of the sizes it stands for, its position -1 (no rotation: it has no one place)."""
     npt = num_prefix_tokens
     n = x.shape[1] - npt
     k = kept_tokens(keep, n)
     if k >= n:
-        return x, size
+        return x, size, pos
     rest = x[:, npt:]
     top = scores.topk(k, dim=1).indices  # best first, as a descending sort would order them
     parts = [x[:, :npt], rest.gather(1, top.unsqueeze(-1).expand(-1, -1, x.shape[-1]))]
     sizes = None if size is None else [size[:, :npt], size[:, npt:].gather(1, top.unsqueeze(-1))]
+    places = None if pos is None else [pos[:, :npt], pos[:, npt:].gather(1, top)]
     if fuse:  # the pruned tokens' score-weighted sum: one product, no second gather
         weight = scores.scatter(1, top, 0.0).unsqueeze(1)  # B, 1, n (zero where kept)
         parts.append(weight.to(rest.dtype) @ rest)
         if sizes is not None:
             pruned = torch.ones_like(scores).scatter(1, top, 0.0).unsqueeze(1)
             sizes.append(pruned.to(size.dtype) @ size[:, npt:])
-    return torch.cat(parts, dim=1), None if sizes is None else torch.cat(sizes, dim=1)
+        if places is not None:
+            places.append(pos.new_full((pos.shape[0], 1), -1))
+    size = None if sizes is None else torch.cat(sizes, dim=1)
+    return torch.cat(parts, dim=1), size, None if places is None else torch.cat(places, dim=1)
 
 
-def merge_tokens(x, metric, keep: float, num_prefix_tokens: int, size=None):
+def merge_tokens(x, metric, keep: float, num_prefix_tokens: int, size=None, pos=None):
     """ToMe's bipartite soft matching down to ``ceil(keep * n)`` non-prefix tokens.
 
     Each round splits the tokens into alternating sets A and B, matches every A token to
     its most similar B token (cosine of ``metric``), and merges the r best-matched A tokens
     into their matches as size-weighted averages. Sums and counts (``scatter_add``), never
-    a scatter with ``mean``, which ONNX lacks. Returns the tokens and their sizes [B, N', 1].
+    a scatter with ``mean``, which ONNX lacks. Returns the tokens, their sizes [B, N', 1]
+    and, when tokens carry rotary positions ``pos`` [B, N], theirs: a merged token keeps
+    the position of the token it was merged into.
     """
     npt = num_prefix_tokens
     n = x.shape[1] - npt
@@ -185,10 +192,11 @@ def merge_tokens(x, metric, keep: float, num_prefix_tokens: int, size=None):
         size = x.new_ones(x.shape[0], x.shape[1], 1)
     k = kept_tokens(keep, n)
     if k >= n:
-        return x, size
+        return x, size, pos
     rounds = merge_rounds(n, k)
     d = x.shape[-1]
     t, s = x[:, npt:], size[:, npt:]
+    p = None if pos is None else pos[:, npt:]
     m = F.normalize(metric, dim=-1)
     for j, (a, _, r) in enumerate(rounds):
         last = j == len(rounds) - 1
@@ -203,8 +211,11 @@ def merge_tokens(x, metric, keep: float, num_prefix_tokens: int, size=None):
         fb = fb.scatter_add(1, dst.expand(-1, -1, width), fa.gather(1, src.expand(-1, -1, width)))
         sb = sb.scatter_add(1, dst, sa.gather(1, src))
         s = torch.cat([sa.gather(1, unm), sb], dim=1)
+        if p is not None:  # B tokens keep their places, merged into or not
+            p = torch.cat([p[:, ::2].gather(1, unm.squeeze(-1)), p[:, 1::2]], dim=1)
         f = torch.cat([fa.gather(1, unm.expand(-1, -1, width)), fb], dim=1) / s
         t = f[..., :d]
         if not last:
             m = F.normalize(f[..., d:], dim=-1)
-    return torch.cat([x[:, :npt], t], dim=1), torch.cat([size[:, :npt], s], dim=1)
+    p = None if p is None else torch.cat([pos[:, :npt], p], dim=1)
+    return torch.cat([x[:, :npt], t], dim=1), torch.cat([size[:, :npt], s], dim=1), p

@@ -40,6 +40,20 @@ VARIANTS = {
     ),
     # a class token and an attention pool that attends over it too
     "map_class_token": ("test_vit3", dict(img_size=32, patch_size=8, depth=3)),
+    # the Eva family, through its adapter: rotary embeddings, SwiGLU, q and v biases only
+    "eva02": ("eva02_tiny_patch14_224", dict(img_size=56, depth=2)),
+    # a RoPE ViT: separate q/k/v, rotate-half pairs, a register, LayerScale, average pool
+    "rope_vit": (
+        "vit_medium_patch16_rope_reg1_gap_256",
+        dict(
+            img_size=64, depth=2, embed_dim=128, num_heads=2, qkv_fused=False, rope_rotate_half=True
+        ),
+    ),
+    # timm's AttentionRope (vit_*_rope_224, Perception Encoder's spatial towers), fused qkv
+    "rope_attention": (
+        "vit_small_patch16_rope_224",
+        dict(img_size=64, depth=2, embed_dim=128, num_heads=2),
+    ),
 }
 
 
@@ -76,7 +90,10 @@ def random_candidate(model, rng: random.Random) -> Candidate:
     return Candidate(
         patch_size=rng.choice(patches),
         heads=heads,
-        qk_dim=[rng.randint(1, s.head_dim) for _ in range(s.depth)],
+        qk_dim=[  # whole rotary pairs where q and k are rotated
+            2 * rng.randint(1, s.head_dim // 2) if s.rope else rng.randint(1, s.head_dim)
+            for _ in range(s.depth)
+        ],
         mlp=[rng.choice([0, rng.randint(1, m), m]) for m in s.mlp_hidden],
         keep=keep,
         exits=exits,

@@ -13,11 +13,11 @@ from tests.search.test_cli import vitpareto as cli
 from vitpareto.search import SearchConfig, SupernetTrainer, TrainConfig, load_supernet, search
 
 
-def trained_and_searched(d, model_kwargs: dict, trials: int = 5) -> str:
-    """Train ``test_vit`` with ``model_kwargs`` one epoch into ``d/net.pt``, search it for
-    ``trials`` trials into study ``s``; return the storage URL."""
+def trained_and_searched(d, model_kwargs: dict, trials: int = 5, name: str = "test_vit") -> str:
+    """Train timm's ``name`` with ``model_kwargs`` one epoch into ``d/net.pt``, search it
+    for ``trials`` trials into study ``s``; return the storage URL."""
     trainer = SupernetTrainer.create(
-        "test_vit",
+        name,
         "digits",
         TrainConfig(epochs=1, batch_size=128, random_candidates=1),
         model_kwargs=model_kwargs,

@@ -12,13 +12,15 @@ from conftest import VARIANTS, images, make_variant, random_candidate
 from timm.layers import LayerScale, RmsNorm
 
 from vitpareto.errors import VitParetoError
-from vitpareto.spaces import Candidate, ElasticViT, TokenSelect, compress, describe
+from vitpareto.spaces import Candidate, ElasticViT, TokenSelect, canonical_eva, compress, describe
 
 ATOL = 1e-5
 
 
 def expected_params(model, c: Candidate) -> int:
-    """Parameter count of a compressed model, from the original model's layer shapes."""
+    """Parameter count of a compressed model, from the original model's layer shapes (an
+    Eva model's as its adapter maps it: one qkv layer, a k bias of zeros included)."""
+    model = canonical_eva(model) if type(model).__name__ == "Eva" else model
     D, C = model.embed_dim, model.num_classes
     attn0 = model.blocks[0].attn
     hd = attn0.head_dim
@@ -32,7 +34,8 @@ def expected_params(model, c: Candidate) -> int:
     grid = (h_img // p) * (w_img // p)
     prefix = model.num_prefix_tokens
     n = model.patch_embed.proj.in_channels * p * p * D + D  # patch embedding conv and bias
-    n += (grid + (0 if model.no_embed_class else prefix)) * D  # position embedding
+    if model.pos_embed is not None:  # RoPE ViTs have none
+        n += (grid + (0 if model.no_embed_class else prefix)) * D
     n += prefix * D  # class / register / distillation tokens
     for i in range(len(model.blocks)):
         h, dq, m = c.heads[i], c.qk_dim[i], c.mlp[i]
@@ -62,9 +65,13 @@ def test_full_candidate_reproduces_the_model(variant):
     x = images(model)
     compressed = compress(model, Candidate.full(model)).eval()
     assert (compressed(x) - model(x)).abs().max() <= ATOL
-    assert sum(p.numel() for p in compressed.parameters()) == sum(
-        p.numel() for p in model.parameters()
+    assert sum(p.numel() for p in compressed.parameters()) == expected_params(
+        model, Candidate.full(model)
     )
+    if type(model).__name__ != "Eva":  # Eva's k bias is a buffer of zeros, ours a parameter
+        assert expected_params(model, Candidate.full(model)) == sum(
+            p.numel() for p in model.parameters()
+        )
     elastic = ElasticViT(copy.deepcopy(model)).eval()
     assert (elastic(x) - model(x)).abs().max() <= ATOL
 
@@ -202,7 +209,8 @@ def test_removed_block_keeps_exit_in_place():
 def test_all_variants_are_covered():
     assert {
         "class_token", "avg_pool", "registers", "layerscale", "patch32", "distilled",
-        "one_channel", "swiglu", "glu", "rmsnorm", "siglip_map",
+        "one_channel", "swiglu", "glu", "rmsnorm", "siglip_map", "eva02", "rope_vit",
+        "rope_attention",
     } <= set(VARIANTS)  # fmt: skip
 
 

@@ -56,7 +56,7 @@ def test_merging_keeps_every_patch_and_the_prefix():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2 + 21, 8, generator=g)  # two prefix tokens, 21 patches
     metric = torch.randn(3, 21, 4, generator=g)
-    out, size = merge_tokens(x, metric, keep=0.2, num_prefix_tokens=2)
+    out, size, _ = merge_tokens(x, metric, keep=0.2, num_prefix_tokens=2)
     assert out.shape == (3, 2 + math.ceil(0.2 * 21), 8)
     assert torch.equal(out[:, :2], x[:, :2]) and torch.equal(size[:, :2], torch.ones(3, 2, 1))
     assert torch.allclose(size[:, 2:].sum(1), torch.full((3, 1), 21.0))

@@ -20,8 +20,10 @@ from vitpareto.spaces import Candidate, VitParetoError, compress, create_model, 
         # each refusal names the reason a user can act on, not a generic list
         ("vit_relpos_small_patch16_224", {"depth": 1}, r"relative-position bias"),
         ("beit_base_patch16_224", {"depth": 1}, r"relative-position bias \(BEiT"),
-        ("eva02_tiny_patch14_224", {"depth": 1}, r"Eva family.*rotary"),
-        ("vit_base_patch16_rope_224", {"depth": 1}, r"Eva family.*rotary"),
+        # Eva forms the adapter cannot carry say which
+        ("vit_pe_core_small_patch16_384", {"depth": 1}, r"Perception Encoder's"),
+        ("vit_base_patch16_rope_mixed_224", {"depth": 1}, r"mixed-mode rotary"),
+        ("eva02_tiny_patch14_224", {"depth": 1, "use_post_norm": True}, r"post-norm"),
         ("vit_small_r26_s32_224", {"img_size": 64}, r"HybridEmbed: a convolutional stem"),
         ("vit_small_patch16_18x2_224", {"depth": 1}, r"ParallelThingsBlock: parallel blocks"),
         (

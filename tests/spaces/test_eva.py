@@ -1,0 +1,36 @@
+"""The Eva adapter maps timm's Eva class onto the model vitpareto cuts: without rotary
+embeddings the canonical model computes what Eva computes, whichever projections it has."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from vitpareto.spaces import canonical_eva
+
+CASES = {
+    "eva02_fused_qkv": ("eva02_tiny_patch14_224", dict(img_size=56)),
+    "eva02_separate_qkv": ("eva02_tiny_patch14_224", dict(img_size=56, qkv_fused=False)),
+    "rope_vit_registers": ("vit_medium_patch16_rope_reg1_gap_256", dict(img_size=64)),
+    "rotate_half_qk_norm": (
+        "eva02_tiny_patch14_224",
+        dict(img_size=56, rope_rotate_half=True, qk_norm=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("key", list(CASES))
+def test_without_rope_the_canonical_model_is_eva(key):
+    name, kwargs = CASES[key]
+    torch.manual_seed(0)
+    eva = timm.create_model(name, num_classes=10, depth=2, use_rot_pos_emb=False, **kwargs)
+    with torch.no_grad():  # biases, norms and tokens randomised too: no part is trivial
+        for n, p in eva.named_parameters():
+            if p.dim() == 1 or "token" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    eva.eval()
+    vit = canonical_eva(eva)
+    x = torch.randn(2, 3, *eva.patch_embed.img_size)
+    with torch.no_grad():
+        assert (vit(x) - eva(x)).abs().max() < 1e-5
