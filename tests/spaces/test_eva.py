@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from vitpareto.spaces import canonical_eva
+from vitpareto.spaces import Candidate, canonical_eva, compress, describe
 
 CASES = {
     "eva02_fused_qkv": ("eva02_tiny_patch14_224", dict(img_size=56)),
@@ -34,3 +34,21 @@ def test_without_rope_the_canonical_model_is_eva(key):
     x = torch.randn(2, 3, *eva.patch_embed.img_size)
     with torch.no_grad():
         assert (vit(x) - eva(x)).abs().max() < 1e-5
+
+
+def test_another_patch_size_rotates_as_timm_resizes_it():
+    torch.manual_seed(0)
+    eva = timm.create_model("eva02_tiny_patch14_224", img_size=56, depth=2, num_classes=10)
+    with torch.no_grad():  # larger q/k and head weights: the rotation shows in the logits
+        for n, p in eva.named_parameters():
+            if "qkv.weight" in n or "head.weight" in n:
+                p.mul_(8.0)
+    eva.eval()
+    x = torch.randn(2, 3, 56, 56)
+    spec = describe(eva)
+    with torch.no_grad():
+        ours = compress(eva, Candidate.make(spec, patch_size=28)).eval()(x)
+        base = eva(x)
+        eva.set_input_size(patch_size=28)
+        assert (ours - eva(x)).abs().max() < 1e-5
+        assert (ours - base).abs().max() > 1e-3  # the grid, and so the rotation, changed
