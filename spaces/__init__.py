@@ -2,6 +2,7 @@
 and the modules a compressed model is made of."""
 
 from vitpareto.errors import VitParetoError
+from vitpareto.spaces._adapters import ADAPTERS, adapt
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, DeployedViT, PrunedBlock
 from vitpareto.spaces._criteria import BlockScores
@@ -57,6 +58,8 @@ __all__ = [
     "sized_blocks",
     "exit_assignment",
     "canonical_eva",
+    "ADAPTERS",
+    "adapt",
     "token_counts",
     "BlockScores",
     "Candidate",

@@ -14,11 +14,11 @@ from timm.layers.format import nchw_to
 from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
 
 from vitpareto.errors import VitParetoError
+from vitpareto.spaces._adapters import adapt
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, extract
 from vitpareto.spaces._criteria import BlockScores
-from vitpareto.spaces._eva import EVA_CLASSES, rope_table
-from vitpareto.spaces._eva import canonical as canonical_eva
+from vitpareto.spaces._eva import rope_table
 from vitpareto.spaces._importance import CALIBRATION_BATCHES, Criterion, rank
 from vitpareto.spaces._mlp import first_rows, mlp_forward
 from vitpareto.spaces._ops import (
@@ -53,8 +53,7 @@ class ElasticViT(nn.Module):
         calibration_batches: int = CALIBRATION_BATCHES,
     ):
         super().__init__()
-        if type(model).__name__ in EVA_CLASSES:  # an adapter maps it onto the model we cut
-            model = canonical_eva(model)
+        model = adapt(model)  # another architecture, mapped onto the model vitpareto cuts
         self.spec: ViTSpec = describe(model)
         self.vit = model
         self.orders = rank(model, importance, data, calibration_batches)

@@ -21,8 +21,6 @@ from timm.models.vision_transformer import VisionTransformer
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._rope import pair_order, pair_table
 
-EVA_CLASSES = ("Eva",)
-
 
 def _refuse(why: str) -> VitParetoError:
     return VitParetoError(f"unsupported Eva model: {why}")

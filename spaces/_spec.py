@@ -10,8 +10,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from vitpareto.errors import VitParetoError
-from vitpareto.spaces._eva import EVA_CLASSES
-from vitpareto.spaces._eva import canonical as canonical_eva
+from vitpareto.spaces._adapters import adapt, adapted
 from vitpareto.spaces._mlp import MLPS, gated, hidden
 
 
@@ -120,8 +119,8 @@ def describe(model) -> ViTSpec:
     if isinstance(spec, ViTSpec):
         return spec
 
-    if type(model).__name__ in EVA_CLASSES:  # the Eva adapter maps it onto a VisionTransformer
-        return describe(canonical_eva(model))
+    if adapted(model):  # another architecture: described as its adapter maps it
+        return describe(adapt(model))
     if not isinstance(model, VisionTransformer):
         kind = type(model).__name__
         if kind in _FAMILIES:

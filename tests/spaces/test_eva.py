@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from vitpareto.spaces import Candidate, canonical_eva, compress, describe
+from vitpareto.spaces import ADAPTERS, Candidate, adapt, canonical_eva, compress, describe
 
 CASES = {
     "eva02_fused_qkv": ("eva02_tiny_patch14_224", dict(img_size=56)),
@@ -52,3 +52,10 @@ def test_another_patch_size_rotates_as_timm_resizes_it():
         eva.set_input_size(patch_size=28)
         assert (ours - eva(x)).abs().max() < 1e-5
         assert (ours - base).abs().max() > 1e-3  # the grid, and so the rotation, changed
+
+
+def test_each_architecture_has_one_adapter_and_a_vision_transformer_is_itself():
+    vit = timm.create_model("test_vit", img_size=32, num_classes=10)
+    assert adapt(vit) is vit  # the model vitpareto cuts: the identity adapter
+    eva = timm.create_model("eva02_tiny_patch14_224", img_size=56, depth=1, num_classes=10)
+    assert set(ADAPTERS) == {"Eva"} and type(adapt(eva)).__name__ == "VisionTransformer"
