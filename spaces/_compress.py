@@ -234,7 +234,10 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
     sized = sized_blocks(candidate)
     packed = [sized[i] and j < len(kept) - 1 for j, i in enumerate(kept)]
     table = rope_table(vit, candidate.patch_size) if spec.rope else None
-    placed = [table is not None and j < len(kept) - 1 for j in range(len(kept))]
+    # positions leave a block once tokens have been reduced (before that they are the grid,
+    # which each block rebuilds) and another block follows to read them
+    moved = [any(reduces(candidate, k) for k in kept[: j + 1]) for j in range(len(kept))]
+    placed = [table is not None and moved[j] and j < len(kept) - 1 for j in range(len(kept))]
     vit.blocks = nn.Sequential(
         *(
             PrunedBlock(
