@@ -203,9 +203,7 @@ def exit_head_macs(model, tokens: int | None = None) -> int:
         return s.norm_macs * D + D * s.num_classes
     if tokens is None:
         raise VitParetoError("an attention-pool model's exit head costs by its tokens: pass tokens")
-    pool = attn_pool_macs(s, tokens - (0 if s.pool_prefix else s.num_prefix_tokens))
-    norm = tokens * D if s.final_norm else D if s.fc_norm else 0  # where the model's head has it
-    return s.norm_macs * norm + pool + D * s.num_classes
+    return _head_macs(s, tokens)  # its exit is a copy of the model's own head
 
 
 def exit_macs(model, candidate: Candidate) -> list[int]:
