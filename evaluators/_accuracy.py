@@ -33,7 +33,7 @@ _PROGRESS_MIN_BATCHES = 20
 
 
 def _exit_counts(
-    exit_logits: Sequence[torch.Tensor], labels: torch.Tensor, threshold: float
+    exit_logits: Sequence[torch.Tensor], labels: torch.Tensor, threshold: float | Sequence[float]
 ) -> dict[str, torch.Tensor]:
     """Integer counts behind ``exit_metrics`` for one batch; counts of batches simply add up,
     so the evaluator never has to hold a whole validation set's logits."""
@@ -191,7 +191,7 @@ class AccuracyEvaluator(Evaluator):
                 for x, y in self._batches():
                     x = x.to(self.device, non_blocking=True)
                     y = torch.as_tensor(y).to(self.device, non_blocking=True)
-                    counts = _exit_counts(model.forward_exits(x), y, candidate.exit_threshold)
+                    counts = _exit_counts(model.forward_exits(x), y, candidate.thresholds())
                     for k, v in counts.items():
                         total[k] = total[k] + v if k in total else v
         finally:

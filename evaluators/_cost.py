@@ -11,6 +11,7 @@ half of the tokens against the other, ToMe) is counted.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -194,23 +195,54 @@ def mac_profile(model, candidate: Candidate | None = None) -> list[int]:
     return profile
 
 
-def exit_head_macs(model, tokens: int | None = None) -> int:
-    """MACs of one early-exit head on ``tokens`` tokens (prefix included; needed only for
-    an attention-pool model, whose exit runs its own pool): the norm and the Linear."""
+def exit_head_macs(
+    model, tokens: int | None = None, design: str = "linear", block: int | None = None
+) -> int:
+    """MACs of one early-exit head of ``design`` after ``block`` on ``tokens`` tokens
+    (prefix included): a ``linear`` head's norm and Linear (an attention-pool model's
+    exit runs its own pool too), an ``mlp`` head's hidden layer besides, an ``attention``
+    head's block (a copy of block ``block + 1``, over its own class token too), a
+    ``conv`` head's convolutions on the grid. ``tokens`` is needed but for a ``linear``
+    or ``mlp`` head on a model that pools without attention."""
     s = describe(model)
-    D = s.embed_dim
-    if not s.attn_pool:
-        return s.norm_macs * D + D * s.num_classes
-    if tokens is None:
-        raise VitParetoError("an attention-pool model's exit head costs by its tokens: pass tokens")
-    return _head_macs(s, tokens)  # its exit is a copy of the model's own head
+    D, cn = s.embed_dim, s.norm_macs
+    if (design not in ("linear", "mlp") or s.attn_pool) and tokens is None:
+        raise VitParetoError(f"this exit head ({design}) costs by its tokens: pass tokens")
+    if design == "attention":
+        if block is None:
+            raise VitParetoError("an attention exit head copies the next block: pass block")
+        t = tokens + int(s.global_pool == "token")  # its own class token
+        return _full_block_macs(s, t, s.mlp_hidden[block + 1]) + exit_head_macs(s, t)
+    if design == "conv":
+        n = tokens - s.num_prefix_tokens
+        return n * D * 9 + n * D * D + cn * D + D * s.num_classes
+    head = _head_macs(s, tokens) if s.attn_pool else cn * D + D * s.num_classes
+    return head + (D * D if design == "mlp" else 0)
+
+
+def _full_block_macs(s, tokens: int, mlp: int) -> int:
+    """One whole block (every head and q/k channel, ``mlp`` hidden channels) on ``tokens``."""
+    N, D, H, hd, cn = tokens, s.embed_dim, s.num_heads, s.head_dim, s.norm_macs
+    attn = cn * N * D + N * D * H * 3 * hd + N * N * H * 2 * hd + N * H * hd * D
+    if s.qk_norm:
+        attn += 2 * cn * N * H * hd
+    return attn + cn * N * D + (3 if s.gated_mlp else 2) * N * D * mlp
 
 
 def exit_macs(model, candidate: Candidate) -> list[int]:
-    """MACs spent on a sample that leaves at each exit, then on one that reaches the final
-    head; every exit head the sample passed through is counted."""
+    """MACs spent on a sample that leaves by each route (each cascade stage, then each
+    exit), then on one that reaches the final head; every stage and exit head the sample
+    passed through is counted."""
     s = describe(model)
     profile, counts = mac_profile(s, candidate), token_counts(s, candidate)
-    heads = [exit_head_macs(s, counts[b][1]) for b in candidate.exits]
+    heads = [
+        exit_head_macs(s, counts[b][1], t, b)
+        for b, t in zip(candidate.exits, candidate.exit_types, strict=True)
+    ]
     out = [profile[b] + sum(heads[: j + 1]) for j, b in enumerate(candidate.exits)]
-    return out + [profile[-1] + sum(heads)]
+    # a sample at the last stage of a cascade has run every coarser stage first
+    stages = list(
+        itertools.accumulate(analytic_macs(s, candidate.stage(p)) for p in candidate.cascade)
+    )
+    before = stages[-1] if stages else 0
+    return stages + [before + m for m in [*out, profile[-1] + sum(heads)]]

@@ -26,18 +26,26 @@ IMAGES_PER_ROUND = 8  # real images timed per round (at least one batch) for an 
 
 
 class ExitPath(nn.Module):
-    """What a sample leaving at exit ``index`` runs: the blocks before it, and every exit
-    head up to it (the earlier heads' confidences are outputs, so no compiler drops them)."""
+    """What a sample leaving by route ``index`` runs: every cascade stage up to it, then
+    the blocks before its exit and every exit head up to it (the earlier confidences are
+    outputs, so no compiler drops them)."""
 
     def __init__(self, model, index: int):
         super().__init__()
         self.model, self.index = model, index
 
     def forward(self, x):
-        m = self.model
+        m, confidences = self.model, []
+        stages = len(m.stages)
+        for k in range(min(self.index + 1, stages)):
+            out = m.stage(x, k)
+            confidences.append(out.softmax(-1).amax(-1))
+        if self.index < stages:
+            return out, torch.stack(confidences)
         x = m._stem(x)
-        start, confidences = 0, []
-        for head, at in list(zip(m.exit_heads, m.exit_after, strict=True))[: self.index + 1]:
+        start = 0
+        exits = list(zip(m.exit_heads, m.exit_after, strict=True))[: self.index - stages + 1]
+        for head, at in exits:
             for blk in m.vit.blocks[start:at]:
                 x = blk(x)
             start = at
@@ -94,7 +102,7 @@ def time_deployed(
     size; ``images``: real images for an exit policy; ``settings``: ``measure_pair``'s;
     ``onnx``: the exported graph to time (ONNX Runtime; by default one exported now)."""
     start = time.perf_counter()
-    exits = bool(getattr(model, "exit_heads", None))
+    exits = getattr(model, "routes", 0) > 0  # early exits or a cascade
     dynamic = exits and runtime in DYNAMIC and images is not None
     fn = prepare(
         deployed(model) if dynamic else model, x, runtime, onnx if dynamic or not exits else None
@@ -127,7 +135,7 @@ def time_deployed(
     if exits and not dynamic:
         paths = [
             measure_pair(prepare(ExitPath(model, j), x, runtime), reference, x, **settings)
-            for j in range(len(model.exit_heads))
+            for j in range(model.routes)
         ]
         seg_ms = [m.median_ms for m in paths] + [main.median_ms]
         expected = expected_latency(seg_ms, exit_fraction)

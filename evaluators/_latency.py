@@ -102,7 +102,7 @@ def dynamic_latency(
     for i in range(min(warmup, len(images))):
         model.forward_dynamic(images[i : i + 1])
     times = [[] for _ in range(len(images))]
-    counts = [0] * (len(model.exit_heads) + 1)
+    counts = [0] * (model.routes + 1)
     for r in range(max(1, repeats)):
         for i in range(len(images)):
             out: dict = {}

@@ -44,6 +44,7 @@ def block_part(block, spec, h: int, dq: int, m: int, kind: str, dev) -> torch.nn
 def part_shapes(spec, pool: list[Candidate], n_grid: int, exact: bool) -> dict[str, list]:
     """The widths and patch sizes the space produces, and the token counts to measure: every
     count that occurs when ``exact``, else a geometric grid of ``n_grid`` spanning them."""
+    pool = [*pool, *(c.stage(p) for c in pool for p in c.cascade)]  # each cascade stage too
     attn = sorted(
         {(c.heads[i], c.qk_dim[i]) for c in pool for i in range(spec.depth) if c.heads[i]}
     )

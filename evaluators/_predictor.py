@@ -13,6 +13,7 @@ table (as nn-Meter does for kernels, here for transformer blocks).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -38,7 +39,7 @@ from vitpareto.evaluators._timing import (
     time_interleaved,
 )
 from vitpareto.files import atomic_write
-from vitpareto.spaces import Candidate, ElasticViT, ExitHead, JointSpace, token_counts
+from vitpareto.spaces import Candidate, ElasticViT, JointSpace, token_counts
 
 FORMAT = 3  # bumped when tables built before would predict wrongly
 
@@ -77,7 +78,13 @@ class LatencyPredictor:
         return float(np.interp(n, xs, ys))
 
     def raw_segments(self, c: Candidate) -> list[float]:
-        """Sum of parts up to each exit, then for the whole model (uncalibrated)."""
+        """Sum of parts up to each route (each cascade stage, whole; then each exit), then
+        for the whole model (uncalibrated); a later route includes every stage before."""
+        stages = list(itertools.accumulate(self.raw_segments(c.stage(p))[-1] for p in c.cascade))
+        before = stages[-1] if stages else 0.0
+        return stages + [before + t for t in self._exit_segments(c)]
+
+    def _exit_segments(self, c: Candidate) -> list[float]:
         t = self.table
         if str(c.patch_size) not in t["base"]:
             raise VitParetoError(f"the latency table has no patch size {c.patch_size}; rebuild it")
@@ -93,7 +100,13 @@ class LatencyPredictor:
                 total += self._curve("mlp", str(c.mlp[i]), n_mlp)
             cumulative.append(total)
         # an exit head's time by the tokens it sees (an attention pool's grows with them)
-        heads = np.cumsum([0.0] + [self._curve("exit", "head", counts[b][1]) for b in c.exits])
+        heads = np.cumsum(
+            [0.0]
+            + [
+                self._curve("exit", exit_curve(b, t), counts[b][1])
+                for b, t in zip(c.exits, c.exit_types, strict=True)
+            ]
+        )
         exits = [cumulative[b] + heads[j + 1] for j, b in enumerate(c.exits)]
         return exits + [total + heads[-1]]
 
@@ -205,11 +218,21 @@ class LatencyPredictor:
             )
             base = elastic.extract(empty).eval().to(dev)
             calls[f"base|{p}"] = partial(prepare(base, images, runtime), images)
-        head = ExitHead.like(elastic.vit, spec).to(dev).eval()
-        # a pooled exit costs the same on any token count; an attention pool's does not
-        for n in shapes["grid"] if spec.attn_pool else shapes["grid"][-1:]:
-            x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
-            calls[f"exit|head|{n}"] = partial(prepare(head, x, runtime), x)
+        # each design held, by the tokens it reads: a pooled linear or mlp exit costs the
+        # same on any count (an attention pool's does not), a conv exit reads a full grid
+        grids = [(spec.img_size[0] // p) * (spec.img_size[1] // p) for p in shapes["patch"]]
+        timed = set()
+        for key in elastic.exit_heads:
+            b, t = int(key.split("_")[0]), key.partition("_")[2] or "linear"
+            if t in timed:
+                continue  # only an attention exit (a copy of the next block) differs by block
+            timed |= {t} - {"attention"}
+            ns = shapes["grid"] if t == "attention" or spec.attn_pool else shapes["grid"][-1:]
+            ns = [n + spec.num_prefix_tokens for n in grids] if t == "conv" else ns
+            head = elastic.exit_heads[key].to(dev).eval()
+            for n in ns:
+                x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
+                calls[f"exit|{exit_curve(b, t)}|{n}"] = partial(prepare(head, x, runtime), x)
         for i, c in enumerate([Candidate.full(spec), *cal]):
             whole = elastic.extract(c).eval().to(dev)
             calls[f"whole|{i}"] = partial(prepare(whole, images, runtime), images)
@@ -319,9 +342,16 @@ class PredictedLatencyEvaluator(Evaluator):
         reference = self.predictor.predict(Candidate.full(elastic.spec))
         return {
             "latency_ms": expected,
-            "exit_latency_ms": seg if candidate.exits else None,
+            "exit_latency_ms": seg if candidate.routes else None,
             "speedup": reference / expected,
             "latency_error": self.predictor.error,
             "latency_predicted": True,
             "runtime": self.predictor.table.get("runtime", "eager"),
         }
+
+
+def exit_curve(block: int, design: str) -> str:
+    """The latency table's curve for an exit of ``design`` after ``block``: ``head`` for
+    the linear one (as tables have always named it), the design's name for the others but
+    the attention one, a copy of the next block, timed per block."""
+    return {"linear": "head", "attention": f"attention.{block}"}.get(design, design)

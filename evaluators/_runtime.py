@@ -60,7 +60,7 @@ def _own_frame(model: nn.Module) -> Callable:
 
 def deployed(model: nn.Module) -> nn.Module:
     """What ships for ``model``: its exit policy when it has early exits, else itself."""
-    return DeployedViT(model) if getattr(model, "exit_heads", None) else model
+    return DeployedViT(model) if getattr(model, "routes", 0) else model
 
 
 def prepare(

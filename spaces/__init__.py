@@ -3,6 +3,7 @@ and the modules a compressed model is made of."""
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._adapters import ADAPTERS, adapt
+from vitpareto.spaces._branches import EXIT_TYPES, AttentionExit, ConvExit, MlpExit, exit_key
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, DeployedViT, PrunedBlock
 from vitpareto.spaces._criteria import BlockScores
@@ -42,6 +43,11 @@ __all__ = [
     "ClassAttention",
     "DeployedViT",
     "ExitHead",
+    "EXIT_TYPES",
+    "MlpExit",
+    "AttentionExit",
+    "ConvExit",
+    "exit_key",
     "PrunedBlock",
     "TokenSelect",
     "TokenRope",

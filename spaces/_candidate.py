@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitpareto.errors import VitParetoError
+from vitpareto.spaces._branches import EXIT_TYPES, check_design
 from vitpareto.spaces._spec import ViTSpec, describe
 from vitpareto.spaces._tokens import TOKEN_MODES
 
@@ -40,6 +41,15 @@ class Candidate:
             fuse the pruned ones into one extra token) or ``merge`` (ToMe: merge similar
             tokens, attention weighted by how many patches each stands for). A block that
             reduces no tokens (keep 1.0 or no heads) reads ``prune``.
+        exit_types: the branch design of each exit, aligned with ``exits``: ``linear``
+            (the model's head; the default), ``mlp``, ``attention`` (one transformer
+            block) or ``conv`` (convolutions on the token grid, before any token
+            reduction); one name sets every exit's.
+        cascade: coarser patch sizes run first, coarsest first (an input-adaptive
+            cascade): each stage is the candidate's model at that patch size, and a sample
+            whose confidence there reaches the stage's threshold stops; the rest go on to
+            the next stage, the last being the candidate itself, exits and all.
+        cascade_thresholds: each cascade stage's softmax confidence to stop at.
     """
 
     patch_size: int
@@ -51,6 +61,9 @@ class Candidate:
     exit_threshold: float = 1.0
     fuse: bool = dataclasses.field(default=False, compare=False)
     token_mode: tuple[str, ...] = ()
+    exit_types: tuple[str, ...] = ()
+    cascade: tuple[int, ...] = ()
+    cascade_thresholds: tuple[float, ...] = ()
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -101,6 +114,30 @@ class Candidate:
         modes = tuple(m if r else "prune" for m, r in zip(modes, reducing, strict=True))
         set_(self, "token_mode", modes)
         set_(self, "fuse", any(reducing) and all(m == "fuse" for m in modes if m != "prune"))
+        types = self.exit_types
+        types = (types,) * len(self.exits) if isinstance(types, str) else _seq("exit_types", types)
+        types = tuple(types) or ("linear",) * len(self.exits)
+        if len(types) != len(self.exits):
+            raise VitParetoError(
+                f"exit_types needs one design per exit: {len(self.exits)} exit(s), "
+                f"{len(types)} type(s)"
+            )
+        for j, t in enumerate(types):
+            if t not in EXIT_TYPES:
+                raise VitParetoError(
+                    f"exit_types[{j}]={t!r} is not an exit design; allowed: {', '.join(EXIT_TYPES)}"
+                )
+        set_(self, "exit_types", types)
+        stages = _seq("cascade", self.cascade)
+        set_(self, "cascade", tuple(_as_int(f"cascade[{i}]", v) for i, v in enumerate(stages)))
+        ts = _seq("cascade_thresholds", self.cascade_thresholds)
+        ts = tuple(_as_float(f"cascade_thresholds[{i}]", v) for i, v in enumerate(ts))
+        if len(ts) != len(self.cascade):
+            raise VitParetoError(
+                f"cascade_thresholds needs one threshold per cascade stage: "
+                f"{len(self.cascade)} stage(s), {len(ts)} threshold(s)"
+            )
+        set_(self, "cascade_thresholds", ts)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -135,6 +172,13 @@ class Candidate:
     def replace(self, **changes) -> Candidate:
         if "fuse" in changes and "token_mode" not in changes:
             changes["token_mode"] = ()  # the earlier spelling sets every block's mode
+        if "exits" in changes and "exit_types" not in changes:  # each kept exit keeps its design
+            was = dict(zip(self.exits, self.exit_types, strict=True))
+            exits = _seq("exits", changes["exits"])
+            changes["exit_types"] = tuple(was.get(b, "linear") for b in exits)
+        if "cascade" in changes and "cascade_thresholds" not in changes:  # stages keep theirs
+            was = dict(zip(self.cascade, self.cascade_thresholds, strict=True))
+            changes["cascade_thresholds"] = tuple(was[p] for p in changes["cascade"] if p in was)
         return dataclasses.replace(self, **changes)
 
     # -- facts ----------------------------------------------------------------------------
@@ -185,19 +229,72 @@ class Candidate:
                     f"exits[{j}]={b} is out of range; allowed blocks: 0..{s.depth - 2} "
                     "(the final head follows the last block)"
                 )
+        for j, (b, design) in enumerate(zip(self.exits, self.exit_types, strict=True)):
+            check_design(s, design)
+            first = next((i for i in range(b + 1) if self.heads[i] and self.keep[i] < 1), None)
+            if design == "conv" and first is not None:
+                raise VitParetoError(
+                    f"exit_types[{j}]='conv' reads the full token grid, but block {first} "
+                    f"reduces tokens before exit {b}; choose another design for that exit "
+                    "or keep every token up to it"
+                )
         t = self.exit_threshold
         if not (0.0 < t <= 1.0) or math.isnan(t):
             raise VitParetoError(f"exit_threshold={t} is out of range; allowed: (0, 1]")
+        self._check_cascade(s)
         return self
+
+    def _check_cascade(self, s: ViTSpec) -> None:
+        sizes = (*self.cascade, self.patch_size)
+        if any(a <= b for a, b in zip(sizes, sizes[1:], strict=False)):
+            raise VitParetoError(
+                f"cascade={list(self.cascade)} must be patch sizes coarser than patch_size="
+                f"{self.patch_size}, coarsest first (strictly decreasing)"
+            )
+        h, w = s.img_size
+        for k, (p, t) in enumerate(zip(self.cascade, self.cascade_thresholds, strict=True)):
+            if h % p or w % p:
+                raise VitParetoError(
+                    f"cascade[{k}]={p} does not divide the {h}x{w} image; allowed: "
+                    f"{', '.join(map(str, s.valid_patch_sizes()))}"
+                )
+            if not (0.0 < t <= 1.0) or math.isnan(t):
+                raise VitParetoError(
+                    f"cascade_thresholds[{k}]={t} is out of range; allowed: (0, 1]"
+                )
+        if self.cascade and s.rope:
+            raise VitParetoError(
+                "a patch-size cascade is not offered for a model with rotary embeddings (each "
+                "stage would need its own rotary table); leave cascade empty"
+            )
+
+    @property
+    def routes(self) -> int:
+        """Where a sample can leave before the final head: each cascade stage, each exit."""
+        return len(self.cascade) + len(self.exits)
+
+    def thresholds(self) -> tuple[float, ...]:
+        """The confidence to leave at each route, in order (stages, then exits)."""
+        return self.cascade_thresholds + (self.exit_threshold,) * len(self.exits)
+
+    def stage(self, patch_size: int) -> Candidate:
+        """Cascade stage at ``patch_size``: these knobs, static (no exits, no cascade)."""
+        return self.replace(patch_size=patch_size, exits=(), cascade=(), exit_threshold=1.0)
 
     # -- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON-ready values; ``fuse`` is left out (``token_mode`` says it)."""
-        return {
+        """The fields as JSON-ready values; ``fuse`` is left out (``token_mode`` says it), and
+        ``exit_types`` when every exit is ``linear``."""
+        out = {
             f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
             for f in dataclasses.fields(self)
             if f.init and f.name != "fuse"
         }
+        if all(t == "linear" for t in self.exit_types):
+            del out["exit_types"]  # the default: candidates made before designs read the same
+        if not self.cascade:
+            del out["cascade"], out["cascade_thresholds"]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:

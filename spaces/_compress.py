@@ -7,8 +7,9 @@ import copy
 import torch
 import torch.nn as nn
 
-from vitpareto.errors import VitParetoError
+from vitpareto.spaces._branches import exit_key
 from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._cascade import stage_stems, stem_tokens
 from vitpareto.spaces._eva import rope_table
 from vitpareto.spaces._mlp import cut_mlp, linear_from
 from vitpareto.spaces._ops import attention, residual_block, slice_qkv, sliced_norm_module
@@ -147,16 +148,29 @@ class PrunedBlock(nn.Module):
 
 class CompressedViT(nn.Module):
     """A compressed timm ViT: ``forward`` is timm's own forward on the cut model and returns
-    the final logits; ``forward_exits`` returns every early exit's logits, then the final."""
+    the final logits; ``forward_exits`` returns each cascade stage's and every early exit's
+    logits, then the final; ``forward_dynamic`` runs the policy. ``stages`` holds a
+    ``StageStem`` per coarse cascade stage (the blocks are shared)."""
 
     def __init__(
-        self, vit: nn.Module, exit_heads: nn.ModuleList, exit_after: list[int], candidate: Candidate
+        self,
+        vit: nn.Module,
+        exit_heads: nn.ModuleList,
+        exit_after: list[int],
+        candidate: Candidate,
+        stages: nn.ModuleList | None = None,
     ):
         super().__init__()
         self.vit = vit
         self.exit_heads = exit_heads
         self.exit_after = list(exit_after)  # number of kept blocks before each exit
         self.candidate = candidate
+        self.stages = stages if stages is not None else nn.ModuleList()
+
+    @property
+    def routes(self) -> int:
+        """Where a sample can leave before the final head: each stage, then each exit."""
+        return len(self.stages) + len(self.exit_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(x)
@@ -165,34 +179,39 @@ class CompressedViT(nn.Module):
         vit = self.vit
         return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
 
+    def stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The final logits of cascade stage ``k`` (its stem, every block, the head)."""
+        x = self.vit.blocks(self.stages[k](x, self.vit))
+        return self.vit.forward_head(self.vit.norm(x))
+
     def forward_dynamic(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Multi-exit inference: each sample leaves at the first exit whose softmax
-        confidence reaches the candidate's threshold, and later blocks run only on the
-        samples still in. Returns the logits and the exit index of each sample
-        (``len(exits)`` for the final head).
+        """Dynamic inference: each sample leaves at the first cascade stage, then the first
+        exit, whose softmax confidence reaches its threshold, and what follows runs only on
+        the samples still in. Returns the logits and the route each sample left by (stages
+        first, then exits; ``routes`` for the final head).
 
         Written with gathers and scatters of the rows still in (no Python branch on the
         data inside a captured graph), so that ``torch.export`` and ONNX export it as it
         runs: there a batch whose samples all left runs the later blocks on no rows; run
         eagerly it returns at once, as the segment timings of the expected latency assume."""
-        t = self.candidate.exit_threshold
-        x = self._stem(x)
+        c = self.candidate
         n = x.shape[0]
         logits = x.new_zeros(n, self.vit.num_classes)
-        where = torch.full((n,), len(self.exit_heads), dtype=torch.long, device=x.device)
+        where = torch.full((n,), self.routes, dtype=torch.long, device=x.device)
         alive = torch.arange(n, device=x.device)
+        for k, t in enumerate(c.cascade_thresholds):
+            logits, where, stay = _leave(self.stage(x, k), t, k, logits, where, alive)
+            x, alive = x.index_select(0, stay), alive.index_select(0, stay)
+            if _eager() and x.shape[0] == 0:
+                return logits, where
+        x = stem_tokens(x, self.vit) if len(self.stages) else self._stem(x)
         start = 0
         for e, (head, at) in enumerate(zip(self.exit_heads, self.exit_after, strict=True)):
             for blk in self.vit.blocks[start:at]:
                 x = blk(x)
             start = at
-            out = head(x)
-            leave = out.softmax(-1).amax(-1) >= t
-            gone = leave.nonzero().squeeze(1)
-            rows = alive.index_select(0, gone)
-            logits = logits.index_put((rows,), out.index_select(0, gone).to(logits.dtype))
-            where = where.index_put((rows,), torch.full_like(gone, e))
-            stay = (~leave).nonzero().squeeze(1)
+            route = len(self.stages) + e
+            logits, where, stay = _leave(head(x), c.exit_threshold, route, logits, where, alive)
             x, alive = x.index_select(0, stay), alive.index_select(0, stay)
             if _eager() and x.shape[0] == 0:
                 return logits, where  # nobody left: an eager run skips the blocks' dispatch
@@ -203,8 +222,9 @@ class CompressedViT(nn.Module):
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         vit = self.vit
+        outs = [self.stage(x, k) for k in range(len(self.stages))]
         x = self._stem(x)
-        outs = [
+        outs += [
             head(x) for head, at in zip(self.exit_heads, self.exit_after, strict=True) if at == 0
         ]
         for j, blk in enumerate(vit.blocks, start=1):
@@ -218,14 +238,23 @@ class CompressedViT(nn.Module):
         return outs
 
 
+def _leave(out, threshold, route, logits, where, alive):
+    """``logits`` and ``where`` with the rows of ``out`` confident enough to leave by
+    ``route`` recorded, and the indices (into ``out``) of the rows that stay."""
+    leave = out.softmax(-1).amax(-1) >= threshold
+    gone = leave.nonzero().squeeze(1)
+    rows = alive.index_select(0, gone)
+    logits = logits.index_put((rows,), out.index_select(0, gone).to(logits.dtype))
+    where = where.index_put((rows,), torch.full_like(gone, route))
+    return logits, where, (~leave).nonzero().squeeze(1)
+
+
 @torch.no_grad()
 def extract(elastic, candidate: Candidate) -> CompressedViT:
     """Cut ``candidate`` out of an ``ElasticViT`` as a standalone ``CompressedViT``."""
     spec = elastic.spec
     candidate.validate(spec)
-    missing = [b for b in candidate.exits if str(b) not in elastic.exit_heads]
-    if missing:
-        raise VitParetoError(f"the elastic model has no exit head after block(s) {missing}")
+    elastic.check_exits(candidate)
     vit = copy.deepcopy(elastic.vit)
     if candidate.patch_size != spec.patch_size:
         vit.set_input_size(patch_size=candidate.patch_size)
@@ -255,10 +284,13 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
         )
     )
     exit_after = [sum(1 for i in kept if i <= b) for b in candidate.exits]
-    heads = nn.ModuleList(copy.deepcopy(elastic.exit_heads[str(b)]) for b in candidate.exits)
+    heads = nn.ModuleList(
+        copy.deepcopy(elastic.exit_heads[exit_key(b, t)])
+        for b, t in zip(candidate.exits, candidate.exit_types, strict=True)
+    )
     for head, at in zip(heads, exit_after, strict=True):
         head.packed = int(at > 0 and packed[at - 1]) + int(at > 0 and placed[at - 1])
-    out = CompressedViT(vit, heads, exit_after, candidate)
+    out = CompressedViT(vit, heads, exit_after, candidate, stage_stems(elastic, candidate.cascade))
     out.train(elastic.training)
     return out
 

@@ -15,6 +15,7 @@ from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._adapters import adapt
+from vitpareto.spaces._branches import EXIT_TYPES, check_design, exit_key, new_exit
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, extract
 from vitpareto.spaces._criteria import BlockScores
@@ -22,7 +23,6 @@ from vitpareto.spaces._eva import rope_table
 from vitpareto.spaces._importance import CALIBRATION_BATCHES, Criterion, rank
 from vitpareto.spaces._mlp import first_rows, mlp_forward
 from vitpareto.spaces._ops import (
-    ExitHead,
     attention,
     residual_block,
     slice_qkv,
@@ -51,6 +51,7 @@ class ElasticViT(nn.Module):
         exit_blocks: Iterable[int] | None = None,
         data: Iterable | None = None,
         calibration_batches: int = CALIBRATION_BATCHES,
+        exit_types: Iterable[str] = ("linear",),
     ):
         super().__init__()
         model = adapt(model)  # another architecture, mapped onto the model vitpareto cuts
@@ -59,15 +60,14 @@ class ElasticViT(nn.Module):
         self.orders = rank(model, importance, data, calibration_batches)
         s = self.spec
         blocks = range(s.depth - 1) if exit_blocks is None else sorted(set(exit_blocks))
-        self.exit_heads = nn.ModuleDict({str(b): self._new_exit_head() for b in blocks})
+        self.exit_types: tuple[str, ...] = ()  # the designs held, in EXIT_TYPES order
+        self.exit_heads = nn.ModuleDict()
+        self.hold(exit_types, blocks)
         self._scorers = {m: scorer(m, s.num_prefix_tokens, s.has_class_token) for m in TOKEN_MODES}
         # FlexiViT PI-resize with its pseudo-inverse cached per target size (training visits
         # the same few patch sizes thousands of times)
         self._resample = PatchEmbedResamplerFixedOrigSize((s.patch_size, s.patch_size))
         self._rope_tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per patch size
-
-    def _new_exit_head(self) -> ExitHead:
-        return ExitHead.like(self.vit, self.spec)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, candidate: Candidate | None = None) -> torch.Tensor:
@@ -75,18 +75,23 @@ class ElasticViT(nn.Module):
         return self.forward_exits(x, candidate, exits=False)[-1]
 
     def forward_exits(
-        self, x: torch.Tensor, candidate: Candidate | None = None, exits: bool = True
+        self,
+        x: torch.Tensor,
+        candidate: Candidate | None = None,
+        exits: bool = True,
+        every_design: bool = False,
     ) -> list[torch.Tensor]:
-        """Logits of every exit of ``candidate`` in block order, then the final logits."""
+        """Logits of each cascade stage and every exit of ``candidate`` in order (the routes
+        a sample can leave by), then the final logits;
+        with ``every_design``, at each exit every design this model holds there (in
+        ``exit_types`` order), as supernet training distils them all."""
         c = candidate if candidate is not None else Candidate.full(self.spec)
-        missing = [b for b in c.exits if str(b) not in self.exit_heads]
-        if exits and missing:
-            raise VitParetoError(
-                f"the candidate exits after block(s) {missing}, but this model has exit heads "
-                f"after {sorted(int(b) for b in self.exit_heads)} only; choose exits among them"
-            )
+        if exits:
+            self.check_exits(c)
+        design = dict(zip(c.exits, c.exit_types, strict=True))
+        # each cascade stage's final logits come first (its static model at that size)
+        outs = [self.forward(x, c.stage(p)) for p in c.cascade] if exits else []
         x = self.embed(x, c.patch_size)
-        outs = []
         size = None  # tokens' merge sizes, from the first merging block on
         npt = self.spec.num_prefix_tokens
         pos = (
@@ -95,10 +100,58 @@ class ElasticViT(nn.Module):
         for i, blk in enumerate(self.vit.blocks):
             if not c.removed(i):
                 x, size, pos = self._block(blk, x, c, i, size, pos)
-            if exits and i in c.exits:
-                outs.append(self.exit_heads[str(i)](x))
+            if exits and i in design:
+                held = self.exit_types if every_design else (design[i],)
+                keys = [k for t in held if (k := exit_key(i, t)) in self.exit_heads]
+                outs += [self.exit_heads[k](x) for k in keys]
         outs.append(self.vit.forward_head(self.vit.norm(x)))
         return outs
+
+    @property
+    def exit_blocks(self) -> list[int]:
+        return sorted({int(k.split("_")[0]) for k in self.exit_heads})
+
+    def designs(self) -> dict[str, list[int]]:
+        """The blocks holding an exit head of each design but ``linear`` (what a checkpoint
+        records to rebuild them)."""
+        out: dict[str, list[int]] = {}
+        for key in self.exit_heads:
+            b, _, t = key.partition("_")
+            if t:
+                out.setdefault(t, []).append(int(b))
+        return out
+
+    def hold(self, designs: Iterable[str], blocks: Iterable[int] | None = None) -> None:
+        """Hold an exit head of each of ``designs`` (the ``linear`` one always) after each
+        of ``blocks`` (default: the exit blocks already held), adding those missing."""
+        designs = {"linear", *designs}
+        for t in sorted(designs):
+            check_design(self.spec, t)
+        self.exit_types = tuple(t for t in EXIT_TYPES if t in {*designs, *self.exit_types})
+        for b in self.exit_blocks if blocks is None else blocks:
+            for t in self.exit_types:
+                if exit_key(b, t) not in self.exit_heads:
+                    self.exit_heads[exit_key(b, t)] = new_exit(self.vit, self.spec, t, b)
+
+    def check_exits(self, c: Candidate) -> None:
+        """Refuse a candidate whose exits this model holds no head for."""
+        missing = [
+            f"{b} ({t})"
+            for b, t in zip(c.exits, c.exit_types, strict=True)
+            if exit_key(b, t) not in self.exit_heads
+        ]
+        if missing:
+            blocks = self.exit_blocks
+            raise VitParetoError(
+                f"the candidate exits after block(s) {', '.join(missing)}, but this model has "
+                f"{'/'.join(self.exit_types)} exit heads after {blocks} only; choose exits "
+                "among them"
+            )
+
+    def patch_weight(self, patch_size: int) -> torch.Tensor:
+        """The patch embedding's weight at ``patch_size`` (FlexiViT's PI-resize)."""
+        w = self.vit.patch_embed.proj.weight
+        return w if patch_size == self.spec.patch_size else self._resample(w, [patch_size] * 2)
 
     def embed(self, x: torch.Tensor, patch_size: int) -> torch.Tensor:
         """Patch and position embedding at any patch size (FlexiViT PI-resize)."""
@@ -107,8 +160,7 @@ class ElasticViT(nn.Module):
             x = vit._pos_embed(vit.patch_embed(x))
         else:
             pe = vit.patch_embed
-            weight = self._resample(pe.proj.weight, [patch_size, patch_size])
-            x = F.conv2d(x, weight, pe.proj.bias, stride=patch_size)
+            x = F.conv2d(x, self.patch_weight(patch_size), pe.proj.bias, stride=patch_size)
             grid = x.shape[-2:]
             x = x.flatten(2).transpose(1, 2) if pe.flatten else nchw_to(x, pe.output_fmt)
             x = pe.norm(x)
@@ -207,6 +259,11 @@ def compress(
             raise VitParetoError(f"compress needs a Candidate, got {type(candidate).__name__}")
         candidate.validate(model)
         model = ElasticViT(
-            copy.deepcopy(model), importance, candidate.exits, data, calibration_batches
+            copy.deepcopy(model),
+            importance,
+            candidate.exits,
+            data,
+            calibration_batches,
+            set(candidate.exit_types) or {"linear"},
         )
     return extract(model, candidate)

@@ -15,6 +15,8 @@ import yaml
 
 from vitpareto.errors import VitParetoError
 from vitpareto.files import read_text
+from vitpareto.spaces._branches import EXIT_TYPES
+from vitpareto.spaces._candidate import PER_BLOCK
 from vitpareto.spaces._spec import ViTSpec
 from vitpareto.spaces._tokens import TOKEN_MODES
 
@@ -32,6 +34,9 @@ _RULES = {
     "exit_threshold": (float, lambda v: 0 < v <= 1, "softmax confidences in (0, 1]"),
     "fuse": (bool, lambda v: True, "true or false"),
     "token_mode": (str, lambda v: v in TOKEN_MODES, "token modes: " + ", ".join(TOKEN_MODES)),
+    "exit_types": (str, lambda v: v in EXIT_TYPES, "exit designs: " + ", ".join(EXIT_TYPES)),
+    "cascade": (int, lambda v: v >= 1, "patch sides in pixels, >= 1"),
+    "cascade_threshold": (float, lambda v: 0 < v <= 1, "softmax confidences in (0, 1]"),
 }
 
 
@@ -199,3 +204,62 @@ def knob_blocks(knob: Knob, depth: int) -> tuple[int, ...]:
     if isinstance(knob.groups, tuple):
         return tuple(sorted(b for g in knob.groups for b in g))
     return tuple(range(depth))
+
+
+def read_exits(exits) -> dict[str, Any]:
+    """The space's ``exits: {blocks, threshold, types}`` entry as its fields (none if absent)."""
+    if exits is None:
+        return {}
+    if not isinstance(exits, Mapping) or set(exits) - {"blocks", "threshold", "types"}:
+        raise VitParetoError(
+            "exits must look like {blocks: [5, 8], threshold: [0.8, 0.9], types: [linear, "
+            f"conv]}} (types optional), got {exits!r}"
+        )
+    if "blocks" not in exits:
+        raise VitParetoError("exits: blocks is missing, e.g. exits: {blocks: [5, 8], ...}")
+    return {
+        "exits": exits["blocks"],
+        "exit_threshold": exits.get("threshold"),
+        "exit_types": exits.get("types"),
+    }
+
+
+def read_cascade(cascade) -> dict[str, Any]:
+    """The space's ``cascade: {patch_sizes, threshold}`` entry as its fields (none if absent)."""
+    if cascade is None:
+        return {}
+    if not isinstance(cascade, Mapping) or set(cascade) != {"patch_sizes", "threshold"}:
+        raise VitParetoError(
+            "cascade must look like {patch_sizes: [32, 16], threshold: [0.8, 0.9]} (the "
+            f"coarse stages' patch sizes, each searched on or off, and their thresholds), got {cascade!r}"
+        )
+    return {"cascade": cascade["patch_sizes"], "cascade_threshold": cascade["threshold"]}
+
+
+def check_against(space, s: ViTSpec) -> None:
+    """Every choice and block of ``space`` checked against the model ``s`` describes."""
+    h, w = s.img_size
+    for p in (*(space.patch_size or ()), *(space.cascade or ())):
+        if h % p or w % p:
+            raise VitParetoError(
+                f"patch sizes: {p} does not divide the {h}x{w} image; allowed: "
+                + ", ".join(map(str, s.valid_patch_sizes()))
+            )
+    if space.heads is not None and max(space.heads.choices) > s.num_heads:
+        raise VitParetoError(
+            f"heads: choice {max(space.heads.choices)} is above the model's {s.num_heads} "
+            f"heads; allowed: 0..{s.num_heads}"
+        )
+    for name in PER_BLOCK:
+        knob = getattr(space, name)
+        for b in space._blocks(name, s.depth) if knob is not None else ():
+            if b >= s.depth:
+                raise VitParetoError(
+                    f"{name}: block {b} is out of range; allowed: 0..{s.depth - 1}"
+                )
+    for b in space.exits or ():
+        if b > s.depth - 2:
+            raise VitParetoError(
+                f"exits: block {b} is out of range; allowed: 0..{s.depth - 2} "
+                "(the final head follows the last block)"
+            )

@@ -186,12 +186,14 @@ class ExitHead(nn.Module):
         self.packed = 0
 
     @classmethod
-    def like(cls, vit: nn.Module, spec) -> ExitHead:
+    def like(cls, vit: nn.Module, spec, attn_pool: bool = True) -> ExitHead:
         """A head for ``vit`` (described by ``spec``), started from its own final norm,
-        pool and classifier so that a fresh exit predicts like the model's end."""
-        pool = vit.attn_pool if spec.attn_pool else None
+        pool and classifier so that a fresh exit predicts like the model's end (without
+        ``attn_pool``, an attention-pool model's exit averages its patch tokens)."""
+        pool = vit.attn_pool if spec.attn_pool and attn_pool else None
         at = "tokens" if spec.final_norm else "pooled" if spec.fc_norm else "none"
-        head = cls(spec.embed_dim, spec.num_classes, spec.global_pool, spec.num_prefix_tokens,
+        kind = spec.global_pool if pool is not None or spec.global_pool != "map" else "avg"
+        head = cls(spec.embed_dim, spec.num_classes, kind, spec.num_prefix_tokens,
                    spec.norm, pool, spec.pool_prefix, at if pool is not None else "tokens")  # fmt: skip
         ref = vit.cls_token if vit.cls_token is not None else vit.patch_embed.proj.weight
         head = head.to(device=ref.device, dtype=ref.dtype)
@@ -203,12 +205,18 @@ class ExitHead(nn.Module):
                 head.head.load_state_dict(vit.head.state_dict())
         return head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:  # merge sizes and rotary positions riding on the tokens
-            x = x[..., : -int(self.packed)]
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """The tokens' features, without the merge sizes and rotary positions riding on them."""
+        return x[..., : -int(self.packed)] if self.packed else x
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised vector the classifier reads, pooled as the model's head pools."""
         if self.attn_pool is not None:
             if self.norm_at == "tokens":
-                return self.head(self.attn_pool(self.norm(x)[:, self.pool_from :]))
-            return self.head(self.norm(self.attn_pool(x[:, self.pool_from :])))
+                return self.attn_pool(self.norm(x)[:, self.pool_from :])
+            return self.norm(self.attn_pool(x[:, self.pool_from :]))
         x = x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens :].mean(1)
-        return self.head(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(self.unpack(x)))

@@ -22,7 +22,7 @@ choice is fixed, not a parameter)::
     mlp: {choices: [0.5, 1.0], groups: [[0, 1, 2], [3, 4, 5]]}  # fractions of each MLP width
     keep: {blocks: [3, 6, 9], choices: [0.5, 0.7, 1.0]}  # token keep ratios in (0, 1]
     token_mode: [prune, merge]               # how those blocks reduce: prune, fuse, merge
-    exits: {blocks: [5, 8], threshold: [0.8, 0.9]}       # each exit on/off + one threshold
+    exits: {blocks: [5, 8], threshold: [0.8, 0.9], types: [linear, conv]}  # on/off, threshold, design
 
 ``groups`` is ``block`` (one parameter per block, the default), ``all`` (one parameter shared
 by every searched block) or a list of block lists (one parameter per group). ``blocks`` limits
@@ -31,7 +31,8 @@ for ``token_mode``, the blocks of ``keep``). ``fuse: [false, true]``, the earlie
 ``token_mode: [prune, fuse]`` with one choice for every block, still loads.
 
 Parameter names: ``patch_size``, ``heads.b3`` (per block), ``heads.g0`` (group), ``heads``
-(all blocks), ``keep.b3``, ``token_mode.b3``, ``exit.b5``, ``exit_threshold``, ``fuse``.
+(all blocks), ``keep.b3``, ``token_mode.b3``, ``exit.b5``, ``exit_type.b5``, ``exit_threshold``,
+``fuse``.
 
 Normalisation, identical in both backends because both go through ``_build``:
 
@@ -39,7 +40,9 @@ Normalisation, identical in both backends because both go through ``_build``:
 - a block that reduces no tokens has no token mode (the candidate reads ``prune``);
 - ``exit_threshold`` is always a parameter when exits are declared (a static space suits
   GridSampler, multivariate TPE and Ray's fixed param space alike), and a candidate with no
-  exit switched on gets ``exit_threshold=1.0``, the ``Candidate`` default.
+  exit switched on gets ``exit_threshold=1.0``, the ``Candidate`` default;
+- exit ``types`` (default ``[linear]``) are searched per exit; a ``conv`` exit reads the
+  full token grid, so where a block before it reduces tokens the exit reads ``linear``.
 """
 
 from __future__ import annotations
@@ -53,14 +56,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vitpareto.errors import VitParetoError
 from vitpareto.files import atomic_write
+from vitpareto.spaces._branches import grid_designs
 from vitpareto.spaces._candidate import PER_BLOCK, Candidate
 from vitpareto.spaces._knobs import (
     Knob,
     absolute,
+    check_against,
     dump,
     knob_blocks,
     read_blocks,
+    read_cascade,
     read_choices,
+    read_exits,
     read_knob,
     read_mapping,
 )
@@ -69,7 +76,7 @@ from vitpareto.spaces._spec import ViTSpec, describe
 if TYPE_CHECKING:
     import optuna
 
-_KNOBS = ("patch_size", *PER_BLOCK, "exits", "fuse")
+_KNOBS = ("patch_size", *PER_BLOCK, "exits", "fuse", "cascade")
 
 
 class _Slot(NamedTuple):
@@ -102,11 +109,19 @@ class JointSpace:
     exits: tuple[int, ...] | None = None
     exit_threshold: tuple[float, ...] | None = None
     fuse: tuple[bool, ...] | None = None
+    exit_types: tuple[str, ...] | None = None
+    cascade: tuple[int, ...] | None = None  # coarse stages' patch sizes, each on or off
+    cascade_threshold: tuple[float, ...] | None = None
     spec: ViTSpec | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         set_ = object.__setattr__
-        for name in ("patch_size", "fuse"):
+        if (self.cascade is None) != (self.cascade_threshold is None):
+            raise VitParetoError(
+                "a cascade needs patch sizes and thresholds, e.g. cascade: {patch_sizes: [32], "
+                "threshold: [0.8, 0.9]}"
+            )
+        for name in ("patch_size", "fuse", "cascade", "cascade_threshold"):
             if getattr(self, name) is not None:
                 set_(self, name, read_choices(name, getattr(self, name)))
         for name in PER_BLOCK:
@@ -120,9 +135,11 @@ class JointSpace:
                     "threshold: [0.8, 0.9]}"
                 )
             set_(self, "exit_threshold", read_choices("exit_threshold", self.exit_threshold))
-        elif self.exit_threshold is not None:
+            if self.exit_types is not None:
+                set_(self, "exit_types", read_choices("exit_types", self.exit_types))
+        elif self.exit_threshold is not None or self.exit_types is not None:
             raise VitParetoError(
-                "exit_threshold is given but no exits; declare the exit blocks, e.g. "
+                "exit thresholds or types are given but no exits; declare the exit blocks, e.g. "
                 "exits: {blocks: [5, 8], threshold: [0.8, 0.9]}"
             )
         if self.fuse is not None and self.token_mode is not None:
@@ -173,32 +190,7 @@ class JointSpace:
 
     def validate(self, model) -> JointSpace:
         """Check every choice and block against a model (or ViTSpec); return self or raise."""
-        s = describe(model)
-        h, w = s.img_size
-        for p in self.patch_size or ():
-            if h % p or w % p:
-                raise VitParetoError(
-                    f"patch_size: {p} does not divide the {h}x{w} image; allowed: "
-                    + ", ".join(map(str, s.valid_patch_sizes()))
-                )
-        if self.heads is not None and max(self.heads.choices) > s.num_heads:
-            raise VitParetoError(
-                f"heads: choice {max(self.heads.choices)} is above the model's {s.num_heads} "
-                f"heads; allowed: 0..{s.num_heads}"
-            )
-        for name in PER_BLOCK:
-            knob = getattr(self, name)
-            for b in self._blocks(name, s.depth) if knob is not None else ():
-                if b >= s.depth:
-                    raise VitParetoError(
-                        f"{name}: block {b} is out of range; allowed: 0..{s.depth - 1}"
-                    )
-        for b in self.exits or ():
-            if b > s.depth - 2:
-                raise VitParetoError(
-                    f"exits: block {b} is out of range; allowed: 0..{s.depth - 2} "
-                    "(the final head follows the last block)"
-                )
+        check_against(self, describe(model))
         return self
 
     # -- the parameters -------------------------------------------------------------------
@@ -248,10 +240,12 @@ class JointSpace:
         values = {}
         for name, choices in self.params().items():
             knob = name.split(".")[0]
-            if knob == "fuse":
+            if knob in ("fuse", "cascade"):  # no cascade: the static pass alone
                 values[name] = choices[0]
             elif knob == "token_mode":  # pruning adds no token and computes no matching
                 values[name] = "prune" if "prune" in choices else choices[0]
+            elif knob == "exit_type":  # the cheapest design, and the one every model holds
+                values[name] = "linear" if "linear" in choices else choices[0]
             elif knob in ("patch_size", "exit", "exit_threshold"):
                 values[name] = min(choices) if largest else max(choices)
             else:
@@ -269,8 +263,13 @@ class JointSpace:
                 out[name] = getattr(self, name).to_dict()
         if self.exits is not None:
             out["exits"] = {"blocks": list(self.exits), "threshold": list(self.exit_threshold)}
+            if self.exit_types is not None:
+                out["exits"]["types"] = list(self.exit_types)
         if self.fuse is not None:
             out["fuse"] = list(self.fuse)
+        if self.cascade is not None:
+            out["cascade"] = {"patch_sizes": list(self.cascade)}
+            out["cascade"]["threshold"] = list(self.cascade_threshold)
         return out
 
     @classmethod
@@ -285,16 +284,8 @@ class JointSpace:
                 f"known: {', '.join(_KNOBS)}"
             )
         kwargs = dict(data)
-        exits = kwargs.pop("exits", None)
-        if exits is not None:
-            if not isinstance(exits, Mapping) or set(exits) - {"blocks", "threshold"}:
-                raise VitParetoError(
-                    f"exits must look like {{blocks: [5, 8], threshold: [0.8, 0.9]}}, got {exits!r}"
-                )
-            if "blocks" not in exits:
-                raise VitParetoError("exits: blocks is missing, e.g. exits: {blocks: [5, 8], ...}")
-            kwargs["exits"] = exits["blocks"]
-            kwargs["exit_threshold"] = exits.get("threshold")
+        kwargs.update(read_exits(kwargs.pop("exits", None)))
+        kwargs.update(read_cascade(kwargs.pop("cascade", None)))
         space = cls(**kwargs)
         return space.bind(model) if model is not None else space
 
@@ -333,10 +324,18 @@ class JointSpace:
                     slots.append(_slot(name, f"{name}.g{g}", blocks, knob.choices))
         for b in self.exits or ():
             slots.append(_slot("exits", f"exit.b{b}", (b,), (False, True)))
+            slots.append(
+                _slot("exit_type", f"exit_type.b{b}", (b,), self.exit_types or ("linear",))
+            )
         if self.exits is not None:
             slots.append(_slot("exit_threshold", "exit_threshold", (), self.exit_threshold))
         if self.fuse is not None:
             slots.append(_slot("fuse", "fuse", (), self.fuse))
+        for q in self.cascade or ():  # a stage at patch size q, on or off, and its threshold
+            slots.append(_slot("cascade", f"cascade.p{q}", (q,), (False, True)))
+            slots.append(
+                _slot("cascade_threshold", f"cascade_threshold.p{q}", (q,), self.cascade_threshold)
+            )
         return slots
 
     def _blocks(self, name: str, depth: int) -> tuple[int, ...]:
@@ -357,11 +356,13 @@ class JointSpace:
             "token_mode": ["prune"] * s.depth,
         }
         knobs: dict[str, Any] = {"patch_size": s.patch_size, "exit_threshold": 1.0, "fuse": False}
-        exits = []
+        exits, choice = [], {}
         for slot in self._plan():
             v = values[slot.param] if slot.param is not None else slot.choices[0]
             if slot.knob == "exits":
                 exits += list(slot.blocks) if v else []
+            elif slot.knob in ("exit_type", "cascade", "cascade_threshold"):
+                choice[slot.knob, slot.blocks[0]] = v  # an exit's design; a stage's on, threshold
             elif slot.knob in per_block:
                 for b in slot.blocks:
                     per_block[slot.knob][b] = absolute(slot.knob, v, b, s)
@@ -375,7 +376,15 @@ class JointSpace:
             per_block["token_mode"] = ["fuse"] * s.depth
         if not exits:
             knobs["exit_threshold"] = 1.0
-        cand = Candidate(exits=tuple(sorted(exits)), **knobs, **per_block)
+        exits.sort()
+        types = [choice["exit_type", b] for b in exits]
+        stages = [q for q in self.cascade or () if choice["cascade", q] and q > knobs["patch_size"]]
+        knobs["cascade"] = tuple(sorted(stages, reverse=True))  # coarsest first
+        knobs["cascade_thresholds"] = tuple(
+            choice["cascade_threshold", q] for q in knobs["cascade"]
+        )
+        types = grid_designs(exits, types, per_block["heads"], per_block["keep"])
+        cand = Candidate(exits=tuple(exits), exit_types=tuple(types), **knobs, **per_block)
         return cand.validate(s)
 
 

@@ -130,7 +130,8 @@ def rebuild(model_cfg: dict[str, Any], candidate: Candidate, state: dict, source
     strictly with ``state``: timm builds it, the candidate cuts it, the weights fill it."""
     name, kwargs = check_recipe(model_cfg, source)
     vit = create_model(name, pretrained=False, **kwargs)
-    model = ElasticViT(vit, importance="identity", exit_blocks=candidate.exits).extract(candidate)
+    elastic = ElasticViT(vit, "identity", candidate.exits, exit_types=candidate.exit_types)
+    model = elastic.extract(candidate)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -4,7 +4,9 @@
 objective values, scalar metrics (accuracy, latency_ms, macs, params, ...), the searched
 knobs (``heads_b3``: parameter names with ``.`` turned into ``_`` so that ``--where`` can
 name them), the candidate as JSON, and ``pareto`` (True for Optuna's own ``best_trials``:
-non-dominated among the feasible trials).
+non-dominated among the feasible trials), and for a candidate with a cascade or exits the
+share of samples leaving by each route (``share_stage_p16``, ``share_exit_b5``,
+``share_final``).
 """
 
 from __future__ import annotations
@@ -79,12 +81,24 @@ def trials_frame(st):
                 row[k] = v
         row.update(dict(zip(objectives, t.values, strict=True)))
         row.update({k.replace(".", "_"): v for k, v in t.params.items()})
+        row.update(route_shares(t.user_attrs))
         row["candidate"] = json.dumps(t.user_attrs.get("candidate"))
         row["pareto"] = t.number in front
         row["feasible"] = all(v <= 0 for v in t.constraints.values())
         row["seconds"] = (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def route_shares(attrs: dict[str, Any]) -> dict[str, float]:
+    """The share of samples leaving by each route, as columns: ``share_stage_p16`` (a
+    cascade stage at patch size 16), ``share_exit_b5`` (the exit after block 5),
+    ``share_final``; none for a static candidate."""
+    shares, c = attrs.get("exit_fraction"), Candidate.from_dict(attrs["candidate"])
+    names = [f"share_stage_p{p}" for p in c.cascade] + [f"share_exit_b{b}" for b in c.exits]
+    if not isinstance(shares, list) or len(shares) != len(names) + 1 or not names:
+        return {}
+    return dict(zip([*names, "share_final"], shares, strict=True))
 
 
 def select(df, where: str | None = None, sort: str | None = None, limit: int | None = None):

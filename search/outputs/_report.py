@@ -86,7 +86,14 @@ def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path
     paths = {"html": out / "report.html", "front": out / "front.png", "knobs": out / "knobs.png"}
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter(df[x], df[y], s=14, c="#9aa7b8", label=f"trials ({len(df)})")
+    # candidates with a cascade or exits (their latency the expected one) apart from static
+    dynamic = df["share_final"].notna() if "share_final" in df.columns else df["trial"] < 0
+    static = df[~dynamic]
+    ax.scatter(static[x], static[y], s=14, c="#9aa7b8", label=f"static trials ({len(static)})")
+    if dynamic.any():
+        n = int(dynamic.sum())
+        ax.scatter(df[dynamic][x], df[dynamic][y], s=16, marker="^", c="#ff7f0e",
+                   label=f"cascade or exits, expected cost ({n})")  # fmt: skip
     bad = df[~df["feasible"]]
     if not bad.empty:
         ax.scatter(bad[x], bad[y], s=14, marker="x", c="#d62728", label="infeasible")

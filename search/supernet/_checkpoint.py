@@ -159,6 +159,9 @@ def load_supernet(path: str | os.PathLike, device: str = "cpu") -> Supernet:
     ckpt = read_checkpoint(path)
     model = create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])
     elastic = ElasticViT(model, importance="identity", exit_blocks=ckpt["exit_blocks"])
+    # the other designs' heads, by block (a checkpoint made before designs has none)
+    for design, blocks in ckpt.get("exit_designs", {}).items():
+        elastic.hold([design], blocks)
     try:
         elastic.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -49,6 +49,12 @@ def check_schema(ckpt: dict[str, Any], where: str) -> None:
         raise VitParetoError(f"{where} is damaged: its dataset entry lacks a spec or classes")
     if not all(isinstance(b, int) for b in ckpt["exit_blocks"]):
         raise VitParetoError(f"{where} is damaged: its exit blocks are not block numbers")
+    designs = ckpt.get("exit_designs", {})  # absent before exit designs: linear exits only
+    if not isinstance(designs, dict) or not all(
+        isinstance(t, str) and isinstance(b, list) and all(isinstance(i, int) for i in b)
+        for t, b in designs.items()
+    ):
+        raise VitParetoError(f"{where} is damaged: its exit designs are not names and blocks")
     check_recipe(ckpt["model"], where)
 
 

@@ -117,7 +117,7 @@ class SupernetTrainer:
         self.sha256: str | None = None
         # the plain baseline trains the full model alone: exit heads distilled from it would
         # send their gradients into the backbone, which normal training does not
-        exits = sorted(int(b) for b in elastic.exit_heads) if config.sandwich else []
+        exits = elastic.exit_blocks if config.sandwich else []
         self.teacher = Candidate.full(elastic.spec).replace(exits=tuple(exits))
         self.smallest = self.space.smallest()
 
@@ -188,6 +188,7 @@ class SupernetTrainer:
             space = JointSpace.default(elastic)
         elif not isinstance(space, JointSpace):
             space = JointSpace.load(space)
+        elastic.hold(space.exit_types or (), space.exits or ())  # each searched design
         init = (
             "pretrained"
             if pretrained
@@ -253,7 +254,7 @@ class SupernetTrainer:
         self.elastic.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            outs = self.elastic.forward_exits(x, self.teacher)
+            outs = self.elastic.forward_exits(x, self.teacher, every_design=True)
             if self.external is not None:  # once per batch, shared by every candidate
                 with torch.no_grad():
                     teacher = self.external(x).float()
@@ -354,7 +355,8 @@ class SupernetTrainer:
             "importance": self.importance,
             "teacher": self.teacher_record,
             "space": self.space.to_dict(),
-            "exit_blocks": [int(k) for k in self.elastic.exit_heads],
+            "exit_blocks": self.elastic.exit_blocks,
+            "exit_designs": self.elastic.designs(),
             "orders": self.elastic.orders,
             "state_dict": {k: v.detach().cpu() for k, v in self.elastic.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),

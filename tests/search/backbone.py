@@ -13,14 +13,18 @@ from tests.search.test_cli import vitpareto as cli
 from vitpareto.search import SearchConfig, SupernetTrainer, TrainConfig, load_supernet, search
 
 
-def trained_and_searched(d, model_kwargs: dict, trials: int = 5, name: str = "test_vit") -> str:
-    """Train timm's ``name`` with ``model_kwargs`` one epoch into ``d/net.pt``, search it
-    for ``trials`` trials into study ``s``; return the storage URL."""
+def trained_and_searched(
+    d, model_kwargs: dict, trials: int = 5, name: str = "test_vit", space=None
+) -> str:
+    """Train timm's ``name`` with ``model_kwargs`` (and ``space``, default the default
+    one) one epoch into ``d/net.pt``, search it for ``trials`` trials into study ``s``;
+    return the storage URL."""
     trainer = SupernetTrainer.create(
         name,
         "digits",
         TrainConfig(epochs=1, batch_size=128, random_candidates=1),
         model_kwargs=model_kwargs,
+        space=space,
     )
     trainer.fit(d / "net.pt", progress=False)
     url = f"sqlite:///{d / 'r.db'}"
@@ -38,7 +42,7 @@ def exported_front(url: str, out, x: torch.Tensor) -> list:
     for model_dir in sorted(out.iterdir()):
         model = vitpareto.load(model_dir)
         with torch.no_grad():  # a model with exits ships its exit policy
-            eager = (model.forward_dynamic(x)[0] if model.exit_heads else model(x)).numpy()
+            eager = (model.forward_dynamic(x)[0] if model.routes else model(x)).numpy()
         onnx = ort.InferenceSession(str(model_dir / "model.onnx")).run(None, {"images": x.numpy()})
         assert np.abs(onnx[0] - eager).max() < 1e-4
         pt2 = torch.export.load(str(model_dir / "model.pt2")).module()(x)

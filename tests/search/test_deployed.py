@@ -3,6 +3,7 @@ exits inside the exported files, every export timed again, `vitpareto bench`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from vitpareto.evaluators import LatencyEvaluator
 from vitpareto.search import SearchConfig, load_supernet, search
 from vitpareto.search.cli import main
 from vitpareto.search.outputs import disagreement, model_files, portable_files, write_model_dir
-from vitpareto.spaces import Candidate
+from vitpareto.spaces import EXIT_TYPES, Candidate, ElasticViT
 
 PORTABLE = """
 import sys
@@ -100,6 +101,44 @@ def test_a_merging_candidate_exports_and_runs_without_vitpareto(net, tmp_path):
     reloaded = load(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(reloaded(x8), model(x8))
+
+
+def test_every_exit_design_exports_and_reloads(net, tmp_path):
+    """A candidate with an exit of each design (a conv exit reads the grid, an attention
+    exit runs its own block): the files run what eager runs, and load back."""
+    x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    vit = copy.deepcopy(net.elastic.vit)
+    elastic = ElasticViT(vit, "identity", (0, 1, 2, 3), exit_types=EXIT_TYPES).eval()
+    cand = Candidate.full(elastic.spec).replace(
+        exits=(0, 1, 2, 3), exit_types=("conv", "attention", "mlp", "linear")
+    )
+    with torch.no_grad():
+        first = elastic.extract(cand).forward_exits(x8)[0]
+    t = float(first.softmax(-1).amax(-1).median()) + 1e-7
+    model = elastic.extract(cand.replace(exit_threshold=t)).eval()
+    where = _exports_equal_eager(net, model, tmp_path / "m", x8)
+    assert len(set(where.tolist())) > 1
+    reloaded = load(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(reloaded(x8), model(x8))
+        assert torch.equal(reloaded.forward_dynamic(x8)[0], model.forward_dynamic(x8)[0])
+
+
+def test_a_cascade_exports_and_reloads(net, tmp_path):
+    """A two-stage cascade on the digits supernet (patch 16, then the candidate's 8 with
+    its exits): the files run what eager runs, samples leave at every stage, and the
+    model loads back."""
+    images = next(iter(net.load_data(batch_size=64).val))[0][:8]
+    base = _mixed(net, images).replace(cascade=(16,), cascade_thresholds=(1.0,))
+    with torch.no_grad():
+        coarse = net.elastic.extract(base).eval().stage(images, 0)
+    t = float(coarse.softmax(-1).amax(-1).median()) + 1e-7
+    model = net.elastic.extract(base.replace(cascade_thresholds=(min(t, 1.0),))).eval()
+    where = _exports_equal_eager(net, model, tmp_path / "m", images)
+    assert (where == 0).any() and (where > 0).any()
+    reloaded = load(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(reloaded.forward_dynamic(images)[1], where)
 
 
 def test_an_exit_candidate_is_timed_as_deployed_on_real_images(net):
