@@ -113,7 +113,8 @@ class Candidate:
         reducing = [self.heads[i] > 0 and self.keep[i] < 1.0 for i in range(len(modes))]
         modes = tuple(m if r else "prune" for m, r in zip(modes, reducing, strict=True))
         set_(self, "token_mode", modes)
-        set_(self, "fuse", any(reducing) and all(m == "fuse" for m in modes if m != "prune"))
+        fused = [m == "fuse" for m, r in zip(modes, reducing, strict=True) if r]
+        set_(self, "fuse", bool(fused) and all(fused))  # every reducing block fuses
         types = self.exit_types
         types = (types,) * len(self.exits) if isinstance(types, str) else _seq("exit_types", types)
         types = tuple(types) or ("linear",) * len(self.exits)

@@ -141,6 +141,28 @@ def test_a_cascade_exports_and_reloads(net, tmp_path):
         assert torch.equal(reloaded.forward_dynamic(images)[1], where)
 
 
+def test_a_two_stage_cascade_on_digits_stops_where_its_thresholds_say(net):
+    """Patch 16, then 8: at a threshold near 0 every image stops at the coarse stage with
+    its static model's logits; at 1 every image reaches the fine one with its logits; in
+    between the coarse stage keeps exactly the images a hand count says."""
+    x = next(iter(net.load_data(batch_size=64).val))[0][:32]
+    base = Candidate.full(net.elastic.spec).replace(cascade=(16,), cascade_thresholds=(1.0,))
+    with torch.no_grad():
+        coarse = net.elastic.extract(base.stage(16)).eval()(x)
+        logits, where = (
+            net.elastic.extract(base.replace(cascade_thresholds=(1e-9,))).eval().forward_dynamic(x)
+        )
+        assert (where == 0).all() and torch.allclose(logits, coarse, atol=1e-5)
+        logits, where = net.elastic.extract(base).eval().forward_dynamic(x)
+        fine = net.elastic.extract(base.replace(cascade=())).eval()(x)
+        assert (where == 1).all() and torch.allclose(logits, fine, atol=1e-5)
+        confidence = coarse.softmax(-1).amax(-1)
+        t = float(confidence.quantile(0.3))
+        mid = net.elastic.extract(base.replace(cascade_thresholds=(t,))).eval()
+        _, where = mid.forward_dynamic(x)
+        assert torch.equal(where == 0, confidence >= t) and 0 < int((where == 0).sum()) < 32
+
+
 def test_an_exit_candidate_is_timed_as_deployed_on_real_images(net):
     data = net.load_data(batch_size=64)
     images = next(iter(data.val))[0]

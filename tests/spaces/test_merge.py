@@ -119,6 +119,9 @@ def test_token_mode_is_per_block_and_fuse_still_loads():
     model = make_variant("class_token")
     c = Candidate.make(model, keep={1: 0.5, 2: 0.5}, token_mode={1: "merge"})
     assert c.token_mode == ("prune", "merge", "prune")
+    assert not c.fuse  # fuse reads true only when every block that reduces tokens fuses
+    assert not Candidate.make(model, keep={1: 0.5}).fuse
+    assert not c.replace(token_mode=("prune", "fuse", "prune")).fuse  # block 2 prunes
     # a block that reduces nothing has no mode: one candidate per computation
     assert Candidate.make(model, token_mode="merge") == Candidate.full(model)
     legacy = Candidate.from_dict(_legacy(model))
