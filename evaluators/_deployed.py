@@ -28,7 +28,7 @@ IMAGES_PER_ROUND = 8  # real images timed per round (at least one batch) for an 
 class ExitPath(nn.Module):
     """What a sample leaving by route ``index`` runs: every cascade stage up to it, then
     the blocks before its exit and every exit head up to it (the earlier confidences are
-    outputs, so no compiler drops them)."""
+    outputs, so no compiler drops them); ``index == routes`` the final head after them."""
 
     def __init__(self, model, index: int):
         super().__init__()
@@ -51,6 +51,8 @@ class ExitPath(nn.Module):
             start = at
             out = head(x)
             confidences.append(out.softmax(-1).amax(-1))
+        if self.index == m.routes:  # the final head, after every stage and exit
+            out = m.vit.forward_head(m.vit.norm(m.vit.blocks[start:](x)))
         return out, torch.stack(confidences)
 
 
@@ -137,7 +139,10 @@ def time_deployed(
             measure_pair(prepare(ExitPath(model, j), x, runtime), reference, x, **settings)
             for j in range(model.routes)
         ]
-        seg_ms = [m.median_ms for m in paths] + [main.median_ms]
+        if len(model.stages):  # a sample that reaches the final head ran every stage first
+            final = ExitPath(model, model.routes)
+            paths.append(measure_pair(prepare(final, x, runtime), reference, x, **settings))
+        seg_ms = [m.median_ms for m in paths] + ([] if len(model.stages) else [main.median_ms])
         expected = expected_latency(seg_ms, exit_fraction)
         out.update(
             exit_latency_ms=seg_ms,

@@ -39,7 +39,7 @@ from vitpareto.evaluators._timing import (
     time_interleaved,
 )
 from vitpareto.files import atomic_write
-from vitpareto.spaces import Candidate, ElasticViT, JointSpace, token_counts
+from vitpareto.spaces import Candidate, ElasticViT, JointSpace, key_design, token_counts
 
 FORMAT = 3  # bumped when tables built before would predict wrongly
 
@@ -193,6 +193,8 @@ class LatencyPredictor:
         # the full model too, whatever the space: it is every search's reference
         shapes = part_shapes(spec, [Candidate.full(spec), *pool], grid, exact=dev.type == "cuda")
         chosen = random.Random(seed + 1).sample(pool, min(len(pool), calibrate + validate))
+        # calibrated and checked on static forwards: a cascade's stages are parts summed
+        chosen = [c.replace(cascade=()) for c in chosen]
         cal, val = chosen[:calibrate], chosen[calibrate:]
         images = torch.randn(batch_size, *spec.image_shape, device=dev)
 
@@ -223,7 +225,7 @@ class LatencyPredictor:
         grids = [(spec.img_size[0] // p) * (spec.img_size[1] // p) for p in shapes["patch"]]
         timed = set()
         for key in elastic.exit_heads:
-            b, t = int(key.split("_")[0]), key.partition("_")[2] or "linear"
+            b, t = int(key.split("_")[0]), key_design(key)
             if t in timed:
                 continue  # only an attention exit (a copy of the next block) differs by block
             timed |= {t} - {"attention"}

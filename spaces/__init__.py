@@ -3,7 +3,14 @@ and the modules a compressed model is made of."""
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._adapters import ADAPTERS, adapt
-from vitpareto.spaces._branches import EXIT_TYPES, AttentionExit, ConvExit, MlpExit, exit_key
+from vitpareto.spaces._branches import (
+    EXIT_TYPES,
+    AttentionExit,
+    ConvExit,
+    MlpExit,
+    exit_key,
+    key_design,
+)
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, DeployedViT, PrunedBlock
 from vitpareto.spaces._criteria import BlockScores
@@ -48,6 +55,7 @@ __all__ = [
     "AttentionExit",
     "ConvExit",
     "exit_key",
+    "key_design",
     "PrunedBlock",
     "TokenSelect",
     "TokenRope",

@@ -32,6 +32,11 @@ def exit_key(block: int, design: str) -> str:
     return str(block) if design == "linear" else f"{block}_{design}"
 
 
+def key_design(key: str) -> str:
+    """The design of the exit head an elastic model names ``key`` (see ``exit_key``)."""
+    return key.partition("_")[2] or "linear"
+
+
 def check_design(spec, design: str) -> None:
     if design not in EXIT_TYPES:
         raise VitParetoError(
@@ -62,6 +67,10 @@ def new_exit(vit: nn.Module, spec, design: str, block: int) -> ExitHead:
     if design == "mlp":
         return MlpExit.like(vit, spec)
     if design == "attention":
+        if block + 1 >= len(vit.blocks):
+            raise VitParetoError(
+                f"an attention exit copies the block after it; block {block} is the last"
+            )
         return AttentionExit.like(vit, spec).start(vit, spec, block)
     return ConvExit.like(vit, spec, attn_pool=False).start(spec)
 

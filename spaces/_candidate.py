@@ -179,7 +179,8 @@ class Candidate:
             changes["exit_types"] = tuple(was.get(b, "linear") for b in exits)
         if "cascade" in changes and "cascade_thresholds" not in changes:  # stages keep theirs
             was = dict(zip(self.cascade, self.cascade_thresholds, strict=True))
-            changes["cascade_thresholds"] = tuple(was[p] for p in changes["cascade"] if p in was)
+            stages = [_as_int("cascade", p) for p in _seq("cascade", changes["cascade"])]
+            changes["cascade_thresholds"] = tuple(was[p] for p in stages if p in was)
         return dataclasses.replace(self, **changes)
 
     # -- facts ----------------------------------------------------------------------------
@@ -324,7 +325,8 @@ class Candidate:
 
 def _seq(name: str, values) -> Sequence:
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        raise VitParetoError(f"{name} must be a list with one value per block, got {values!r}")
+        what = " with one value per block" if name in PER_BLOCK else ""
+        raise VitParetoError(f"{name} must be a list{what}, got {values!r}")
     return values
 
 

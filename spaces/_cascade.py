@@ -42,7 +42,8 @@ def stem_tokens(x, vit, proj=None, norm=None, pos_embed=None) -> torch.Tensor:
     if proj is None:
         proj, norm, pos_embed = pe.proj, pe.norm, vit.pos_embed
     x = norm(proj(x).flatten(2).transpose(1, 2))
-    prefix = [t.expand(x.shape[0], -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+    tokens = (vit.cls_token, getattr(vit, "dist_token", None), vit.reg_token)  # timm's order
+    prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
     if pos_embed is not None and vit.no_embed_class:
         x = x + pos_embed
     x = torch.cat([*prefix, x], dim=1) if prefix else x

@@ -15,7 +15,7 @@ from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
 
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._adapters import adapt
-from vitpareto.spaces._branches import EXIT_TYPES, check_design, exit_key, new_exit
+from vitpareto.spaces._branches import EXIT_TYPES, check_design, exit_key, key_design, new_exit
 from vitpareto.spaces._candidate import Candidate
 from vitpareto.spaces._compress import CompressedViT, extract
 from vitpareto.spaces._criteria import BlockScores
@@ -116,15 +116,14 @@ class ElasticViT(nn.Module):
         records to rebuild them)."""
         out: dict[str, list[int]] = {}
         for key in self.exit_heads:
-            b, _, t = key.partition("_")
-            if t:
-                out.setdefault(t, []).append(int(b))
+            if key_design(key) != "linear":
+                out.setdefault(key_design(key), []).append(int(key.split("_")[0]))
         return out
 
     def hold(self, designs: Iterable[str], blocks: Iterable[int] | None = None) -> None:
         """Hold an exit head of each of ``designs`` (the ``linear`` one always) after each
         of ``blocks`` (default: the exit blocks already held), adding those missing."""
-        designs = {"linear", *designs}
+        designs = {"linear", *([designs] if isinstance(designs, str) else designs)}
         for t in sorted(designs):
             check_design(self.spec, t)
         self.exit_types = tuple(t for t in EXIT_TYPES if t in {*designs, *self.exit_types})
@@ -132,6 +131,11 @@ class ElasticViT(nn.Module):
             for t in self.exit_types:
                 if exit_key(b, t) not in self.exit_heads:
                     self.exit_heads[exit_key(b, t)] = new_exit(self.vit, self.spec, t, b)
+        # one order (by block, then design) however the heads were added, so that a
+        # resumed run's parameters line up with its optimizer state
+        rank = {t: i for i, t in enumerate(EXIT_TYPES)}
+        order = sorted(self.exit_heads, key=lambda k: (int(k.split("_")[0]), rank[key_design(k)]))
+        self.exit_heads = nn.ModuleDict({k: self.exit_heads[k] for k in order})
 
     def check_exits(self, c: Candidate) -> None:
         """Refuse a candidate whose exits this model holds no head for."""

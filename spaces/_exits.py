@@ -17,7 +17,7 @@ def exit_assignment(
     Same rule as ``CompressedViT.forward_dynamic``, without running the model again.
     """
     *exits, final = exit_logits
-    ts = [threshold] * len(exits) if isinstance(threshold, int | float) else list(threshold)
+    ts = list(threshold) if isinstance(threshold, Sequence) else [threshold] * len(exits)
     where = torch.full((final.shape[0],), len(exits), dtype=torch.long, device=final.device)
     undecided = torch.ones_like(where, dtype=torch.bool)
     for e, (logits, t) in enumerate(zip(exits, ts, strict=True)):

@@ -257,6 +257,11 @@ def check_against(space, s: ViTSpec) -> None:
                 raise VitParetoError(
                     f"{name}: block {b} is out of range; allowed: 0..{s.depth - 1}"
                 )
+    if s.rope and (space.cascade or "attention" in (space.exit_types or ())):
+        raise VitParetoError(
+            "this model has rotary embeddings: a cascade and attention exits are not offered "
+            "for it; leave cascade out and choose exit types among linear, mlp and conv"
+        )
     for b in space.exits or ():
         if b > s.depth - 2:
             raise VitParetoError(

@@ -184,7 +184,7 @@ def cmd_latency(args) -> int:
     )
     model = model_from_args(args)
     cand = candidate_or_full(args, model)
-    elastic = ElasticViT(copy.deepcopy(model)).eval()
+    elastic = ElasticViT(copy.deepcopy(model), exit_types=cand.exit_types).eval()
     r = evaluator(elastic, cand)
     fp = r["device_fingerprint"]
     print(f"device      {fp.get('gpu', fp['cpu'])} ({fp['device']}, {fp['threads']} threads)")

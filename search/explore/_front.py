@@ -73,7 +73,7 @@ class LocalFrontScorer:
             metrics["finetune"] = ft.metrics["finetune"]
             metrics["fidelity"], blob, model = "finetuned", weights_blob(ft.model), ft.model
         predicted = attrs.get("latency_predicted")
-        exits_moved = model is not None and bool(cand.exits)  # its samples leave elsewhere
+        exits_moved = model is not None and cand.routes > 0  # its samples leave elsewhere
         if self.latency is not None and (predicted or exits_moved):
             if model is not None and hasattr(self.latency, "measure"):
                 measured = self.latency.measure(elastic, model, metrics)  # as it ships

@@ -235,10 +235,20 @@ def model_card(study, trial, model, metrics: dict | None = None) -> str:
         "runtimes that cannot take data-dependent shapes (TensorRT, CUDA graphs); their "
         "accuracy is the final head's above."
         if c.get("exits")
-        else "No early exits: every format runs the same forward."
+        else "No early exits."
     )
+    if c.get("cascade"):
+        exits += (
+            f" A patch-size cascade runs first: patch sizes {list(c['cascade'])} (thresholds "
+            f"{list(c['cascade_thresholds'])}), coarsest first; a sample whose confidence at a "
+            "stage reaches its threshold stops there. The dynamic files return each sample's "
+            "route: the stages first, then the exits, then the final head."
+        )
+    elif not c.get("exits"):
+        exits += " Every format runs the same forward."
     source = f", from trial {m['source_trial']}" if "source_trial" in m else ""
-    outputs = "(logits, exit of each sample)" if c.get("exits") else "logits"
+    dynamic = c.get("exits") or c.get("cascade")
+    outputs = "(logits, route of each sample)" if dynamic else "logits"
     return f"""# {a["model"]["name"]}, compressed (study `{study.study_name}`, trial {trial.number}{source})
 
 A standalone Vision Transformer cut from a vitpareto supernet: {len(c["heads"])} blocks,

@@ -80,6 +80,17 @@ def test_latency_measured_and_predicted(tmp_path):
     assert len(list((tmp_path / "tables").glob("*.json"))) == 1
 
 
+def test_latency_of_a_candidate_with_exit_designs(tmp_path):
+    """Each exit's design is timed (measured as deployed, and predicted from its curve)."""
+    cand = {"patch_size": 16, "heads": [2] * 6, "qk_dim": [32] * 6, "mlp": [96] * 6,
+            "keep": [1.0] * 6, "exits": [1, 3], "exit_types": ["conv", "mlp"],
+            "exit_threshold": 0.5}  # fmt: skip
+    args = ["--batch", "2", "--repeats", "5", "--predict", "--tables", str(tmp_path / "t")]
+    out = vitpareto("latency", *SMALL, "--candidate", json.dumps(cand), *args)
+    assert out.returncode == 0, out.stderr
+    assert "speedup" in out.stdout and "predicted" in out.stdout
+
+
 def test_space_written_and_read_back(tmp_path):
     out = vitpareto("space", *SMALL, "--out", str(tmp_path / "space.yaml"))
     assert out.returncode == 0, out.stderr

@@ -12,7 +12,7 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import ExitPath, count_macs, count_params, exit_macs
 from vitpareto.spaces import Candidate, ElasticViT, JointSpace, describe
 
-VARIANTS = ["class_token", "avg_pool", "registers", "siglip_map", "one_channel"]
+VARIANTS = ["class_token", "avg_pool", "registers", "siglip_map", "one_channel", "distilled"]
 
 
 def _cascade(model, **extra) -> Candidate:
@@ -60,7 +60,7 @@ def test_each_route_costs_what_fvcore_counts_on_its_path(key):
     small = ElasticViT(model).extract(c).eval()
     macs = exit_macs(model, c)
     assert len(macs) == c.routes + 1
-    for r in range(c.routes):
+    for r in range(c.routes + 1):  # the last: every stage and exit, then the final head
         assert count_macs(ExitPath(small, r), s.img_size) == macs[r], (key, r)
     stages = macs[len(c.cascade) - 1]
     assert macs[-1] == stages + exit_macs(model, c.replace(cascade=()))[-1]
@@ -102,6 +102,13 @@ def test_a_cascade_the_model_cannot_run_is_refused():
     with pytest.raises(VitParetoError, match="rotary embeddings"):
         Candidate.make(
             make_variant("eva02"), patch_size=7, cascade=(14,), cascade_thresholds=(0.9,)
+        )
+    for bad in (16, None, [[16]]):
+        with pytest.raises(VitParetoError, match="cascade"):
+            Candidate.full(model).replace(cascade=bad)
+    with pytest.raises(VitParetoError, match="rotary embeddings: a cascade"):
+        JointSpace.from_dict(
+            {"cascade": {"patch_sizes": [14], "threshold": [0.9]}}, make_variant("eva02")
         )
     c = Candidate.make(model, patch_size=8, cascade=(32, 16), cascade_thresholds=(0.8, 0.9))
     assert Candidate.from_json(c.to_json()) == c

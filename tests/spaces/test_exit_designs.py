@@ -64,6 +64,22 @@ def test_designs_cost_what_they_hold():
         exit_head_macs(s, design="conv")
 
 
+def test_heads_keep_one_order_however_they_were_added():
+    """Training adds designs per block, loading per design: the same parameter order, so a
+    resumed run's optimizer state lines up."""
+    model = make_variant("class_token")
+    trained = ElasticViT(model, "identity", exit_blocks=(0, 1))
+    trained.hold(["mlp", "conv"], [0, 1])
+    loaded = ElasticViT(model, "identity", exit_blocks=trained.exit_blocks)
+    for design, blocks in reversed(trained.designs().items()):
+        loaded.hold(design, blocks)  # one design, as a string
+    assert list(loaded.exit_heads) == list(trained.exit_heads) == [
+        "0", "0_mlp", "0_conv", "1", "1_mlp", "1_conv"
+    ]  # fmt: skip
+    with pytest.raises(VitParetoError, match="attention exit copies the block after it"):
+        ElasticViT(model, exit_blocks=(2,), exit_types=("attention",))
+
+
 def test_the_candidate_carries_a_design_per_exit():
     model = make_variant("class_token")
     c = Candidate.make(model, exits=(0, 1), exit_types=("conv", "mlp"), exit_threshold=0.8)
