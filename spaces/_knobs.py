@@ -239,10 +239,11 @@ def read_cascade(cascade) -> dict[str, Any]:
 def check_against(space, s: ViTSpec) -> None:
     """Every choice and block of ``space`` checked against the model ``s`` describes."""
     h, w = s.img_size
-    for p in (*(space.patch_size or ()), *(space.cascade or ())):
+    sizes = [("patch_size", p) for p in space.patch_size or ()]
+    for name, p in sizes + [("cascade", p) for p in space.cascade or ()]:
         if h % p or w % p:
             raise VitParetoError(
-                f"patch sizes: {p} does not divide the {h}x{w} image; allowed: "
+                f"{name}: {p} does not divide the {h}x{w} image; allowed: "
                 + ", ".join(map(str, s.valid_patch_sizes()))
             )
     if space.heads is not None and max(space.heads.choices) > s.num_heads:

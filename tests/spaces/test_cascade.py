@@ -136,5 +136,5 @@ def test_the_space_searches_each_coarse_stage_and_its_threshold():
         JointSpace.from_dict({"cascade": {"patch_sizes": [16], "threshold": []}}, model)
     with pytest.raises(VitParetoError, match="cascade must look like"):
         JointSpace.from_dict({"cascade": [16]}, model)
-    with pytest.raises(VitParetoError, match="patch sizes: 24 does not divide"):
+    with pytest.raises(VitParetoError, match="cascade: 24 does not divide"):
         JointSpace.from_dict({"cascade": {"patch_sizes": [24], "threshold": [0.9]}}, model)
