@@ -12,6 +12,7 @@ static shapes and run the static forward.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 import warnings
@@ -140,11 +141,18 @@ def export_onnx(
         if dynamic_batch and example.shape[0] < 2:
             example = example.expand(2, *example.shape[1:])  # a batch of 1 is specialised
         shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-        program = torch.onnx.export(
-            model, (example,), input_names=["images"], output_names=outputs,
-            dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False,
-        )  # fmt: skip
-        program.save(str(path))
+        # onnxscript's IR logs a warning for every empty attribute list it types (the
+        # exit policy's graph has several): noise to a user, so kept below errors here
+        quiet, level = logging.getLogger("onnx_ir"), logging.getLogger("onnx_ir").level
+        quiet.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                model, (example,), input_names=["images"], output_names=outputs,
+                dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False,
+            )  # fmt: skip
+            program.save(str(path))
+        finally:
+            quiet.setLevel(level)
 
 
 def check_onnxscript() -> None:
