@@ -49,15 +49,6 @@ def check_design(spec, design: str) -> None:
         )
 
 
-def grid_designs(exits, types, heads, keep) -> list[str]:
-    """``types`` with each ``conv`` exit that follows a token-reducing block read as
-    ``linear``: the convolutions need the full grid (the space's documented rule)."""
-    return [
-        "linear" if t == "conv" and any(heads[i] and keep[i] < 1 for i in range(b + 1)) else t
-        for b, t in zip(exits, types, strict=True)
-    ]
-
-
 def new_exit(vit: nn.Module, spec, design: str, block: int) -> ExitHead:
     """A fresh exit head of ``design`` after ``block`` of ``vit``, started from the model's
     own final norm and classifier (and, for ``attention``, its next block)."""

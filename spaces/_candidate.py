@@ -12,7 +12,7 @@ from typing import Any
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._branches import EXIT_TYPES, check_design
 from vitpareto.spaces._spec import ViTSpec, describe
-from vitpareto.spaces._tokens import TOKEN_MODES
+from vitpareto.spaces._tokens import TOKEN_MODES, reduces
 
 PER_BLOCK = ("heads", "qk_dim", "mlp", "keep", "token_mode")
 REQUIRED = ("patch_size", "heads", "qk_dim", "mlp", "keep")
@@ -110,7 +110,7 @@ class Candidate:
                 + ", ".join(f"{k}={v}" for k, v in depths.items())
             )
         # a block that reduces no tokens has no mode: one candidate per computation
-        reducing = [self.heads[i] > 0 and self.keep[i] < 1.0 for i in range(len(modes))]
+        reducing = [reduces(self, i) for i in range(len(modes))]
         modes = tuple(m if r else "prune" for m, r in zip(modes, reducing, strict=True))
         set_(self, "token_mode", modes)
         fused = [m == "fuse" for m, r in zip(modes, reducing, strict=True) if r]
@@ -233,7 +233,7 @@ class Candidate:
                 )
         for j, (b, design) in enumerate(zip(self.exits, self.exit_types, strict=True)):
             check_design(s, design)
-            first = next((i for i in range(b + 1) if self.heads[i] and self.keep[i] < 1), None)
+            first = self.reduced_by(b)
             if design == "conv" and first is not None:
                 raise VitParetoError(
                     f"exit_types[{j}]='conv' reads the full token grid, but block {first} "
@@ -269,6 +269,10 @@ class Candidate:
                 "a patch-size cascade is not offered for a model with rotary embeddings (each "
                 "stage would need its own rotary table); leave cascade empty"
             )
+
+    def reduced_by(self, block: int) -> int | None:
+        """The first block up to ``block`` that reduces tokens, or None (the grid is whole)."""
+        return next((i for i in range(block + 1) if reduces(self, i)), None)
 
     @property
     def routes(self) -> int:

@@ -56,7 +56,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vitpareto.errors import VitParetoError
 from vitpareto.files import atomic_write
-from vitpareto.spaces._branches import grid_designs
 from vitpareto.spaces._candidate import PER_BLOCK, Candidate
 from vitpareto.spaces._knobs import (
     Knob,
@@ -383,9 +382,13 @@ class JointSpace:
         knobs["cascade_thresholds"] = tuple(
             choice["cascade_threshold", q] for q in knobs["cascade"]
         )
-        types = grid_designs(exits, types, per_block["heads"], per_block["keep"])
         cand = Candidate(exits=tuple(exits), exit_types=tuple(types), **knobs, **per_block)
-        return cand.validate(s)
+        # a conv exit needs the whole grid: after a block that reduces tokens it reads linear
+        grid = [b is None for b in map(cand.reduced_by, exits)]
+        types = [
+            t if t != "conv" or whole else "linear" for t, whole in zip(types, grid, strict=True)
+        ]
+        return cand.replace(exit_types=tuple(types)).validate(s)
 
 
 def _slot(knob: str, param: str, blocks: tuple[int, ...], choices: tuple) -> _Slot:
