@@ -3,12 +3,12 @@
 Each round fits a regressor per objective on the study's completed trials (features: the
 space's parameters and the candidate's MACs, counted exactly), runs an evolutionary
 multi-objective search (NSGA-II on a throwaway in-memory study) on the predictions alone,
-and proposes a batch of the predicted front's candidates for real evaluation; their results
-retrain the regressors in the next round. MACs, when they are an objective or a
-constraint, are counted, not predicted, so a candidate over ``--max-macs`` is never
-proposed. Everything is rebuilt from the stored trials, so ``--jobs``, Ray and a resumed
-study need nothing kept in memory; the round's cross-validated error of each regressor is
-logged and stored on the trials it proposed.
+and proposes a batch from the predicted front of the candidates not searched yet, for real
+evaluation; their results retrain the regressors in the next round. MACs, when they are an
+objective or a constraint, are counted, not predicted, so a candidate over ``--max-macs``
+is never proposed. Everything is rebuilt from the stored trials, so ``--jobs``, Ray and a
+resumed study need nothing kept in memory; the round's cross-validated error of each
+regressor is logged and stored on the trials it proposed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sklearn.model_selection import cross_val_score
 from vitpareto.evaluators import analytic_macs
 from vitpareto.search.explore._config import DIRECTIONS, SearchConfig
 from vitpareto.search.explore._scoring import candidate_key
-from vitpareto.search.explore._volume import hypervolume
+from vitpareto.search.explore._volume import hypervolume, nondominated
 
 LOG = logging.getLogger("vitpareto.search")
 
@@ -117,11 +117,26 @@ class PredictorSampler(BaseSampler):
             len(complete),
             ", ".join(f"{k} {v:.4g}" for k, v in errors.items()),
         )
-        front = self._inner_search(study, complete, models)
-        self._pending = self._choose(front, complete, objectives)
+        evaluated = self._inner_search(study, complete, models)
+        self._pending = self._choose(self._fresh_front(evaluated, complete), complete, objectives)
+
+    def _fresh_front(self, evaluated, complete) -> list[tuple[dict, np.ndarray]]:
+        """The predicted front of the candidates not searched yet. Regression trees predict
+        averages of what they were fitted on, so the front of every prediction is often the
+        real front itself; the best unsearched candidates are what a round should propose."""
+        seen = {self._key(t.params) for t in complete}
+        fresh = [(p, v) for p, v in evaluated if self._key(p) not in seen]
+        if not fresh:
+            return []
+        signs = np.array([-1.0 if DIRECTIONS[o] == "maximize" else 1.0 for o in
+                          self.config.objectives])  # fmt: skip
+        points = np.array([v for _, v in fresh]) * signs
+        best = {tuple(row) for row in nondominated(points)}
+        return [c for c, row in zip(fresh, points, strict=True) if tuple(row) in best]
 
     def _inner_search(self, study, complete, models) -> list[tuple[dict, np.ndarray]]:
-        """The predicted front: NSGA-II on the predictions, started from the real front."""
+        """Every feasible candidate NSGA-II evaluates on the predictions, started from the
+        real front."""
         objectives = list(self.config.objectives)
         inner = optuna.create_study(
             directions=[DIRECTIONS[o] for o in objectives],
@@ -131,6 +146,7 @@ class PredictorSampler(BaseSampler):
         )
         for t in study.best_trials[: self.population]:
             inner.enqueue_trial(dict(t.params))
+        evaluated: list[tuple[dict, np.ndarray]] = []
         for _ in range(self.generations):
             trials = [inner.ask() for _ in range(self.population)]
             chosen = [
@@ -140,11 +156,14 @@ class PredictorSampler(BaseSampler):
             predicted = np.zeros((len(chosen), len(objectives)))
             for i, name in enumerate(objectives):
                 predicted[:, i] = x[:, -1] if name == "macs" else models[i].predict(x)
-            for t, values, row in zip(trials, predicted, x, strict=True):
-                for key, v in self.config.violations(self._metrics(values, row)).items():
+            for t, params, values, row in zip(trials, chosen, predicted, x, strict=True):
+                violations = self.config.violations(self._metrics(values, row))
+                for key, v in violations.items():
                     t.set_constraint(key, v)
                 inner.tell(t, values.tolist())
-        return [(dict(t.params), np.array(t.values)) for t in inner.best_trials]
+                if all(v <= 0 for v in violations.values()):
+                    evaluated.append((params, values))
+        return evaluated
 
     def _metrics(self, values: np.ndarray, row: np.ndarray) -> dict[str, float]:
         """What the constraints read: the predicted objectives, MACs counted."""

@@ -152,3 +152,26 @@ def test_the_initial_design_spans_the_cost_axis_from_its_cheapest_candidate(spac
     capped = initial_design(space, 10, seed=0, max_macs=macs[4])
     assert all(analytic_macs(space.spec, space.decode(p)) <= macs[4] for p in capped)
     assert initial_design(space, 0, seed=0) == []
+
+
+def test_a_round_proposes_unsearched_candidates_when_one_trial_dominates_every_prediction(space):
+    """Regression trees predict averages of the trials they were fitted on: where one trial
+    is best at both objectives, every prediction is dominated by it, and a round must still
+    propose the best candidates not searched yet (it proposed none, and the search went on
+    at random: a two-worker search then never used its predictor)."""
+    sampler = PredictorSampler(space, SearchConfig(sampler="predictor", latency="predicted"))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    rng = np.random.default_rng(1)
+    for i in range(10):  # as a two-worker search's first ten were: one far ahead on both
+        params = {n: rng.choice(d.choices).item() for n, d in sampler.distributions.items()}
+        values = [0.45, 1.9] if i == 0 else [0.1 + 0.01 * i, 2.0 + 0.2 * i]
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=sampler.distributions, values=values
+            )
+        )
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    sampler._round(study, complete)
+    searched = {sampler._key(t.params) for t in complete}
+    proposed = {sampler._key(p) for p in sampler._pending}
+    assert proposed and not proposed & searched
