@@ -12,7 +12,7 @@ per-image evidence behind a cascade: the share of validation images the full mod
 classifies correctly at patch 7 that it gets wrong at patch 4. Target: the dynamic space's
 front above the static one's at 2x and 4x by at least 0.5 point.
 
-    python benchmarks/bench_dynamic.py [--epochs 3] [--trials 40] [--supernet PATH]
+    python benchmarks/bench_dynamic.py [--epochs 3] [--trials 60] [--supernet PATH]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _results import stamp, write_section  # noqa: E402
 
+from vitpareto.evaluators import exit_macs  # noqa: E402
 from vitpareto.search import (  # noqa: E402
     SearchConfig,
     SupernetTrainer,
@@ -40,11 +41,12 @@ from vitpareto.search import (  # noqa: E402
 )
 from vitpareto.search.explore import front_hypervolume  # noqa: E402
 from vitpareto.search.outputs import trials_frame  # noqa: E402
-from vitpareto.spaces import Candidate, JointSpace  # noqa: E402
+from vitpareto.spaces import Candidate, JointSpace, compress, exit_assignment  # noqa: E402
 
 HERE = Path(__file__).parent / "fmnist"
 SPACES = ("static", "exits", "exits + cascade")
 TARGETS = (2.0, 4.0)
+SWEEP = (0.3, 0.5, 0.7, 0.9)
 
 
 def log(msg: str) -> None:
@@ -115,13 +117,66 @@ def coarse_only(net, coarse: int, fine: int) -> tuple[float, float, float, int]:
     return only_coarse / n, right_coarse / n, right_fine / n, n
 
 
+@torch.inference_mode()
+def sweep(net, declared: dict, thresholds) -> list[str]:
+    """Table rows: the full candidate with one exit or one cascade stage, each route's
+    logits computed once on every validation image, the policy applied offline at each
+    threshold: accuracy and MACs per image (from the route shares) against the full model.
+    Shows what a threshold buys before any search or timing noise."""
+    data = net.load_data(batch_size=256)
+    elastic = net.elastic.eval()
+    full = Candidate.full(elastic.spec)
+    base = exit_macs(elastic, full)[-1]
+    rows = [
+        "| route before the final head | route accuracy | "
+        + " | ".join(f"threshold {t:g}" for t in thresholds)
+        + " |",
+        "|---|---:|" + "---:|" * len(thresholds),
+    ]
+    for name, cand in declared_routes(net, declared):
+        model = compress(elastic, cand).eval()
+        outs, labels = [], []
+        for x, y in data.val:
+            outs.append(model.forward_exits(x))
+            labels.append(y)
+        logits = [torch.cat(col) for col in zip(*outs, strict=True)]
+        y = torch.cat(labels)
+        macs = torch.tensor(exit_macs(elastic, cand), dtype=torch.float64)
+        cells = []
+        for t in thresholds:
+            where = exit_assignment(logits, t)
+            chosen = torch.stack(logits)[where, torch.arange(len(y))]
+            acc = float((chosen.argmax(-1) == y).double().mean())
+            share = torch.bincount(where, minlength=len(logits)).double() / len(y)
+            cells.append(f"{acc:.4f} at {base / float(share @ macs):.2f}x ({share[0]:.0%} leave)")
+        first = float((logits[0].argmax(-1) == y).double().mean())
+        rows.append(f"| {name} | {first:.4f} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def declared_routes(net, declared: dict) -> list[tuple[str, Candidate]]:
+    """The full candidate with each declared exit design alone at each exit block, and
+    with each declared cascade stage alone."""
+    full = Candidate.full(net.elastic.spec)
+    exits, cascade = declared["exits"], declared["cascade"]
+    out = [
+        (f"exit after block {b} ({t})",
+         full.replace(exits=(b,), exit_types=(t,), exit_threshold=1.0))
+        for b in exits["blocks"] for t in exits["types"]
+    ]  # fmt: skip
+    out += [(f"cascade stage at patch {p}", full.replace(cascade=(p,), cascade_thresholds=(1.0,)))
+            for p in cascade["patch_sizes"]]  # fmt: skip
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", type=Path, default=Path("results/fmnist_dyn/supernet.pt"))
     p.add_argument("--epochs", type=int, default=3, help="supernet epochs, if it is trained here")
-    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--trials", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--sweep-only", action="store_true", help="print the threshold sweep only")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.supernet.exists():
@@ -130,11 +185,15 @@ def main() -> None:
         train(args.supernet, args.epochs)
     net = load_supernet(args.supernet)
     declared = yaml.safe_load((HERE / "dynamic.yaml").read_text())
+    if args.sweep_only:
+        print("\n".join(sweep(net, declared, SWEEP)))
+        return
     work = args.supernet.parent
     checkpoints = sorted({n for n in (10, 20, args.trials // 2, args.trials) if n >= 5})
     config = SearchConfig(runtime="onnxruntime", threads=args.threads, max_batches=8,
                           latency_repeats=10)  # fmt: skip
     rows, curves, best = [], {}, {}
+    (work / "dynamic.db").unlink(missing_ok=True)  # this run's studies only, never a past run's
     for kind in SPACES:
         space = JointSpace.from_dict(space_of(kind, declared), net.elastic)
         url = f"sqlite:///{work / 'dynamic.db'}"
@@ -158,6 +217,7 @@ def main() -> None:
         gain = (best["exits + cascade"][s][0] - best["static"][s][0]) * 100
         verdicts.append(f"{s:g}x: {gain:+.2f} points ({'meets' if gain >= 0.5 else 'MISSES'} +0.5)")
     only, acc7, acc4, n = coarse_only(net, 7, 4)
+    table = sweep(net, declared, SWEEP)
     md = "\n".join([
         "## Dynamic inference: static against dynamic search spaces (bench_dynamic.py)",
         "",
@@ -175,6 +235,12 @@ def main() -> None:
         "",
         f"Per image, on the full model over {n} validation images: {only:.1%} are right at "
         f"patch 7 and wrong at patch 4 (accuracy {acc7:.4f} at patch 7, {acc4:.4f} at 4).",
+        "",
+        "What a threshold buys, before search and timing: the full candidate with one route "
+        f"before its final head, over the same {n} images; each cell is the accuracy and the "
+        "MAC speedup from the route shares (and the share leaving early).",
+        "",
+        *table,
     ])  # fmt: skip
     print(md)
     if not args.no_write:
