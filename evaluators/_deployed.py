@@ -141,12 +141,10 @@ def time_deployed(
         ]
         # a sample that reaches the final head ran every cascade stage first; without a
         # cascade the static pass already timed stands for it
-        final = ExitPath(model, model.routes)
-        last = (
-            measure_pair(prepare(final, x, runtime), reference, x, **settings)
-            if len(model.stages)
-            else main
-        )
+        last = main
+        if len(model.stages):
+            final = prepare(ExitPath(model, model.routes), x, runtime)
+            last = measure_pair(final, reference, x, **settings)
         paths.append(last)
         seg_ms = [m.median_ms for m in paths]
         expected = expected_latency(seg_ms, exit_fraction)

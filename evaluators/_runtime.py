@@ -143,7 +143,8 @@ def export_onnx(
         shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
         # onnxscript's IR logs a warning for every empty attribute list it types (the
         # exit policy's graph has several): noise to a user, so kept below errors here
-        quiet, level = logging.getLogger("onnx_ir"), logging.getLogger("onnx_ir").level
+        quiet = logging.getLogger("onnx_ir")
+        level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
             program = torch.onnx.export(

@@ -384,11 +384,13 @@ class JointSpace:
         )
         cand = Candidate(exits=tuple(exits), exit_types=tuple(types), **knobs, **per_block)
         # a conv exit needs the whole grid: after a block that reduces tokens it reads linear
-        grid = [b is None for b in map(cand.reduced_by, exits)]
-        types = [
-            t if t != "conv" or whole else "linear" for t, whole in zip(types, grid, strict=True)
-        ]
-        return cand.replace(exit_types=tuple(types)).validate(s)
+        grid = tuple(
+            "linear" if t == "conv" and cand.reduced_by(b) is not None else t
+            for b, t in zip(cand.exits, cand.exit_types, strict=True)
+        )
+        if grid != cand.exit_types:
+            cand = cand.replace(exit_types=grid)
+        return cand.validate(s)
 
 
 def _slot(knob: str, param: str, blocks: tuple[int, ...], choices: tuple) -> _Slot:

@@ -118,21 +118,7 @@ class PredictorSampler(BaseSampler):
             ", ".join(f"{k} {v:.4g}" for k, v in errors.items()),
         )
         evaluated = self._inner_search(study, complete, models)
-        self._pending = self._choose(self._fresh_front(evaluated, complete), complete, objectives)
-
-    def _fresh_front(self, evaluated, complete) -> list[tuple[dict, np.ndarray]]:
-        """The predicted front of the candidates not searched yet. Regression trees predict
-        averages of what they were fitted on, so the front of every prediction is often the
-        real front itself; the best unsearched candidates are what a round should propose."""
-        seen = {self._key(t.params) for t in complete}
-        fresh = [(p, v) for p, v in evaluated if self._key(p) not in seen]
-        if not fresh:
-            return []
-        signs = np.array([-1.0 if DIRECTIONS[o] == "maximize" else 1.0 for o in
-                          self.config.objectives])  # fmt: skip
-        points = np.array([v for _, v in fresh]) * signs
-        best = {tuple(row) for row in nondominated(points)}
-        return [c for c, row in zip(fresh, points, strict=True) if tuple(row) in best]
+        self._pending = self._choose(evaluated, complete, objectives)
 
     def _inner_search(self, study, complete, models) -> list[tuple[dict, np.ndarray]]:
         """Every feasible candidate NSGA-II evaluates on the predictions, started from the
@@ -173,21 +159,29 @@ class PredictorSampler(BaseSampler):
         m.setdefault("latency_ms", -math.inf)
         return m
 
-    def _choose(self, front, complete, objectives) -> list[dict]:
-        """Up to ``batch`` of the predicted front, not searched yet, each adding the most
-        predicted hypervolume to the real front and the ones chosen before it."""
+    def _choose(self, evaluated, complete, objectives) -> list[dict]:
+        """Up to ``batch`` of the predicted front of the candidates not searched yet, each
+        adding the most predicted hypervolume to the real front and the ones chosen before
+        it. The front is of the unsearched ones: regression trees predict averages of what
+        they were fitted on, so the front of every prediction is often the real front."""
         seen = {self._key(t.params) for t in complete}
         fresh, keys = [], set()
-        for params, values in front:
+        for params, values in evaluated:
             key = self._key(params)
             if key not in seen and key not in keys:
                 keys.add(key)
                 fresh.append((params, values))
+        if not fresh:
+            return []
+        signs = np.array([-1.0 if DIRECTIONS[o] == "maximize" else 1.0 for o in objectives])
+        candidates = np.array([v for _, v in fresh]) * signs
+        front = {tuple(row) for row in nondominated(candidates)}
+        keep = [tuple(row) in front for row in candidates]
+        fresh = [f for f, k in zip(fresh, keep, strict=True) if k]
+        candidates = candidates[keep]
         if len(fresh) <= self.batch:
             return [p for p, _ in fresh]
-        signs = np.array([-1.0 if DIRECTIONS[o] == "maximize" else 1.0 for o in objectives])
         points = np.array([t.values for t in complete], dtype=float) * signs
-        candidates = np.array([v for _, v in fresh]) * signs
         ref = np.max(np.vstack([points, candidates]), axis=0) + 1e-9
         chosen: list[dict] = []
         for _ in range(self.batch):
