@@ -100,33 +100,34 @@ def best_at(study, speedup: float) -> tuple[float, int | None]:
 
 
 @torch.inference_mode()
+def route_logits(net, candidate: Candidate) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every route's logits (stages, exits, final head) of ``candidate`` on every
+    validation image, and the labels."""
+    model = compress(net.elastic.eval(), candidate).eval()
+    outs, labels = [], []
+    for x, y in net.load_data(batch_size=256).val:
+        outs.append(model.forward_exits(x))
+        labels.append(y)
+    return [torch.cat(col) for col in zip(*outs, strict=True)], torch.cat(labels)
+
+
 def coarse_only(net, coarse: int, fine: int) -> tuple[float, float, float, int]:
-    """Shares of validation images right at patch ``coarse`` and wrong at ``fine`` (and
-    the reverse), the two accuracies, on the full model; and the image count."""
-    data = net.load_data(batch_size=256)
-    full = Candidate.full(net.elastic.spec)
-    elastic = net.elastic.eval()
-    right_coarse = right_fine = only_coarse = n = 0
-    for x, y in data.val:
-        a = elastic(x, full.replace(patch_size=coarse)).argmax(-1) == y
-        b = elastic(x, full.replace(patch_size=fine)).argmax(-1) == y
-        right_coarse += int(a.sum())
-        right_fine += int(b.sum())
-        only_coarse += int((a & ~b).sum())
-        n += len(y)
-    return only_coarse / n, right_coarse / n, right_fine / n, n
+    """Shares of validation images right at patch ``coarse`` and wrong at ``fine``, the
+    two accuracies, on the full model (a cascade's two routes); and the image count."""
+    full = Candidate.full(net.elastic.spec).replace(patch_size=fine)
+    (first, last), y = route_logits(net, full.replace(cascade=(coarse,), cascade_thresholds=(1.0,)))
+    a, b = first.argmax(-1) == y, last.argmax(-1) == y
+    n = len(y)
+    return int((a & ~b).sum()) / n, int(a.sum()) / n, int(b.sum()) / n, n
 
 
-@torch.inference_mode()
 def sweep(net, declared: dict, thresholds) -> list[str]:
     """Table rows: the full candidate with one exit or one cascade stage, each route's
     logits computed once on every validation image, the policy applied offline at each
     threshold: accuracy and MACs per image (from the route shares) against the full model.
     Shows what a threshold buys before any search or timing noise."""
-    data = net.load_data(batch_size=256)
     elastic = net.elastic.eval()
-    full = Candidate.full(elastic.spec)
-    base = exit_macs(elastic, full)[-1]
+    base = exit_macs(elastic, Candidate.full(elastic.spec))[-1]
     rows = [
         "| route before the final head | route accuracy | "
         + " | ".join(f"threshold {t:g}" for t in thresholds)
@@ -134,13 +135,7 @@ def sweep(net, declared: dict, thresholds) -> list[str]:
         "|---|---:|" + "---:|" * len(thresholds),
     ]
     for name, cand in declared_routes(net, declared):
-        model = compress(elastic, cand).eval()
-        outs, labels = [], []
-        for x, y in data.val:
-            outs.append(model.forward_exits(x))
-            labels.append(y)
-        logits = [torch.cat(col) for col in zip(*outs, strict=True)]
-        y = torch.cat(labels)
+        logits, y = route_logits(net, cand)
         macs = torch.tensor(exit_macs(elastic, cand), dtype=torch.float64)
         cells = []
         for t in thresholds:
