@@ -20,7 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import random
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _results import stamp, write_section  # noqa: E402
 
-from vitpareto.evaluators import exit_macs  # noqa: E402
+from vitpareto.evaluators import deployed, exit_macs, export_onnx, ort_session  # noqa: E402
 from vitpareto.search import (  # noqa: E402
     SearchConfig,
     SupernetTrainer,
@@ -164,6 +167,56 @@ def declared_routes(net, declared: dict) -> list[tuple[str, Candidate]]:
     return out
 
 
+def route_costs(net, rounds: int = 300) -> list[str]:
+    """Table rows: at batch 1 under ONNX Runtime, the deployed graph of the full candidate
+    with one exit or one cascade stage, on an image that leaves there and on one that goes
+    on, against the static model that route amounts to (the blocks before the exit; the
+    model at the stage's patch size; the full model): what the exported gating costs above
+    the route itself. Interleaved rounds in random order, medians."""
+    elastic = net.elastic.eval()
+    full = Candidate.full(elastic.spec)
+    images = next(iter(net.load_data(batch_size=64).val))[0]
+    exit2 = full.replace(exits=(2,), exit_types=("linear",))
+    stage7 = full.replace(cascade=(7,), cascade_thresholds=(0.5,))
+    cut = compress(elastic, full)
+    cut.vit.blocks = cut.vit.blocks[: compress(elastic, exit2).exit_after[0]]
+    cases = [  # name, deployed candidate (threshold: leave or stay), route, static model
+        ("exit after block 2, the image leaves", exit2.replace(exit_threshold=0.1), 0, cut),
+        ("exit after block 2, the image goes on", exit2.replace(exit_threshold=1.0), 1, full),
+        ("cascade stage at patch 7, the image stops", stage7.replace(cascade_thresholds=(0.1,)),
+         0, full.replace(patch_size=7)),
+        ("cascade stage at patch 7, the image goes on",
+         stage7.replace(cascade_thresholds=(1.0,)), 1, full),
+    ]  # fmt: skip
+    sessions, pairs = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, cand, route, static) in enumerate(cases):
+            model = compress(elastic, cand).eval()
+            # an image that takes this route (threshold 1.0: a softmax can round to 1)
+            x = next(im[None] for im in images if int(model.forward_dynamic(im[None])[1]) == route)
+            static = static if isinstance(static, torch.nn.Module) else compress(elastic, static)
+            for key, m in ((f"d{i}", deployed(model)), (f"s{i}", static.eval())):
+                export_onnx(m, x, Path(tmp) / f"{key}.onnx")
+                sessions[key] = (ort_session(Path(tmp) / f"{key}.onnx"), x.numpy())
+            pairs.append((name, f"d{i}", f"s{i}"))
+    times = {key: [] for key in sessions}
+    order = list(sessions)
+    for r in range(rounds + 50):
+        random.Random(r).shuffle(order)
+        for key in order:
+            session, x = sessions[key]
+            start = time.perf_counter()
+            session.run(None, {"images": x})
+            if r >= 50:  # the first rounds warm up
+                times[key].append(time.perf_counter() - start)
+    ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
+    rows = ["| route at batch 1 | deployed graph (ms) | static model of the route (ms) | "
+            "gating cost (ms) |", "|---|---:|---:|---:|"]  # fmt: skip
+    for name, d, st in pairs:
+        rows.append(f"| {name} | {ms[d]:.3f} | {ms[st]:.3f} | {ms[d] - ms[st]:+.3f} |")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", type=Path, default=Path("results/fmnist_dyn/supernet.pt"))
@@ -172,6 +225,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--sweep-only", action="store_true", help="print the threshold sweep only")
+    p.add_argument("--routes-only", action="store_true", help="print the route costs only")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.supernet.exists():
@@ -182,6 +236,9 @@ def main() -> None:
     declared = yaml.safe_load((HERE / "dynamic.yaml").read_text())
     if args.sweep_only:
         print("\n".join(sweep(net, declared, SWEEP)))
+        return
+    if args.routes_only:
+        print("\n".join(route_costs(net)))
         return
     work = args.supernet.parent
     checkpoints = sorted({n for n in (10, 20, args.trials // 2, args.trials) if n >= 5})

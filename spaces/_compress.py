@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn as nn
@@ -190,35 +191,44 @@ class CompressedViT(nn.Module):
         the samples still in. Returns the logits and the route each sample left by (stages
         first, then exits; ``routes`` for the final head).
 
-        Written with gathers and scatters of the rows still in (no Python branch on the
-        data inside a captured graph), so that ``torch.export`` and ONNX export it as it
-        runs: there a batch whose samples all left runs the later blocks on no rows; run
-        eagerly it returns at once, as the segment timings of the expected latency assume."""
-        c = self.candidate
+        Written with gathers and scatters of the rows still in, so that ``torch.export``
+        and ONNX export it as it runs; what follows a route sits behind a conditional
+        (``torch.cond``, an ONNX ``If``) that skips it once no sample is left, so a batch
+        of one that leaves early costs what its route costs in the exported graphs too,
+        as the segment timings of the expected latency assume. (The TorchScript tracer
+        has no conditional: its graph runs the later blocks on no rows.)"""
         n = x.shape[0]
         logits = x.new_zeros(n, self.vit.num_classes)
         where = torch.full((n,), self.routes, dtype=torch.long, device=x.device)
-        alive = torch.arange(n, device=x.device)
-        for k, t in enumerate(c.cascade_thresholds):
-            logits, where, stay = _leave(self.stage(x, k), t, k, logits, where, alive)
-            x, alive = x.index_select(0, stay), alive.index_select(0, stay)
-            if _eager() and x.shape[0] == 0:
-                return logits, where
-        x = stem_tokens(x, self.vit) if len(self.stages) else self._stem(x)
-        start = 0
-        for e, (head, at) in enumerate(zip(self.exit_heads, self.exit_after, strict=True)):
-            for blk in self.vit.blocks[start:at]:
+        return self._route(0, x, torch.arange(n, device=x.device), logits, where)
+
+    def _route(self, r: int, x, alive, logits, where) -> tuple[torch.Tensor, torch.Tensor]:
+        """Route ``r`` (stage, exit, or the final head at ``routes``) and every later one,
+        on the rows ``alive`` still in (``x``: their images before the fine stem, their
+        tokens after it)."""
+        c, stages, blocks = self.candidate, len(self.stages), self.vit.blocks
+        if r < stages:
+            out, threshold = self.stage(x, r), c.cascade_thresholds[r]
+        else:
+            if r == stages:
+                x = stem_tokens(x, self.vit) if stages else self._stem(x)
+            e, ends = r - stages, [0, *self.exit_after, len(blocks)]
+            for blk in blocks[ends[e] : ends[e + 1]]:
                 x = blk(x)
-            start = at
-            route = len(self.stages) + e
-            logits, where, stay = _leave(head(x), c.exit_threshold, route, logits, where, alive)
-            x, alive = x.index_select(0, stay), alive.index_select(0, stay)
-            if _eager() and x.shape[0] == 0:
-                return logits, where  # nobody left: an eager run skips the blocks' dispatch
-        for blk in self.vit.blocks[start:]:
-            x = blk(x)
-        out = self.vit.forward_head(self.vit.norm(x))
-        return logits.index_put((alive,), out.to(logits.dtype)), where
+            if e == len(self.exit_heads):
+                out = self.vit.forward_head(self.vit.norm(x))
+                # a copy of ``where``: a conditional's branch may not return its input
+                return logits.index_put((alive,), out.to(logits.dtype)), where.clone()
+            out, threshold = self.exit_heads[e](x), c.exit_threshold
+        logits, where, stay = _leave(out, threshold, r, logits, where, alive)
+        state = (x.index_select(0, stay), alive.index_select(0, stay), logits, where)
+        if _eager():
+            return self._route(r + 1, *state) if len(stay) else (logits, where)
+        if torch.jit.is_tracing():  # the tracer has no conditional
+            return self._route(r + 1, *state)
+        return torch.cond(
+            stay.numel() > 0, functools.partial(self._route, r + 1), _unchanged, state
+        )
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         vit = self.vit
@@ -236,6 +246,11 @@ class CompressedViT(nn.Module):
             ]
         outs.append(vit.forward_head(vit.norm(x)))
         return outs
+
+
+def _unchanged(x, alive, logits, where) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conditional's other branch: every sample has left, nothing more runs."""
+    return logits.clone(), where.clone()
 
 
 def _leave(out, threshold, route, logits, where, alive):

@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -16,7 +17,7 @@ import torch
 from tests.search.hostile import refused, small_supernet
 from vitpareto import load
 from vitpareto.errors import VitParetoError
-from vitpareto.evaluators import LatencyEvaluator
+from vitpareto.evaluators import LatencyEvaluator, deployed, export_onnx
 from vitpareto.search import SearchConfig, load_supernet, search
 from vitpareto.search.cli import main
 from vitpareto.search.outputs import disagreement, model_files, portable_files, write_model_dir
@@ -84,6 +85,48 @@ def test_exported_exit_policy_equals_forward_dynamic(net, tmp_path):
     model = net.elastic.extract(_mixed(net, x8)).eval()
     where = _exports_equal_eager(net, model, tmp_path / "m", x8)
     assert len(set(where.tolist())) > 1  # a batch of mixed exits
+
+
+def _kernels_run(path, x: np.ndarray, tmp) -> dict[str, int]:
+    """How many times each ONNX operator ran in one ONNX Runtime call of the graph at
+    ``path`` on ``x`` (from the runtime's own profile)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp / "profile")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session.run(None, {"images": x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    ran: dict[str, int] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            ran[op] = ran.get(op, 0) + 1
+    return ran
+
+
+def test_once_every_sample_has_left_the_exported_graph_runs_no_later_block(net, tmp_path):
+    """Behind an exit, the rest of the exported graph is skipped (an ONNX ``If``), not run
+    on an empty batch: a batch of one that leaves at the first exit runs the matrix
+    products of the blocks before it only, as many as the static model cut there."""
+    full = Candidate.full(net.elastic.spec)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    runs = {}
+    for name, threshold in (("leave", 0.01), ("stay", 1.0)):
+        model = deployed(net.elastic.extract(full.replace(exits=(0,), exit_threshold=threshold)))
+        export_onnx(model.eval(), x, tmp_path / f"{name}.onnx")
+        runs[name] = _kernels_run(tmp_path / f"{name}.onnx", x.numpy(), tmp_path)
+    first = net.elastic.extract(full)
+    first.vit.blocks = first.vit.blocks[:1]  # the static model up to the exit after block 0
+    export_onnx(first.eval(), x, tmp_path / "first.onnx")
+    prefix = _kernels_run(tmp_path / "first.onnx", x.numpy(), tmp_path)
+
+    def products(ran):
+        return sum(n for op, n in ran.items() if "MatMul" in op or op == "Gemm")
+
+    assert products(runs["stay"]) > products(runs["leave"])
+    assert products(runs["leave"]) <= products(prefix) + 1  # + the exit head's one
+    assert runs["leave"].get("If", 0) == 1
 
 
 def test_a_merging_candidate_exports_and_runs_without_vitpareto(net, tmp_path):
