@@ -230,7 +230,8 @@ class JointSpace:
 
     def smallest(self) -> Candidate:
         """The cheapest candidate: fewest heads, channels and tokens, the largest patch, every
-        exit on (so that supernet training reaches every exit head)."""
+        exit on (so that supernet training reaches every exit head) at the lowest threshold
+        (the most samples leave at the first exit: the least expected compute)."""
         return self._build(self.extreme_params())
 
     def extreme_params(self, largest: bool = False) -> dict[str, Any]:
@@ -245,8 +246,10 @@ class JointSpace:
                 values[name] = "prune" if "prune" in choices else choices[0]
             elif knob == "exit_type":  # the cheapest design, and the one every model holds
                 values[name] = "linear" if "linear" in choices else choices[0]
-            elif knob in ("patch_size", "exit", "exit_threshold"):
+            elif knob in ("patch_size", "exit"):
                 values[name] = min(choices) if largest else max(choices)
+            elif knob == "exit_threshold":  # the largest has no exit: its threshold is moot
+                values[name] = min(choices)
             else:
                 values[name] = max(choices) if largest else min(choices)
         return values

@@ -267,6 +267,8 @@ def test_sample_and_smallest(vit, small):
     smallest = default.smallest()
     assert smallest.patch_size == max(default.patch_size)
     assert set(smallest.exits) == set(default.exits)  # every exit head gets trained
+    # the least expected compute: the most samples leave at the first exit
+    assert smallest.exit_threshold == min(default.exit_threshold)
     cheapest = analytic_macs(spec, smallest.replace(exits=()))
     assert all(cheapest <= analytic_macs(spec, c.replace(exits=())) for c in samples)
     assert default.sample(random.Random(3)) == default.sample(random.Random(3))
