@@ -117,7 +117,8 @@ def test_policy_matches_forward_dynamic():
 
 def test_an_eager_dynamic_run_stops_when_every_sample_left():
     # the expected latency times an exit's prefix alone; an eager run must cost the same,
-    # not dispatch the later blocks on no rows (exported graphs keep them: test_deployed)
+    # not dispatch the later blocks on no rows (the dynamo-exported graphs skip them too,
+    # behind an If: test_deployed; only the TorchScript tracer keeps them)
     torch.manual_seed(0)
     elastic = ElasticViT(timm.create_model("test_vit", img_size=32, num_classes=10).eval())
     ran = []

@@ -66,6 +66,8 @@ def test_expected_latency_weights_segments_by_exit_distribution(elastic):
 
 
 @pytest.mark.xdist_group("supernet")
+# a ratio of two timings: on the worker that holds the supernet trainings, never beside them
+@pytest.mark.xdist_group("supernet")
 def test_expected_latency_agrees_with_real_dynamic_inference(elastic):
     c = Candidate.make(elastic, exits=(1,), exit_threshold=0.1)  # 10 classes: everyone leaves
     model = elastic.extract(c).eval()

@@ -112,8 +112,9 @@ def test_once_every_sample_has_left_the_exported_graph_runs_no_later_block(net, 
     full = Candidate.full(net.elastic.spec)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     runs = {}
-    for name, threshold in (("leave", 0.01), ("stay", 1.0)):
+    for name, threshold, route in (("leave", 0.01, 0), ("stay", 1.0, 1)):
         model = deployed(net.elastic.extract(full.replace(exits=(0,), exit_threshold=threshold)))
+        assert int(model(x)[1]) == route
         export_onnx(model.eval(), x, tmp_path / f"{name}.onnx")
         runs[name] = _kernels_run(tmp_path / f"{name}.onnx", x.numpy(), tmp_path)
     first = net.elastic.extract(full)
