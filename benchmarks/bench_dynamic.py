@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,8 +42,8 @@ from vitpareto.evaluators import (  # noqa: E402
     ExitPath,
     deployed,
     exit_macs,
-    export_onnx,
-    ort_session,
+    prepare,
+    time_interleaved,
 )
 from vitpareto.search import (  # noqa: E402
     SearchConfig,
@@ -254,28 +252,16 @@ def route_costs(net, rounds: int = 300) -> list[str]:
         if x is None:
             raise SystemExit(f"no validation image of 64 takes route {route} for {name!r}")
         routes.append((name, deployed(model), ExitPath(model, route), x))
-    sessions, pairs = {}, []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, gated, alone, x) in enumerate(routes):
-            for key, m in ((f"d{i}", gated), (f"s{i}", alone.eval())):
-                export_onnx(m, x, Path(tmp) / f"{key}.onnx")
-                sessions[key] = (ort_session(Path(tmp) / f"{key}.onnx"), x.numpy())
-            pairs.append((name, f"d{i}", f"s{i}"))
-    times = {key: [] for key in sessions}
-    order = list(sessions)
-    for r in range(rounds + 50):
-        random.Random(r).shuffle(order)
-        for key in order:
-            session, x = sessions[key]
-            start = time.perf_counter()
-            session.run(None, {"images": x})
-            if r >= 50:  # the first rounds warm up
-                times[key].append(time.perf_counter() - start)
-    ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
     rows = ["| route at batch 1 | deployed graph (ms) | the route alone (ms) | "
             "gating (ms) |", "|---|---:|---:|---:|"]  # fmt: skip
-    for name, d, st in pairs:
-        rows.append(f"| {name} | {ms[d]:.3f} | {ms[st]:.3f} | {ms[d] - ms[st]:+.3f} |")
+    for name, gated, alone, x in routes:
+        pair = {
+            "gated": prepare(gated, x, "onnxruntime"),
+            "alone": prepare(alone, x, "onnxruntime"),
+        }
+        ms = {k: statistics.median(t) for k, t in time_interleaved(pair, x, rounds, 50).items()}
+        gap = ms["gated"] - ms["alone"]
+        rows.append(f"| {name} | {ms['gated']:.3f} | {ms['alone']:.3f} | {gap:+.3f} |")
     return rows
 
 
