@@ -118,8 +118,13 @@ def _operational(url: str, e: Exception) -> str:
         )
     if "readonly" in text or "read-only" in text:
         return f"storage {url!r} is read-only; make it writable or copy it somewhere writable"
-    if "disk I/O" in text or "full" in text or "No space" in text:
+    if "full" in text or "No space" in text:
         return f"storage {url!r} cannot be written ({text}); free some disk space"
+    if "disk I/O" in text:
+        return (
+            f"storage {url!r} could not be read or written ({text}); check the free disk "
+            "space and that no other process is replacing the file, then try again"
+        )
     if "malformed" in text or "not a database" in text:
         return f"storage {url!r} is damaged ({text}); restore it from a copy"
     return f"storage {url!r} cannot be opened as a results database: {text}"
@@ -212,9 +217,13 @@ def _tables(url: str, path: Path, attempts: int = 5) -> set[str] | None:
     database", "malformed") while other processes write and checkpoint it (a search's
     workers; with SQLite 3.40 for ten seconds and more, on a file found intact afterwards):
     such a failure is tried again, and a file in use is never called damaged for it.
-    Without a log nothing writes the file, and a failure is final."""
+    A file in write-ahead logging counts as in use even when its log is gone for a moment
+    (deleted by the last connection as it closes); with a rollback journal instead, a
+    read-only look is safe and a failure is final."""
     uri = path.resolve().as_uri()  # as a URI: '#' and '?' in the path escaped
-    in_use = Path(f"{path}-wal").exists()
+    # a database in write-ahead logging may be in use even with no log on disk: the last
+    # connection of another process (or of an earlier search here) deletes it as it closes
+    in_use = Path(f"{path}-wal").exists() or _wal_mode(path)
     if not in_use:
         # no write-ahead log: nothing writes it now, and a read-only look cannot change it;
         # with a log, a plain connection takes part in its locking (a read-only one read
@@ -235,6 +244,13 @@ def _tables(url: str, path: Path, attempts: int = 5) -> set[str] | None:
                 f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
             ) from None
     return None
+
+
+def _wal_mode(path: Path) -> bool:
+    """Whether an SQLite file's header says write-ahead logging (read and write versions 2)."""
+    with open(path, "rb") as f:
+        f.seek(18)
+        return f.read(2) == b"\x02\x02"
 
 
 def _sqlite_pragmas(storage, write: bool) -> None:

@@ -264,3 +264,28 @@ def test_a_passing_disk_io_error_of_a_busy_database_is_tried_again(tmp_path, mon
     )
     storage = open_storage(url)  # Optuna's own connections (SQLAlchemy's) read it
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
+
+
+def test_a_disk_io_error_just_after_the_last_connection_closed_is_tried_again(
+    tmp_path, monkeypatch
+):
+    """The last connection to close deletes the write-ahead log: a search starting at that
+    moment (the next space of a benchmark, in the same process) finds no log but a file
+    still changing, and a failed look is tried again, not taken for a full disk."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    storage = open_storage(url)
+    optuna.create_study(storage=storage, study_name="s")
+    storage.engine.dispose()  # every connection closed: the log is gone
+    assert not (tmp_path / "r.db-wal").exists()
+    real, calls = sqlite3.connect, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", flaky)
+    storage = open_storage(url)
+    assert len(calls) >= 2 and calls[0] == calls[1]  # the look, failed once, then again
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["s"]
