@@ -8,15 +8,15 @@ plus the patch-size cascade. Each trial's latency is measured at batch 1 under O
 Runtime on this CPU, the dynamic ones as deployed (the exported exit and cascade graph on
 real validation images). Reports the hypervolume (accuracy against relative latency,
 1 / speedup) against trials, the best accuracy at 2x and 4x measured speedup (on the
-search's 8-batch scores, then with every trial at 2x or more scored again on the whole
+search's own scores, then with every trial at 2x or more scored again on the whole
 validation set, on which the target is judged), the per-image evidence behind a cascade
 (the share of validation images the full model classifies correctly at patch 7 that it
 gets wrong at patch 4), an offline threshold sweep and what the exported gating costs at
 batch 1. Target: the dynamic space's front above the static one's at 2x and 4x by at
 least 0.5 point.
 
-    python benchmarks/bench_dynamic.py [--epochs 3] [--trials 60] [--supernet PATH]
-    python benchmarks/bench_dynamic.py --sweep-only | --routes-only | --from-db
+    python benchmarks/bench_dynamic.py [--epochs 8] [--batches 16] [--trials 60] [--supernet PATH]
+    python benchmarks/bench_dynamic.py --sweep-only | --routes-only | --from-db | --resume
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def best_at(study, speedup: float) -> tuple[float, int | None]:
 def rescored(net, study, speedups) -> dict[float, tuple[float, int | None]]:
     """For each speedup, the best accuracy on the whole validation set (under the exit
     policy) among the trials at least that much faster, and its trial: the best of many
-    8-batch scores is biased upward by their noise, the whole set's much less."""
+    few-batch scores is biased upward by their noise, the whole set's much less."""
     df = trials_frame(study)
     fast = df[df["speedup"] >= min(speedups)]
     scorer = AccuracyEvaluator(net.load_data(batch_size=256).val, progress=False)
@@ -268,14 +268,18 @@ def route_costs(net, rounds: int = 300) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", type=Path, default=Path("results/fmnist_dyn/supernet.pt"))
-    p.add_argument("--epochs", type=int, default=3, help="supernet epochs, if it is trained here")
+    p.add_argument("--epochs", type=int, default=8, help="supernet epochs, if it is trained here")
     p.add_argument("--trials", type=int, default=60)
+    p.add_argument("--batches", type=int, default=16,
+                   help="validation batches of 128 each trial is scored on")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--sweep-only", action="store_true", help="print the threshold sweep only")
     p.add_argument("--routes-only", action="store_true", help="print the route costs only")
     p.add_argument("--from-db", action="store_true",
                    help="reuse the last run's studies (no search): the section again")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the studies the last run completed, search the others")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.supernet.exists():
@@ -292,14 +296,15 @@ def main() -> None:
         return
     work = args.supernet.parent
     url = f"sqlite:///{work / 'dynamic.db'}"
-    config = SearchConfig(runtime="onnxruntime", threads=args.threads, max_batches=8,
+    config = SearchConfig(runtime="onnxruntime", threads=args.threads, max_batches=args.batches,
                           latency_repeats=10)  # fmt: skip
-    if not args.from_db:
+    if not (args.from_db or args.resume):
         (work / "dynamic.db").unlink(missing_ok=True)  # this run's studies, never a past run's
+    done = set(optuna.get_all_study_names(url)) if args.resume else set()
     studies = {}
     for kind in SPACES:
         name = kind.replace(" + ", "_")
-        if args.from_db:
+        if args.from_db or name in done:
             studies[kind] = optuna.load_study(study_name=name, storage=url)
             continue
         space = JointSpace.from_dict(space_of(kind, declared), net.elastic)
@@ -329,14 +334,15 @@ def main() -> None:
         "",
         f"{stamp()}. Supernet {args.supernet.name}: benchmarks/fmnist/model.yaml + "
         f"dynamic.yaml on Fashion-MNIST ({net.meta.get('epoch')} epochs). Searches of "
-        f"{trials} trials each (the default sampler), accuracy on 8 validation batches, "
+        f"{trials} trials each (the default sampler), accuracy on {args.batches} validation "
+        "batches of 128, "
         "latency at batch 1 under ONNX Runtime, 10 interleaved rounds with the full model; "
         "a dynamic candidate timed as deployed on real validation images. Hypervolume in "
         "accuracy against relative latency (1 / measured speedup), reference (0, 1).",
         "",
         *rows,
         "",
-        "On the 8-batch scores the search ranked by (dynamic space's best above the static "
+        f"On the {args.batches}-batch scores the search ranked by (dynamic space's best above the static "
         "one's by >= 0.5 point): " + "; ".join(scored) + ".",
         "",
         f"The same trials, each at least {min(TARGETS):g}x faster scored again on the whole "
