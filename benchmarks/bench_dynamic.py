@@ -16,7 +16,7 @@ batch 1. Target: the dynamic space's front above the static one's at 2x and 4x b
 least 0.5 point.
 
     python benchmarks/bench_dynamic.py [--epochs 8] [--batches 16] [--trials 60] [--supernet PATH]
-    python benchmarks/bench_dynamic.py --sweep-only | --routes-only | --from-db | --resume
+    python benchmarks/bench_dynamic.py --sweep-only | --routes-only | --resume
 """
 
 from __future__ import annotations
@@ -276,10 +276,9 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--sweep-only", action="store_true", help="print the threshold sweep only")
     p.add_argument("--routes-only", action="store_true", help="print the route costs only")
-    p.add_argument("--from-db", action="store_true",
-                   help="reuse the last run's studies (no search): the section again")  # fmt: skip
     p.add_argument("--resume", action="store_true",
-                   help="reuse the studies the last run completed, search the others")  # fmt: skip
+                   help="reuse the last run's studies and search only the spaces it did not "
+                   "reach (none: the section again from its studies)")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.supernet.exists():
@@ -298,13 +297,13 @@ def main() -> None:
     url = f"sqlite:///{work / 'dynamic.db'}"
     config = SearchConfig(runtime="onnxruntime", threads=args.threads, max_batches=args.batches,
                           latency_repeats=10)  # fmt: skip
-    if not (args.from_db or args.resume):
+    if not args.resume:
         (work / "dynamic.db").unlink(missing_ok=True)  # this run's studies, never a past run's
     done = set(optuna.get_all_study_names(url)) if args.resume else set()
     studies = {}
     for kind in SPACES:
         name = kind.replace(" + ", "_")
-        if args.from_db or name in done:
+        if name in done:
             studies[kind] = optuna.load_study(study_name=name, storage=url)
             continue
         space = JointSpace.from_dict(space_of(kind, declared), net.elastic)

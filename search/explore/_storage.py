@@ -185,16 +185,16 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
             f"storage {url!r}: {str(path)!r} is read-only; make it writable or copy it"
         )
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(20)  # the magic string, then the header up to the journal mode
     if not head:
         if not create:
             raise VitParetoError(f"storage {url!r}: {str(path)!r} is empty; no studies in it")
         return
-    if head != b"SQLite format 3\x00":
+    if head[:16] != b"SQLite format 3\x00":
         raise VitParetoError(
             f"storage {url!r}: {str(path)!r} is not an SQLite database; give another path"
         )
-    tables = _tables(url, path)
+    tables = _tables(url, path, wal=head[18:20] == b"\x02\x02")
     if tables is None:  # in use by other processes: Optuna's opening reads it as they do
         return
     if tables and not tables & _OPTUNA_TABLES:
@@ -209,7 +209,7 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
 TRANSIENT = ("disk I/O error", "not a database", "malformed")  # see _tables
 
 
-def _tables(url: str, path: Path, attempts: int = 5) -> set[str] | None:
+def _tables(url: str, path: Path, wal: bool, attempts: int = 5) -> set[str] | None:
     """The tables of an SQLite file, read without writing (waiting while it is locked);
     None when a file in use could not be looked at (Optuna's own opening checks it then).
 
@@ -217,25 +217,22 @@ def _tables(url: str, path: Path, attempts: int = 5) -> set[str] | None:
     database", "malformed") while other processes write and checkpoint it (a search's
     workers; with SQLite 3.40 for ten seconds and more, on a file found intact afterwards):
     such a failure is tried again, and a file in use is never called damaged for it.
-    A file in write-ahead logging counts as in use even when its log is gone for a moment
-    (deleted by the last connection as it closes); with a rollback journal instead, a
-    read-only look is safe and a failure is final."""
+    ``wal``: the file's header says write-ahead logging; such a file counts as in use even
+    when its log is gone for a moment (deleted by the last connection as it closes); with
+    a rollback journal instead, a read-only look is safe and a failure is final."""
     uri = path.resolve().as_uri()  # as a URI: '#' and '?' in the path escaped
-    # a database in write-ahead logging may be in use even with no log on disk: the last
-    # connection of another process (or of an earlier search here) deletes it as it closes
-    in_use = Path(f"{path}-wal").exists() or _wal_mode(path)
-    if not in_use:
-        # no write-ahead log: nothing writes it now, and a read-only look cannot change it;
-        # with a log, a plain connection takes part in its locking (a read-only one read
+    if not wal:
+        # a rollback journal: a read-only look cannot change the file; in write-ahead
+        # logging, a plain connection takes part in its locking (a read-only one read
         # pages in the middle of other processes' checkpoints) and still writes nothing
         uri += "?mode=ro"
-    for attempt in range(attempts if in_use else 1):
+    for attempt in range(attempts if wal else 1):
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)) as db:
                 rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
                 return {r[0] for r in rows}
         except sqlite3.DatabaseError as e:
-            if in_use and any(t in str(e) for t in TRANSIENT):
+            if wal and any(t in str(e) for t in TRANSIENT):
                 time.sleep(0.2 * (attempt + 1))
                 continue
             if isinstance(e, sqlite3.OperationalError):
@@ -244,13 +241,6 @@ def _tables(url: str, path: Path, attempts: int = 5) -> set[str] | None:
                 f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
             ) from None
     return None
-
-
-def _wal_mode(path: Path) -> bool:
-    """Whether an SQLite file's header says write-ahead logging (read and write versions 2)."""
-    with open(path, "rb") as f:
-        f.seek(18)
-        return f.read(2) == b"\x02\x02"
 
 
 def _sqlite_pragmas(storage, write: bool) -> None:

@@ -65,7 +65,6 @@ def test_expected_latency_weights_segments_by_exit_distribution(elastic):
         ev(elastic, c, {"exit_fraction": [0.5, 0.5]})
 
 
-@pytest.mark.xdist_group("supernet")
 # a ratio of two timings: on the worker that holds the supernet trainings, never beside them
 @pytest.mark.xdist_group("supernet")
 def test_expected_latency_agrees_with_real_dynamic_inference(elastic):
