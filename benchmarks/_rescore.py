@@ -31,14 +31,16 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def pool(studies: dict, lowest: float) -> dict[str, dict[int, Candidate]]:
-    """Per space, the trials whose search speedup reached ``FLOOR * lowest``."""
-    out = {}
+def pool(studies: dict, lowest: float) -> tuple[dict, dict]:
+    """Per space, the trials whose search speedup reached ``FLOOR * lowest`` (their
+    candidates), and those speedups."""
+    trials, searched = {}, {}
     for kind, study in studies.items():
         df = trials_frame(study)
         df = df[df["speedup"] >= FLOOR * lowest]
-        out[kind] = {int(r.trial): Candidate.from_json(r.candidate) for r in df.itertuples()}
-    return out
+        trials[kind] = {int(r.trial): Candidate.from_json(r.candidate) for r in df.itertuples()}
+        searched[kind] = {int(r.trial): float(r.speedup) for r in df.itertuples()}
+    return trials, searched
 
 
 def cached(study, key: str) -> dict[int, float]:
@@ -120,14 +122,9 @@ def verdicts(best_of: dict, targets) -> list[str]:
 def judged(net, studies: dict, targets, threads: int) -> tuple[list[str], list[str], list[str]]:
     """Table rows (best on the whole set by search speedup, then by speedup timed again),
     the timing-noise rows, and the target's verdicts on the figures timed again."""
-    trials = pool(studies, min(targets))
+    trials, searched = pool(studies, min(targets))
     again = retime(net, studies, trials, threads)
     acc = whole_accuracy(net, studies, trials)
-    searched = {
-        kind: dict(zip(trials_frame(study)["trial"].astype(int),
-                       trials_frame(study)["speedup"], strict=True))
-        for kind, study in studies.items()
-    }  # fmt: skip
     cell = "{:.4f} ({}, {:.2f}x)"
     rows = [
         "| space | trials | "

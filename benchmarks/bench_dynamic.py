@@ -36,7 +36,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _rescore import FLOOR, ROUNDS, judged, verdicts  # noqa: E402
+from _rescore import FLOOR, ROUNDS, judged, log, verdicts  # noqa: E402
 from _results import stamp, write_section  # noqa: E402
 
 from vitpareto.evaluators import (  # noqa: E402
@@ -62,10 +62,6 @@ HERE = Path(__file__).parent / "fmnist"
 SPACES = ("static", "exits", "exits + cascade")
 TARGETS = (2.0, 4.0)
 SWEEP = (0.3, 0.5, 0.7, 0.9)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def space_of(kind: str, declared: dict) -> dict:
