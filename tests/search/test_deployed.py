@@ -48,14 +48,22 @@ def net(tmp_path_factory):
 
 def _mixed(net, images, base: Candidate | None = None):
     """``base`` (default: the full model) with exits after blocks 2 and 3, its threshold
-    the median confidence at its first exit on ``images``: some samples leave there, some
-    go on."""
+    midway between the two middle confidences at its first exit on ``images``: half the
+    samples leave there, half go on, none so near the threshold that a runtime's rounding
+    (1e-7 apart) could send it the other way."""
     base = base or Candidate.full(net.elastic.spec)
     cand = base.replace(exits=(2, 3), exit_threshold=0.5)
     with torch.no_grad():
         first = net.elastic.extract(cand).forward_exits(images)[0]
-    t = float(first.softmax(-1).amax(-1).median()) + 1e-7
-    return cand.replace(exit_threshold=min(t, 1.0))
+    return cand.replace(exit_threshold=_midway(first))
+
+
+def _midway(logits: torch.Tensor) -> float:
+    """A threshold between the two middle confidences of ``logits``."""
+    conf = logits.softmax(-1).amax(-1).sort().values
+    half = len(conf) // 2
+    assert conf[half] - conf[half - 1] > 1e-5, "two middle confidences tie: pick other images"
+    return float(conf[half - 1] + conf[half]) / 2
 
 
 def _exports_equal_eager(net, model, d, x8) -> torch.Tensor:
@@ -158,8 +166,7 @@ def test_every_exit_design_exports_and_reloads(net, tmp_path):
     )
     with torch.no_grad():
         first = elastic.extract(cand).forward_exits(x8)[0]
-    t = float(first.softmax(-1).amax(-1).median()) + 1e-7
-    model = elastic.extract(cand.replace(exit_threshold=t)).eval()
+    model = elastic.extract(cand.replace(exit_threshold=_midway(first))).eval()
     where = _exports_equal_eager(net, model, tmp_path / "m", x8)
     assert len(set(where.tolist())) > 1
     reloaded = load(tmp_path / "m")
@@ -176,8 +183,7 @@ def test_a_cascade_exports_and_reloads(net, tmp_path):
     base = _mixed(net, images).replace(cascade=(16,), cascade_thresholds=(1.0,))
     with torch.no_grad():
         coarse = net.elastic.extract(base).eval().stage(images, 0)
-    t = float(coarse.softmax(-1).amax(-1).median()) + 1e-7
-    model = net.elastic.extract(base.replace(cascade_thresholds=(min(t, 1.0),))).eval()
+    model = net.elastic.extract(base.replace(cascade_thresholds=(_midway(coarse),))).eval()
     where = _exports_equal_eager(net, model, tmp_path / "m", images)
     assert (where == 0).any() and (where > 0).any()
     reloaded = load(tmp_path / "m")
