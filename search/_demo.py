@@ -15,7 +15,7 @@ import torch
 
 from vitpareto.errors import VitParetoError
 from vitpareto.files import check_parent
-from vitpareto.search.explore import SearchConfig, needed, rescore_front, search
+from vitpareto.search.explore import FRONT_ROUNDS, SearchConfig, needed, rescore_front, search
 from vitpareto.search.outputs import export_trials, format_front, pick_trials, write_report
 from vitpareto.search.supernet import SupernetTrainer, TrainConfig, load_supernet
 
@@ -64,11 +64,16 @@ def run_demo(
     study = search(supernet, storage, "demo", trials, config)
     print(format_front(study))
 
-    step(f"3/5 front: each model fine-tuned {finetune_steps} steps, re-scored -> study demo/front")
-    front = study  # with nothing to re-score (no fine-tuning), the search's own front
-    if needed(config, finetune_steps):
+    step(
+        f"3/5 front: each model fine-tuned {finetune_steps} steps and timed again "
+        f"({FRONT_ROUNDS} rounds) -> study demo/front"
+    )
+    front = study  # with nothing to re-score, the search's own front
+    if needed(config, finetune_steps, FRONT_ROUNDS):
         # a low rate: these weights are already good (5e-4 cost 0.3-1.4 points here)
-        front = rescore_front(supernet, storage, "demo", config, steps=finetune_steps, lr=1e-4)
+        front = rescore_front(
+            supernet, storage, "demo", config, steps=finetune_steps, lr=1e-4, rounds=FRONT_ROUNDS
+        )
         print(format_front(front))
 
     step(f"4/5 report -> {out / 'report'}")

@@ -11,9 +11,12 @@ from vitpareto.search.cli._common import finite, positive, storage_arg
 from vitpareto.search.cli._trained import check_trained_args, ranked_supernet, trained_args
 from vitpareto.search.explore import (
     DIRECTIONS,
+    FRONT_ROUNDS,
+    NEAR,
     RUNTIMES,
     SAMPLERS,
     SearchConfig,
+    check_rounds,
     check_study_name,
     make_backend,
     needed,
@@ -112,6 +115,17 @@ def add_parsers(sub) -> None:
         "weights of a well-trained supernet closer)",
     )
     s.add_argument(
+        "--front-rounds",
+        type=int,
+        default=FRONT_ROUNDS,
+        metavar="N",
+        help="after the search, time each model on the front, and each within "
+        f"{NEAR * 100:.0f}%% of it, again for N rounds interleaved with the full model, into the study NAME/front, whose "
+        "front is chosen on those figures: the search times each trial briefly, and the "
+        "best of many brief timings is partly luck (default: %(default)s; 0: keep the "
+        "search's timing)",
+    )
+    s.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -207,6 +221,7 @@ def cmd_search(args) -> int:
     config = _config(args)
     positive("trials", args.trials)
     positive("finetune-front", args.finetune_front, zero=True)
+    check_rounds(args.front_rounds)
     finite("finetune-lr", args.finetune_lr, above=0)
     if args.artifacts is not None:
         if args.artifacts.exists() and not args.artifacts.is_dir():
@@ -218,7 +233,7 @@ def cmd_search(args) -> int:
     progress = not args.no_progress
     study = search(net, args.storage, args.study, args.trials, config, backend, progress)
     print(format_front(study))
-    if needed(config, args.finetune_front):
+    if needed(config, args.finetune_front, args.front_rounds):
         front = rescore_front(
             net,
             args.storage,
@@ -229,6 +244,7 @@ def cmd_search(args) -> int:
             progress=progress,
             lr=args.finetune_lr,
             backend=backend,
+            rounds=args.front_rounds,
         )
         print()
         print(format_front(front))

@@ -18,6 +18,7 @@ from vitpareto.search.explore._pareto import (
     describe_reference,
     front_hypervolume,
     front_hypervolume_of,
+    near_front,
 )
 from vitpareto.search.explore._predictive import PredictorSampler
 from vitpareto.search.explore._ray import tune_space
@@ -32,6 +33,9 @@ from vitpareto.search.explore._scoring import (
     trial_attrs,
 )
 from vitpareto.search.explore._search import (
+    FRONT_ROUNDS,
+    NEAR,
+    check_rounds,
     default_artifacts,
     make_backend,
     needed,
@@ -59,6 +63,8 @@ from vitpareto.search.explore._volume import hypervolume, nondominated
 __all__ = [
     "DEFAULT_STORAGE",
     "DIRECTIONS",
+    "FRONT_ROUNDS",
+    "NEAR",
     "RUNTIMES",
     "SAMPLERS",
     "SETTINGS",
@@ -75,11 +81,13 @@ __all__ = [
     "Started",
     "TrialLoop",
     "candidate_key",
+    "check_rounds",
     "check_study_name",
     "default_artifacts",
     "enqueue_design",
     "describe_reference",
     "front_hypervolume",
+    "near_front",
     "front_hypervolume_of",
     "front_study",
     "hypervolume",

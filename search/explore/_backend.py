@@ -60,6 +60,8 @@ class Backend(abc.ABC):
     def run(self, study, storage, supernet, trials: int, config: SearchConfig, bar) -> None:
         """Score trials until ``study`` has ``trials`` complete ones."""
 
-    def front_scorer(self, supernet, config: SearchConfig, recipe):
-        """What re-scores the front's trials (``rescore_front``)."""
-        return LocalFrontScorer(supernet, config, recipe, self.measured(supernet, config))
+    def front_scorer(self, supernet, config: SearchConfig, recipe, retime: bool = False):
+        """What re-scores the front's trials (``rescore_front``); ``retime``: every
+        latency timed again, as ``config`` says, not only the predicted ones."""
+        latency = self.measured(supernet, config)
+        return LocalFrontScorer(supernet, config, recipe, latency, retime)

@@ -5,10 +5,11 @@ Every trial of a search is scored cheaply (accuracy on the shared weights; laten
 measured, or predicted from the latency table). Optuna cannot report intermediate values
 for several objectives and Ray's ASHA takes one metric, so the fidelities are staged:
 once the search is done, each trial on its front is fine-tuned (``steps`` > 0) and its
-latency measured for real where it was predicted. The results go into a study of their
-own, ``NAME/front``, one trial per re-scored candidate with the same parameters, its
-``fidelity`` (``finetuned`` or ``shared``), ``source_trial`` and the low-fidelity figures
-kept as ``shared_accuracy`` / ``predicted_latency_ms``. Query, export and report read it
+latency timed again at length (``retime``; else only where it was predicted). The results
+go into a study of their own, ``NAME/front``, one trial per re-scored candidate with the
+same parameters, its ``fidelity`` (``finetuned`` or ``shared``), ``source_trial`` and the
+low-fidelity figures kept as ``shared_accuracy`` / ``predicted_latency_ms`` /
+``search_latency_ms`` and ``search_speedup``. Query, export and report read it
 like any study; fine-tuned weights are kept in an Optuna artifact store.
 """
 
@@ -31,21 +32,29 @@ from vitpareto.spaces import Candidate
 
 
 def remeasured(metrics: dict, measured: dict) -> None:
-    """Replace a predicted latency by a measured one, keeping the prediction."""
-    metrics["predicted_latency_ms"] = metrics["latency_ms"]
+    """Replace the search's latency by one measured now, keeping the search's figure: the
+    prediction, or the short timing and its speedup."""
+    if metrics.get("latency_predicted"):
+        metrics["predicted_latency_ms"] = metrics["latency_ms"]
+    else:
+        metrics["search_latency_ms"] = metrics["latency_ms"]
+        metrics["search_speedup"] = metrics.get("speedup")
     metrics.update(measured)
     metrics["latency_predicted"] = False
 
 
 class LocalFrontScorer:
     """Scores the front's trials one after another in this process; ``latency`` re-measures
-    predicted latencies (None leaves that to the caller: a Ray task on the target)."""
+    predicted latencies, and every latency when ``retime`` (None leaves that to the
+    caller: a Ray task on the target)."""
 
-    def __init__(self, supernet, config: SearchConfig, recipe: FinetuneConfig, latency=None):
+    def __init__(
+        self, supernet, config: SearchConfig, recipe: FinetuneConfig, latency=None, retime=False
+    ):
         self.supernet, self.config, self.recipe = supernet, config, recipe
         # the supernet's own train/validation split, batched as the fine-tuning recipe says
         self.data = supernet.load_data(batch_size=recipe.batch_size)
-        self.latency = latency
+        self.latency, self.retime = latency, retime
 
     def __call__(self, todo, steps: int):
         for t in todo:
@@ -74,15 +83,12 @@ class LocalFrontScorer:
             metrics["fidelity"], blob, model = "finetuned", weights_blob(ft.model), ft.model
         predicted = attrs.get("latency_predicted")
         exits_moved = model is not None and cand.routes > 0  # its samples leave elsewhere
-        if self.latency is not None and (predicted or exits_moved):
+        if self.latency is not None and (self.retime or predicted or exits_moved):
             if model is not None and hasattr(self.latency, "measure"):
                 measured = self.latency.measure(elastic, model, metrics)  # as it ships
             else:
                 measured = self.latency(elastic, cand, metrics)
-            if predicted:
-                remeasured(metrics, measured)
-            else:
-                metrics.update(measured)
+            remeasured(metrics, measured)
         elif exits_moved and metrics.get("exit_latency_ms"):
             # a derived latency follows where the fine-tuned model's samples leave
             expected = expected_latency(metrics["exit_latency_ms"], metrics["exit_fraction"])

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from vitpareto.errors import VitParetoError
 from vitpareto.search.explore._study import objectives_of
@@ -85,3 +87,28 @@ def front_hypervolume_of(study, df=None, ref: dict[str, float] | None = None):
     if df.empty:
         return 0.0, {}
     return front_hypervolume(df, objectives, ref, study.user_attrs.get("full"))
+
+
+def near_front(study, margin: float) -> list:
+    """The study's front, then the feasible trials no other dominates once their latency is
+    taken ``margin`` lower: those a short timing that came out slow kept off the front."""
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(c <= 0 for c in t.system_attrs.get("constraints") or ())
+    ]
+    if not trials:
+        return []
+    sign = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
+    points = np.array([t.values for t in trials], dtype=float) * sign  # all minimised
+    given = points.copy()  # each trial given the benefit of the doubt on its latency
+    for i, o in enumerate(objectives_of(study)):
+        if o == "latency_ms":
+            given[:, i] *= 1 - margin
+    # beats[j, i]: trial j, as measured, dominates trial i given the doubt
+    le = np.all(points[:, None, :] <= given[None, :, :], axis=2)
+    lt = np.any(points[:, None, :] < given[None, :, :], axis=2)
+    kept = ~np.any(le & lt, axis=0)
+    front = {t.number for t in study.best_trials}
+    near = [t for t, k in zip(trials, kept, strict=True) if k and t.number not in front]
+    return [t for t in trials if t.number in front] + near

@@ -145,10 +145,10 @@ class RayBackend(Backend):
                 f"trials failed on the cluster; the first: {str(first).strip().splitlines()[-1]}"
             )
 
-    def front_scorer(self, supernet, config, recipe):
+    def front_scorer(self, supernet, config, recipe, retime=False):
         if self.holder is None:  # the front of a search this process did not run
             config = self.prepare(supernet, config)
-        return RayFrontScorer(self, supernet, config, recipe)
+        return RayFrontScorer(self, supernet, config, recipe, retime)
 
 
 @functools.cache
@@ -207,9 +207,9 @@ class RayFrontScorer:
     """The front's second stage spread over a Ray cluster: one task per trial (fine-tuning
     and accuracy, with the trial's CPUs and GPUs), latency re-measured on the target."""
 
-    def __init__(self, backend: RayBackend, supernet, config: SearchConfig, recipe):
+    def __init__(self, backend: RayBackend, supernet, config: SearchConfig, recipe, retime):
         self.config, self.recipe, self.elastic = config, recipe, supernet.elastic
-        self.latency = backend.measured(supernet, config)
+        self.latency, self.retime = backend.measured(supernet, config), retime
         self.holder, self.resources = backend.holder, backend._resources()
 
     def __call__(self, todo, steps):
@@ -221,7 +221,7 @@ class RayFrontScorer:
             (ready,), _ = ray.wait(list(pending), num_returns=1)
             t = pending.pop(ready)
             metrics, blob = ray.get(ready)
-            if t.user_attrs.get("latency_predicted"):
+            if self.retime or t.user_attrs.get("latency_predicted"):
                 cand = Candidate.from_dict(t.user_attrs["candidate"])
                 remeasured(metrics, self.latency(self.elastic, cand, metrics))
             yield t, metrics, blob

@@ -1,6 +1,6 @@
 """The two stages of a search, each one call whatever the backend: ``search`` (from the
 study's creation to its last trial) and ``rescore_front`` (the front at a higher fidelity,
-in the study ``NAME/front``: fine-tuned, its latency measured where it was predicted)."""
+in the study ``NAME/front``: fine-tuned, its latency timed again at length)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from vitpareto.search.explore._config import SearchConfig
 from vitpareto.search.explore._design import enqueue_design
 from vitpareto.search.explore._front import store_weights
 from vitpareto.search.explore._local import LocalBackend, ProcessBackend
+from vitpareto.search.explore._pareto import near_front
 from vitpareto.search.explore._progress import SearchProgress
 from vitpareto.search.explore._raybackend import RayBackend
 from vitpareto.search.explore._scoring import candidate_key, reference_latency, trial_attrs
@@ -97,9 +98,27 @@ def default_artifacts(storage_url: str) -> Path:
     return Path("results/artifacts")
 
 
-def needed(config: SearchConfig, steps: int) -> bool:
+FRONT_ROUNDS = 100  # the command line's rounds for the front's timing: 10x the search's
+NEAR = 0.15  # a trial this much slower than the front, by the search's timing, is timed too
+
+
+def needed(config: SearchConfig, steps: int, rounds: int = 0) -> bool:
     """Whether the front has anything to gain from a second stage."""
-    return steps > 0 or config.latency == "predicted"
+    return steps > 0 or rounds > 0 or config.latency == "predicted"
+
+
+def check_rounds(rounds) -> int:
+    """The front's timing rounds: 0 (as the search timed it) or 3 to 100000."""
+    if (
+        isinstance(rounds, bool)
+        or not isinstance(rounds, int)
+        or not (rounds == 0 or 3 <= rounds <= 100_000)
+    ):
+        raise VitParetoError(
+            f"--front-rounds must be 0 (keep the search's timing) or 3 to 100000 rounds, "
+            f"got {rounds!r}"
+        )
+    return rounds
 
 
 def rescore_front(
@@ -112,22 +131,31 @@ def rescore_front(
     progress: bool = True,
     lr: float | None = None,
     backend=None,
+    rounds: int = 0,
 ):
     """Re-score the front of study ``name`` into ``name + '/front'``; return that study.
 
-    ``backend`` (a ``Backend``; by default this process) says where the work runs.
-    Resumable: candidates already re-scored are skipped, so a cut-off stage (or a front
-    that grew with more trials) is completed by running it again with the same settings.
+    ``rounds`` > 0 times every model of the stage again, that many rounds interleaved with
+    the full model (the search's short timing picks its lucky trials onto the front), and
+    takes in the trials within ``NEAR`` of the front by the search's latency; the front of
+    ``name + '/front'`` is then chosen on the figures timed again, each trial's latency
+    the full model's (timed at length once) over its speedup: the machine's drift from
+    one trial to the next moves milliseconds, not speedups (``measured_latency_ms``
+    keeps the trial's own). ``backend`` (a
+    ``Backend``; by default this process) says where the work runs. Resumable: candidates
+    already re-scored are skipped, so a cut-off stage (or a front that grew with more
+    trials) is completed by running it again with the same settings.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise VitParetoError(f"--finetune-front must be 0 or more steps, got {steps!r}")
+    rounds = check_rounds(rounds)
     with storage_errors(storage_url):
         return _rescore(
-            supernet, storage_url, name, config, steps, artifacts, progress, lr, backend
+            supernet, storage_url, name, config, steps, artifacts, progress, lr, backend, rounds
         )
 
 
-def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr, backend):
+def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr, backend, rounds):
     src = load_study(storage_url, name)
     dst = optuna.create_study(
         study_name=name + SUFFIX,
@@ -148,8 +176,15 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
             f"study {name + SUFFIX!r} was fine-tuned with learning rate {done['finetune_lr']}, "
             f"not {lr}; pass the same --finetune-lr, or search another --study"
         )
+    if "finetune_steps" in done and done.get("front_rounds", 0) != rounds:
+        raise VitParetoError(
+            f"study {name + SUFFIX!r} was timed at {done.get('front_rounds', 0)} rounds, not "
+            f"{rounds}; pass the same --front-rounds, or search another --study"
+        )
     stored = SearchConfig.from_dict(src.user_attrs.get("config") or {})
     config = replace(config or stored, threads=(config or stored).threads or stored.threads)
+    if rounds:  # every model of the stage timed at length, the full model too
+        config = replace(config, latency_repeats=rounds)
     recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed, lr=lr)
     backend = backend or LocalBackend()
     if "finetune_steps" not in done:
@@ -159,6 +194,7 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
             "source_study": name,
             "finetune_steps": steps,
             "finetune_lr": lr,
+            "front_rounds": rounds,
             "latency_source": "measured",
         }
         for k, v in attrs.items():
@@ -167,8 +203,8 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
         candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
         for t in dst.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
-    todo = []
-    for t in src.best_trials:
+    todo, on_front = [], {t.number for t in src.best_trials}
+    for t in near_front(src, NEAR) if rounds else src.best_trials:
         key = candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
         if key not in seen:
             seen.add(key)
@@ -176,12 +212,15 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
     if not todo:
         return dst
     store_dir = (Path(artifacts) if artifacts else default_artifacts(storage_url)).resolve()
-    scorer = backend.front_scorer(supernet, config, recipe)
+    scorer = backend.front_scorer(supernet, config, recipe, retime=rounds > 0)
     full = dict(dst.user_attrs.get("full") or {})
-    if stored.latency == "predicted" and not full.get("latency_measured"):
+    if (stored.latency == "predicted" and not full.get("latency_measured")) or (
+        rounds and full.get("latency_rounds") != rounds
+    ):
         # the hypervolume's reference in the units of this study: the full model, timed
         full["latency_ms"] = reference_latency(scorer.latency, supernet.elastic)
         full["latency_measured"] = True
+        full["latency_rounds"] = rounds or config.latency_repeats
         dst.set_user_attr("full", full)
     objectives = list(src.user_attrs["objectives"])
     bar = tqdm(
@@ -193,6 +232,10 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
     )
     for t, metrics, blob in scorer(todo, steps):
         metrics.update(source_trial=t.number, shared_accuracy=t.user_attrs["accuracy"])
+        if rounds:  # in the reference's milliseconds: drift between trials cancels out
+            metrics.update(latency_rounds=rounds, search_front=t.number in on_front)
+            metrics["measured_latency_ms"] = metrics["latency_ms"]
+            metrics["latency_ms"] = full["latency_ms"] / metrics["speedup"]
         if blob is not None:
             metrics["weights_artifact"] = store_weights(store_dir, blob)
             metrics["artifacts"] = str(store_dir)

@@ -13,12 +13,11 @@ import torch
 from optuna.trial import TrialState
 
 import vitpareto
+from tests.search.hostile import trained_supernet
 from tests.search.test_cli import vitpareto as cli
 from vitpareto.evaluators import AccuracyEvaluator
 from vitpareto.search import (
     SearchConfig,
-    SupernetTrainer,
-    TrainConfig,
     load_supernet,
     rescore_front,
     search,
@@ -33,13 +32,7 @@ CONFIG = dict(latency_repeats=3)
 def searched(tmp_path_factory):
     """A supernet trained one epoch on digits and a 6-trial study of it."""
     d = tmp_path_factory.mktemp("pipeline")
-    trainer = SupernetTrainer.create(
-        "test_vit",
-        "digits",
-        TrainConfig(epochs=1, batch_size=128, random_candidates=1),
-        model_kwargs=dict(img_size=32, patch_size=16),
-    )
-    trainer.fit(d / "net.pt", progress=False)
+    trained_supernet(d / "net.pt")
     url = f"sqlite:///{d / 'r.db'}"
     search(load_supernet(d / "net.pt"), url, "s", 6, SearchConfig(**CONFIG), progress=False)
     return d, url
