@@ -119,11 +119,11 @@ def add_parsers(sub) -> None:
         type=int,
         default=FRONT_ROUNDS,
         metavar="N",
-        help="after the search, time each model on the front, and each within "
-        f"{NEAR * 100:.0f}%% of it, again for N rounds interleaved with the full model, into the study NAME/front, whose "
-        "front is chosen on those figures: the search times each trial briefly, and the "
-        "best of many brief timings is partly luck (default: %(default)s; 0: keep the "
-        "search's timing)",
+        help=f"after the search, time each model on the front, and each within {NEAR * 100:.0f}%% "
+        "of it, again for N rounds interleaved with the full model, into the study "
+        "NAME/front, whose front is chosen on those figures: the search times each trial "
+        "briefly, and the best of many brief timings is partly luck (default: "
+        "%(default)s; 0: keep the search's timing)",
     )
     s.add_argument(
         "--jobs",

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from vitpareto.errors import VitParetoError
 from vitpareto.search.explore._study import objectives_of
-from vitpareto.search.explore._volume import hypervolume
+from vitpareto.search.explore._volume import dominated_by, hypervolume
 
 
 def reference(df, objectives: list[str], full: dict[str, Any] | None = None) -> dict[str, float]:
@@ -95,7 +95,7 @@ def near_front(study, margin: float) -> list:
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if all(c <= 0 for c in t.system_attrs.get("constraints") or ())
+        if all(c <= 0 for c in t.constraints.values())
     ]
     if not trials:
         return []
@@ -105,10 +105,7 @@ def near_front(study, margin: float) -> list:
     for i, o in enumerate(objectives_of(study)):
         if o == "latency_ms":
             given[:, i] *= 1 - margin
-    # beats[j, i]: trial j, as measured, dominates trial i given the doubt
-    le = np.all(points[:, None, :] <= given[None, :, :], axis=2)
-    lt = np.any(points[:, None, :] < given[None, :, :], axis=2)
-    kept = ~np.any(le & lt, axis=0)
+    kept = ~dominated_by(points, given)  # by no trial as measured, given the doubt
     front = {t.number for t in study.best_trials}
     near = [t for t, k in zip(trials, kept, strict=True) if k and t.number not in front]
     return [t for t in trials if t.number in front] + near

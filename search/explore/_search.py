@@ -220,7 +220,7 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
         # the hypervolume's reference in the units of this study: the full model, timed
         full["latency_ms"] = reference_latency(scorer.latency, supernet.elastic)
         full["latency_measured"] = True
-        full["latency_rounds"] = rounds or config.latency_repeats
+        full["latency_rounds"] = config.latency_repeats  # rounds, when timed again
         dst.set_user_attr("full", full)
     objectives = list(src.user_attrs["objectives"])
     bar = tqdm(

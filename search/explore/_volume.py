@@ -32,7 +32,12 @@ def nondominated(points: np.ndarray) -> np.ndarray:
     pts = np.unique(np.asarray(points, dtype=float), axis=0)
     if len(pts) < 2:
         return pts
-    le = np.all(pts[:, None, :] <= pts[None, :, :], axis=2)  # le[i, j]: i weakly dominates j
-    lt = np.any(pts[:, None, :] < pts[None, :, :], axis=2)
-    dominated = np.any(le & lt, axis=0)
-    return pts[~dominated]
+    return pts[~dominated_by(pts, pts)]
+
+
+def dominated_by(points: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each row of ``others``, whether some row of ``points`` dominates it (all
+    objectives minimised)."""
+    le = np.all(points[:, None, :] <= others[None, :, :], axis=2)  # le[i, j]: i weakly below j
+    lt = np.any(points[:, None, :] < others[None, :, :], axis=2)
+    return np.any(le & lt, axis=0)

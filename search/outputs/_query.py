@@ -130,7 +130,7 @@ def format_front(study) -> str:
     lines.append(f"front: {len(front)} trials, hypervolume {hv:.4f} ({describe_reference(ref)})")
     lines.append(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     rounds = study.user_attrs.get("front_rounds")
-    if rounds and "search_speedup" in df:
+    if rounds and "search_front" in df:
         lines.append(retimed(df, rounds))
     return "\n".join(lines)
 
@@ -138,8 +138,7 @@ def format_front(study) -> str:
 def retimed(df, rounds: int) -> str:
     """What timing the front again at length changed, in one line."""
     off = (df["speedup"] / df["search_speedup"] - 1).abs().dropna()
-    was = df["search_front"].fillna(False).astype(bool) if "search_front" in df else df["pareto"]
-    left = int((was & ~df["pareto"]).sum())
+    left = int((df["search_front"].fillna(False).astype(bool) & ~df["pareto"]).sum())
     return (
         f"latency timed again at {rounds} rounds for {len(df)} models (the search's front and "
         f"those near it): the search's speedups were off by {off.median():.0%} (median; at "

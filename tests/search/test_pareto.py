@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
+from optuna.trial import create_trial
 
-from vitpareto.search.explore import describe_reference, front_hypervolume, hypervolume
+from vitpareto.search.explore import (
+    describe_reference,
+    front_hypervolume,
+    hypervolume,
+    near_front,
+)
 
 
 def test_known_volumes():
@@ -47,3 +54,15 @@ def test_front_hypervolume_in_reference_units():
     # errors 0.1 and 0.2 at latency fractions 0.5 and 0.25 in the unit box
     assert hv == pytest.approx(0.9 * 0.5 + 0.8 * (0.5 - 0.25))
     assert "latency_ms 20 (full model)" in describe_reference(ref)
+
+
+def test_near_front_takes_feasible_trials_the_doubt_keeps_undominated():
+    """The front first, then a trial within the margin of it; a far trial and an
+    infeasible one (which would dominate both) are left out, and do not count."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["accuracy", "latency_ms"])
+    for values, violation in (((0.9, 1.0), 0.0), ((0.9, 1.1), 0.0), ((0.95, 0.5), 1.0),
+                              ((0.8, 2.0), 0.0)):  # fmt: skip
+        study.add_trial(create_trial(values=list(values), constraints={"latency": violation}))
+    assert [t.number for t in near_front(study, 0.15)] == [0, 1]
+    assert [t.number for t in near_front(study, 0.0)] == [0]
