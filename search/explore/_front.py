@@ -8,8 +8,8 @@ once the search is done, each trial on its front is fine-tuned (``steps`` > 0) a
 latency timed again at length (``retime``; else only where it was predicted). The results
 go into a study of their own, ``NAME/front``, one trial per re-scored candidate with the
 same parameters, its ``fidelity`` (``finetuned`` or ``shared``), ``source_trial`` and the
-low-fidelity figures kept as ``shared_accuracy`` / ``predicted_latency_ms`` /
-``search_latency_ms`` and ``search_speedup``. Query, export and report read it
+low-fidelity figures kept as ``shared_accuracy``, ``predicted_latency_ms`` or
+``search_latency_ms``, and ``search_speedup``. Query, export and report read it
 like any study; fine-tuned weights are kept in an Optuna artifact store.
 """
 
@@ -34,11 +34,8 @@ from vitpareto.spaces import Candidate
 def remeasured(metrics: dict, measured: dict) -> None:
     """Replace the search's latency by one measured now, keeping the search's figure: the
     prediction, or the short timing and its speedup."""
-    if metrics.get("latency_predicted"):
-        metrics["predicted_latency_ms"] = metrics["latency_ms"]
-    else:
-        metrics["search_latency_ms"] = metrics["latency_ms"]
-        metrics["search_speedup"] = metrics.get("speedup")
+    kept = "predicted_latency_ms" if metrics.get("latency_predicted") else "search_latency_ms"
+    metrics[kept], metrics["search_speedup"] = metrics["latency_ms"], metrics.get("speedup")
     metrics.update(measured)
     metrics["latency_predicted"] = False
 

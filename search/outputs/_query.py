@@ -130,7 +130,7 @@ def format_front(study) -> str:
     lines.append(f"front: {len(front)} trials, hypervolume {hv:.4f} ({describe_reference(ref)})")
     lines.append(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     rounds = study.user_attrs.get("front_rounds")
-    if rounds and "search_front" in df:
+    if rounds and {"search_front", "search_speedup"} <= set(df):
         lines.append(retimed(df, rounds))
     return "\n".join(lines)
 
