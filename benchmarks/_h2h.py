@@ -28,6 +28,15 @@ def trained_plain(model: dict, path: Path, epochs: int):
     return load_supernet(path)
 
 
+def calibrated(model: dict, path: Path, epochs: int, batches: int):
+    """The model trained normally (``trained_plain``), its data at batch 256, and the
+    first ``batches`` training batches in a seeded order: what the rankings read."""
+    net = trained_plain(model, path, epochs)
+    data = net.load_data(batch_size=256)
+    data.train.generator.manual_seed(0)
+    return net, data, [b for _, b in zip(range(batches), data.train, strict=False)]
+
+
 def uniform_cut(spec, ratio: float, heads: int) -> Candidate:
     """The uniform cut with ``heads`` heads per block and the MLP width (a multiple of 8)
     that brings the MACs nearest ``ratio`` times fewer (Torch-Pruning can cut the same)."""

@@ -70,16 +70,12 @@ def run(args) -> str:
     torch.manual_seed(0)
     warnings.filterwarnings("ignore")
     work = Path(args.work)
-    net = h.trained_plain(MODEL, work / "plain.pt", args.epochs)
+    net, data, calib = h.calibrated(MODEL, work / "plain.pt", args.epochs, args.calibration_batches)
     vit, spec = net.elastic.vit.eval(), net.elastic.spec
     weights = work / "plain.pth"
     torch.save(vit.state_dict(), weights)
-    data = net.load_data(batch_size=256)
     if data.test is None:
         sys.exit(f"{work / 'plain.pt'} validates on the test split (made before honest splits)")
-    gen = data.train.generator
-    gen.manual_seed(0)
-    calib = [b for _, b in zip(range(args.calibration_batches), data.train, strict=False)]
     H = spec.num_heads
     fixed: dict[tuple[float, str], torch.nn.Module] = {}
     for ratio, heads in ((2.0, H - 1), (3.0, max(1, H - 2))):

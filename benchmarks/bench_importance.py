@@ -31,7 +31,7 @@ from vitpareto.spaces import compress, importance_scores
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _h2h import accuracy as _accuracy  # noqa: E402
-from _h2h import trained_plain  # noqa: E402
+from _h2h import calibrated  # noqa: E402
 from _h2h import uniform_cut as _cut  # noqa: E402
 from _peer import available, torch_pruning_cut  # noqa: E402
 from _results import stamp, write_section  # noqa: E402
@@ -52,14 +52,12 @@ def _tp_version() -> str:
 def run(args) -> str:
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", message="Unwrapped parameters")
-    net = trained_plain(MODEL, Path(args.model_path), args.epochs)
-    data = net.load_data(batch_size=256)
+    net, data, calib = calibrated(
+        MODEL, Path(args.model_path), args.epochs, args.calibration_batches
+    )
     vit = net.elastic.vit.eval()  # trained --plain: its own order (identity ranking)
     spec = net.elastic.spec
     full_acc = _accuracy(vit, data.val)
-    gen = data.train.generator
-    gen.manual_seed(0)
-    calib = [b for _, b in zip(range(args.calibration_batches), data.train, strict=False)]
     tune_data = net.load_data(batch_size=args.batch_size)  # the fine-tuning batches
     config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=5e-4, distill=0.7)
     rows = []
