@@ -77,7 +77,7 @@ def run(args) -> str:
         verdict.append(f"| {key} | {peer:.4f} | {peer + MARGIN:.4f} | {ceiling:.4f} "
                        f"| {100 * (ceiling - peer - MARGIN):+.2f} pt |")  # fmt: skip
     return "\n".join([
-        "## The ceiling of the head-to-head at equal data (bench_ceiling.py)",
+        "### bench_ceiling: the ceiling of the head-to-head at equal data",
         "",
         f"{stamp()}, torch-pruning {version('torch-pruning')}. The Fashion-MNIST benchmark "
         f"model (`benchmarks/fmnist/model.yaml`) trained normally ({args.epochs} epochs, batch "
