@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +26,14 @@ def trained_plain(model: dict, path: Path, epochs: int):
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         trainer.fit(path)
-    return load_supernet(path)
+    net = load_supernet(path)
+    if net.meta.get("epoch") != epochs:  # another recipe's model, or a run cut short
+        sys.exit(
+            f"{path} holds the model after {net.meta.get('epoch')} epochs, not {epochs}, and "
+            "what is cached beside it was made from that one: give another --work "
+            "(--model-path for bench_importance) or remove that folder"
+        )
+    return net
 
 
 def calibrated(model: dict, path: Path, epochs: int, batches: int):
