@@ -7,7 +7,7 @@ model, uncut, given the same long fine-tune (the same steps, batch, learning rat
 distillation from the trained model) as the peer's Taylor cuts, each run with several
 seeds of the fine-tune. A compressed model trained on the same images and teacher is not
 expected to beat its own uncut model; where the uncut model ends below the peer's best
-plus the target's margin, no cut can meet the target on this model and data.
+plus the target's margin, a cut would have to beat its own uncut model to meet it.
 
     pip install -e '.[bench]'
     python benchmarks/bench_ceiling.py [--seeds 0 1] [--work results/h2h]
@@ -86,7 +86,8 @@ def run(args) -> str:
         f"{steps} steps of batch {args.batch_size}, lr 0.0005, distilled (0.7 KD + 0.3 "
         f"labels) from the trained model, once per seed ({len(args.seeds)} seeds). Test "
         "accuracy; `room` is how far the uncut model ends above the peer's cut plus the "
-        "head-to-head's one-point target (negative: no cut of this model reaches it).",
+        "head-to-head's one-point target (negative: a cut would have to end above its own "
+        "uncut model).",
         "",
         *rows,
         *verdict,
