@@ -52,7 +52,7 @@ def run(args) -> str:
     tune = net.load_data(batch_size=args.batch_size)
     steps = _long_steps(data, args)  # the short fine-tune plus the supernet's images
     ft = FinetuneConfig(steps=steps, batch_size=args.batch_size, lr=5e-4, distill=0.7)
-    full_test = h.accuracy(vit, data.test)
+    before = {key: h.accuracy(model, data.test) for key, (_, model) in models.items()}
     acc: dict[str, list[float]] = {}
     for key, (name, model) in models.items():
         for seed in args.seeds:
@@ -67,7 +67,7 @@ def run(args) -> str:
         cand = getattr(model, "candidate", None)
         macs = analytic_macs(spec, cand) if cand is not None else count_macs(model, spec.img_size)
         seeds = ", ".join(f"{a:.4f}" for a in acc[key])
-        rows.append(f"| {analytic_macs(spec) / macs:.2f}x | {name} | {h.accuracy(model, data.test):.4f} "
+        rows.append(f"| {analytic_macs(spec) / macs:.2f}x | {name} | {before[key]:.4f} "
                     f"| {seeds} | {statistics.median(acc[key]):.4f} |")  # fmt: skip
     ceiling = statistics.median(acc["1x"])
     verdict = ["", "| target | peer's median | + 1 point | the uncut model's median | room |",
@@ -82,7 +82,7 @@ def run(args) -> str:
         f"{stamp()}, torch-pruning {version('torch-pruning')}. The Fashion-MNIST benchmark "
         f"model (`benchmarks/fmnist/model.yaml`) trained normally ({args.epochs} epochs, batch "
         f"256, lr 0.002; validation carved from the training split): test accuracy "
-        f"{full_test:.4f}. Every model fine-tuned as bench_headtohead's `long fine-tune`: "
+        f"{before['1x']:.4f}. Every model fine-tuned as bench_headtohead's `long fine-tune`: "
         f"{steps} steps of batch {args.batch_size}, lr 0.0005, distilled (0.7 KD + 0.3 "
         f"labels) from the trained model, once per seed ({len(args.seeds)} seeds). Test "
         "accuracy; `room` is how far the uncut model ends above the peer's cut plus the "
