@@ -192,12 +192,15 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
         attrs = {
             **src.user_attrs,
             "source_study": name,
-            "finetune_steps": steps,
             "finetune_lr": lr,
             "front_rounds": rounds,
             "latency_source": "measured",
         }
-        for k, v in attrs.items():
+        attrs.pop("finetune_steps", None)
+        # "finetune_steps" marks the stage's settings as complete, so it is written last:
+        # a second process reading the attributes between two writes (two searches sharing
+        # one study) finds either no marker (and writes the same settings) or all of them
+        for k, v in {**attrs, "finetune_steps": steps}.items():
             dst.set_user_attr(k, v)
     seen = {  # candidates already re-scored (samplers can suggest one candidate twice)
         candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))

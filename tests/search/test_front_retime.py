@@ -145,3 +145,29 @@ def test_cli_retimes_the_front_by_default_and_checks_rounds(searched, tmp_path):
     out = cli(*base, "--study", "d", "--front-rounds", "0")
     assert out.returncode == 0, out.stderr
     assert "d/front" not in {s.study_name for s in optuna.get_all_study_summaries(url)}
+
+
+def test_front_header_marker_written_last(searched, tmp_path, monkeypatch):
+    """Two searches sharing one study both open its front: the second may read the front's
+    attributes between two of the first's writes, so the marker it trusts
+    (``finetune_steps``) must come after every setting it then checks."""
+    d, net = searched
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    _study(net, url, "s")
+    seen = []
+    real = optuna.study.Study.set_user_attr
+
+    def record(self, key, value):
+        if self.study_name == "s/front":  # what a second process would read right now
+            seen.append((key, dict(self.user_attrs)))
+        return real(self, key, value)
+
+    monkeypatch.setattr(optuna.study.Study, "set_user_attr", record)
+    rescore_front(net, url, "s", rounds=5, progress=False, backend=MacBackend())
+    keys = [k for k, _ in seen]
+    assert "finetune_steps" in keys and "front_rounds" in keys
+    after = [k for k, _ in seen[keys.index("finetune_steps") + 1 :]]
+    assert set(after) <= {"full"}  # only what the stage then measures
+    for _, attrs in seen:  # a reader at any moment: no marker, or every setting with it
+        if "finetune_steps" in attrs:
+            assert attrs["front_rounds"] == 5 and "finetune_lr" in attrs
