@@ -17,6 +17,7 @@ batch 1. Target: the dynamic space's front above the static one's at 2x and 4x b
 least 0.5 point.
 
     python benchmarks/bench_dynamic.py [--epochs 8] [--batches 16] [--trials 60] [--supernet PATH]
+    python benchmarks/bench_dynamic.py --seeds 0 1 2 [--trials 100]
     python benchmarks/bench_dynamic.py --sweep-only | --routes-only | --resume
 """
 
@@ -36,7 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _rescore import FLOOR, ROUNDS, judged, log, verdicts  # noqa: E402
+from _rescore import FLOOR, ROUNDS, judged, label, log, verdicts  # noqa: E402
 from _results import stamp, write_section  # noqa: E402
 
 from vitpareto.evaluators import (  # noqa: E402
@@ -219,6 +220,9 @@ def main() -> None:
     p.add_argument("--supernet", type=Path, default=Path("results/fmnist_dyn/supernet.pt"))
     p.add_argument("--epochs", type=int, default=8, help="supernet epochs, if it is trained here")
     p.add_argument("--trials", type=int, default=60)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="sampler seeds: each space searched once per seed, the target judged "
+                   "on the median of each seed's lead")  # fmt: skip
     p.add_argument("--batches", type=int, default=16,
                    help="validation batches of 128 each trial is scored on")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
@@ -249,18 +253,21 @@ def main() -> None:
     if not args.resume:
         (work / "dynamic.db").unlink(missing_ok=True)  # this run's studies, never a past run's
     done = set(optuna.get_all_study_names(url)) if args.resume else set()
-    studies = {}
-    for kind in SPACES:
-        name = kind.replace(" + ", "_")
-        if name in done:
-            studies[kind] = optuna.load_study(study_name=name, storage=url)
-            continue
-        space = JointSpace.from_dict(space_of(kind, declared), net.elastic)
-        log(f"searching {args.trials} trials, {kind} ...")
-        start = time.perf_counter()
-        studies[kind] = search(dataclasses.replace(net, space=space), url, name, args.trials,
-                               config, progress=False)  # fmt: skip
-        log(f"  {time.perf_counter() - start:.0f} s")
+    studies, seeds = {}, args.seeds
+    for seed in seeds:
+        for kind in SPACES:
+            name = kind.replace(" + ", "_") + (f"_seed{seed}" if seed else "")
+            key = label(kind, seed, seeds)
+            if name in done:
+                studies[key] = optuna.load_study(study_name=name, storage=url)
+                continue
+            space = JointSpace.from_dict(space_of(kind, declared), net.elastic)
+            log(f"searching {args.trials} trials, {key} ...")
+            start = time.perf_counter()
+            studies[key] = search(dataclasses.replace(net, space=space), url, name,
+                                  args.trials, dataclasses.replace(config, seed=seed),
+                                  progress=False)  # fmt: skip
+            log(f"  {time.perf_counter() - start:.0f} s")
     trials = min(len(trials_frame(study)) for study in studies.values())  # completed ones
     checkpoints = sorted({n for n in (10, 20, trials // 2, trials) if n >= 5})
     curves = {kind: curve(study, checkpoints) for kind, study in studies.items()}
@@ -268,12 +275,12 @@ def main() -> None:
     head = "| space | " + " | ".join(f"HV at {n} trials" for n in checkpoints)
     head += " | " + " | ".join(f"best accuracy at >= {s:g}x (trial)" for s in TARGETS) + " |"
     rows = [head, "|---|" + "---:|" * (len(checkpoints) + len(TARGETS))]
-    for kind in SPACES:
+    for kind in studies:
         cells = [f"{curves[kind].get(n, float('nan')):.4f}" for n in checkpoints]
         cells += [f"{a:.4f} ({t})" for a, t in (best[kind][s] for s in TARGETS)]
         rows.append(f"| {kind} | " + " | ".join(cells) + " |")
-    scored = verdicts(best, TARGETS)
-    whole, noise, whole_verdicts = judged(net, studies, TARGETS, args.threads)
+    scored = verdicts(best, TARGETS, seeds)
+    whole, noise, whole_verdicts = judged(net, studies, TARGETS, args.threads, seeds)
     only, acc7, acc4, n = coarse_only(net, 7, 4)
     table = sweep(net, declared, SWEEP)
     md = "\n".join([
@@ -281,7 +288,8 @@ def main() -> None:
         "",
         f"{stamp()}. Supernet {args.supernet.name}: benchmarks/fmnist/model.yaml + "
         f"dynamic.yaml on Fashion-MNIST ({net.meta.get('epoch')} epochs). Searches of "
-        f"{trials} trials each (the default sampler), accuracy on {args.batches} validation "
+        f"{trials} trials each (the default sampler, seed{'s' if len(seeds) > 1 else ''} "
+        f"{', '.join(map(str, seeds))}), accuracy on {args.batches} validation "
         "batches of 128, "
         "latency at batch 1 under ONNX Runtime, 10 interleaved rounds with the full model; "
         "a dynamic candidate timed as deployed on real validation images. Hypervolume in "
