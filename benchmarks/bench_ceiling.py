@@ -11,6 +11,10 @@ plus the target's margin, a cut would have to beat its own uncut model to meet i
 
     pip install -e '.[bench]'
     python benchmarks/bench_ceiling.py [--seeds 0 1] [--work results/h2h]
+    python benchmarks/bench_ceiling.py --epochs 12 --work results/h2h-12e
+
+Each training recipe (``--epochs``) has a section of its own in RESULTS.md: whether more
+training of the model moves the ceiling is the question the sections answer together.
 """
 
 from __future__ import annotations
@@ -77,7 +81,8 @@ def run(args) -> str:
         verdict.append(f"| {key} | {peer:.4f} | {peer + MARGIN:.4f} | {ceiling:.4f} "
                        f"| {100 * (ceiling - peer - MARGIN):+.2f} pt |")  # fmt: skip
     return "\n".join([
-        "### bench_ceiling: the ceiling of the head-to-head at equal data",
+        f"### bench_ceiling: the ceiling of the head-to-head at equal data, the model "
+        f"trained {args.epochs} epochs",
         "",
         f"{stamp()}, torch-pruning {version('torch-pruning')}. The Fashion-MNIST benchmark "
         f"model (`benchmarks/fmnist/model.yaml`) trained normally ({args.epochs} epochs, batch "
@@ -111,7 +116,7 @@ def main() -> None:
     out = run(args)
     print(out)
     if not args.no_write:
-        write_section("bench_ceiling", out)
+        write_section(f"bench_ceiling:{args.epochs}-epochs", out)  # one per recipe
 
 
 if __name__ == "__main__":
