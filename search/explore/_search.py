@@ -190,17 +190,14 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
     if "finetune_steps" not in done:
         dst.set_metric_names(list(src.user_attrs.get("objectives") or src.metric_names))
         attrs = {
-            **src.user_attrs,
+            **src.user_attrs,  # a search study's: never a front's "finetune_steps"
             "source_study": name,
             "finetune_lr": lr,
             "front_rounds": rounds,
             "latency_source": "measured",
+            "finetune_steps": steps,  # last: the others wait for it, as a search's "config"
         }
-        attrs.pop("finetune_steps", None)
-        # "finetune_steps" marks the stage's settings as complete, so it is written last:
-        # a second process reading the attributes between two writes (two searches sharing
-        # one study) finds either no marker (and writes the same settings) or all of them
-        for k, v in {**attrs, "finetune_steps": steps}.items():
+        for k, v in attrs.items():  # a second process reads all of them or no marker
             dst.set_user_attr(k, v)
     seen = {  # candidates already re-scored (samplers can suggest one candidate twice)
         candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
