@@ -135,7 +135,7 @@ def test_a_killed_worker_node_loses_nothing(net, cluster, tmp_path):
         node_of(cluster, "node:__internal_head__"),
     }
     proc = subprocess.Popen(
-        ray_cmd(net, url, "k", 14, cluster),
+        ray_cmd(net, url, "k", 8, cluster),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -148,14 +148,14 @@ def test_a_killed_worker_node_loses_nothing(net, cluster, tmp_path):
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
     done = complete(url, "k")
-    assert len(done) == 14
+    assert len(done) == 8
     assert all(kept[t.number] == t.values for t in done if t.number in kept)
     assert doomed  # the killed node was part of the cluster the search ran on
 
 
 def test_a_killed_driver_resumes(net, cluster, tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    cmd = ray_cmd(net, url, "d", 10, cluster)
+    cmd = ray_cmd(net, url, "d", 6, cluster)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         kept = _kill_when(url, "d", 3, proc, lambda: os.kill(proc.pid, signal.SIGKILL))
@@ -166,5 +166,5 @@ def test_a_killed_driver_resumes(net, cluster, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     done = complete(url, "d")
-    assert len(done) == 10
+    assert len(done) == 6
     assert all(kept[t.number] == t.values for t in done if t.number in kept)

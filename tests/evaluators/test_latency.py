@@ -81,22 +81,21 @@ def test_expected_latency_agrees_with_real_dynamic_inference(elastic):
     )
     assert r["latency_method"] == "derived"
     assert r["latency_ms"] == pytest.approx(r["exit_latency_ms"][0])  # all leave at the exit
-    # the segment that estimate times, against the real dynamic pass, interleaved call by call
-    # so that a busy machine slows both alike (timed in turn, one stall decided the ratio)
+    # the segment that estimate times, the real dynamic pass and the whole model, interleaved
+    # call by call so that a busy machine slows all three alike (timed in turn, one stall
+    # decided the ratio)
     x = images[:1]
     segment = prepare(ExitPath(model, 0), x, "eager")
-    with torch.inference_mode():
-        times = time_interleaved(
-            {"segment": segment, "dynamic": lambda b: model.forward_dynamic(b)},
-            x, repeats=60, warmup=5,
-        )  # fmt: skip
-    ratio = statistics.median(times["segment"]) / statistics.median(times["dynamic"])
-    assert 0.7 < ratio < 1.4, ratio
-    # the whole model is no such match: the check can tell a pass that did not leave
     whole = prepare(elastic.extract(Candidate.full(elastic.spec)).eval(), x, "eager")
+    calls = {"segment": segment, "dynamic": lambda b: model.forward_dynamic(b), "whole": whole}
     with torch.inference_mode():
-        times = time_interleaved({"segment": segment, "whole": whole}, x, repeats=60, warmup=5)
-    assert statistics.median(times["segment"]) / statistics.median(times["whole"]) < 0.7
+        times = time_interleaved(calls, x, repeats=60, warmup=5)
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    # the estimate is near the real pass, which adds its confidence check to the segment
+    # (whose share of so small a pass swings with the load of the other core)
+    assert 0.5 < ms["segment"] / ms["dynamic"] < 1.4, ms
+    # and the check can tell a pass that did not leave: the one that left is well below it
+    assert ms["dynamic"] < 0.75 * ms["whole"], ms
 
 
 # timing claims need a quiet machine: run on the worker that holds the supernet trainings, so

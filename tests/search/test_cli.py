@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
+import torch
+
+from vitpareto.search.cli import main
 
 SMALL = ["--model", "test_vit", "--img-size", "32", "--num-classes", "10"]
 
 
-def vitpareto(*args, cwd=None):
+def vitpareto(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``vitpareto ARGS`` run by the command line's ``main`` in this process, its output
+    and exit code captured as a finished process's would be. A fresh interpreter per call
+    paid half a minute of imports on a busy 2-core CI machine, forty times over; the tests
+    of the process itself (``python -m``, warnings on stderr) use ``vitpareto_process``."""
+    args = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    here, threads = os.getcwd(), torch.get_num_threads()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as e:  # argparse: --help, a usage error
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)  # --threads sets them for the process
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def vitpareto_process(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m vitpareto.search.cli ARGS`` in a process of its own."""
     return subprocess.run(
-        [sys.executable, "-m", "vitpareto.search.cli", *args],
+        [sys.executable, "-m", "vitpareto.search.cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -22,7 +51,7 @@ def vitpareto(*args, cwd=None):
 
 
 def test_help_lists_commands():
-    out = vitpareto("--help")
+    out = vitpareto_process("--help")
     assert out.returncode == 0
     for command in ("demo", "showcase", "space", "cost", "search", "export", "report"):
         assert command in out.stdout
@@ -171,3 +200,11 @@ def test_mistakes_exit_2_with_one_line(args, message, tmp_path):
 def test_usage_errors_exit_2():
     assert vitpareto("frobnicate").returncode == 2
     assert vitpareto("cost").returncode == 2  # --model is required
+
+
+def test_a_mistake_in_a_process_of_its_own_is_one_line_and_exit_2(tmp_path):
+    """What a user's shell sees: nothing else on stderr (no warning, no traceback)."""
+    out = vitpareto_process("cost", *SMALL, "--candidate", "{bad json", cwd=tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "candidate is not valid JSON" in err[0], out.stderr
