@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.cluster.test_postgres import search_cmd
+from tests.cluster.test_postgres import FRONT_ROUNDS, search_cmd
 from tests.cluster.test_ray import complete
 from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator, LatencyEvaluator
 from vitpareto.search.explore import NEAR, near_front
@@ -70,7 +70,7 @@ def test_exact_count_same_records_no_twins_and_the_front(net, backend, tmp_path)
     # front join it): each distinct candidate fine-tuned, once
     front = complete(url, "c/front")
     on_front = {t.number: t for t in near_front(study, NEAR)}
-    assert all(t.user_attrs["latency_rounds"] == 5 for t in front)  # search_cmd's
+    assert all(t.user_attrs["latency_rounds"] == FRONT_ROUNDS for t in front)
     assert len(front) == len(set(candidates(on_front.values())))
     for t in front:
         src = on_front[t.user_attrs["source_trial"]]

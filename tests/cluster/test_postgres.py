@@ -14,9 +14,12 @@ from optuna.trial import TrialState
 pytestmark = pytest.mark.xdist_group("postgres")
 
 
+# the tests count trials, they do not compare speeds: the front timed again briefly, not 100
+FRONT_ROUNDS = 5
+
+
 def search_cmd(net, url, study, trials, *extra):
-    """A `vitpareto search` command line; its front timed again for 5 rounds, not 100
-    (``extra`` may say otherwise): the tests count trials, they do not compare speeds."""
+    """A `vitpareto search` command line, its front timed again for ``FRONT_ROUNDS``."""
     return [
         sys.executable,
         "-m",
@@ -32,7 +35,7 @@ def search_cmd(net, url, study, trials, *extra):
         str(trials),
         "--no-progress",
         "--front-rounds",
-        "5",
+        str(FRONT_ROUNDS),
         *extra,
     ]
 

@@ -190,7 +190,10 @@ def test_mistakes_exit_2_with_one_line(args, message, tmp_path):
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-    out = vitpareto(*args, cwd=tmp_path)
+    one_line_and_exit_2(vitpareto(*args, cwd=tmp_path), message)
+
+
+def one_line_and_exit_2(out: subprocess.CompletedProcess, message: str) -> None:
     assert out.returncode == 2, (out.stdout, out.stderr)
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0], out.stderr
@@ -205,6 +208,4 @@ def test_usage_errors_exit_2():
 def test_a_mistake_in_a_process_of_its_own_is_one_line_and_exit_2(tmp_path):
     """What a user's shell sees: nothing else on stderr (no warning, no traceback)."""
     out = vitpareto_process("cost", *SMALL, "--candidate", "{bad json", cwd=tmp_path)
-    assert out.returncode == 2, (out.stdout, out.stderr)
-    err = out.stderr.strip().splitlines()
-    assert len(err) == 1 and "candidate is not valid JSON" in err[0], out.stderr
+    one_line_and_exit_2(out, "candidate is not valid JSON")
