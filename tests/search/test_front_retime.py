@@ -118,8 +118,10 @@ def test_front_timed_again_for_real(searched, tmp_path):
     front = rescore_front(net, url, "s", rounds=8, progress=False)
     (t,) = [t for t in front.trials if t.user_attrs["source_trial"] == lucky]
     assert t.user_attrs["search_speedup"] == 400.0 and t.user_attrs["latency_count"] == 8
-    # the full model against itself, interleaved: about 1x, nowhere near the lucky 400x
-    assert 0.5 < t.user_attrs["speedup"] < 2.0
+    # the full model against itself, interleaved: about 1x, nowhere near the lucky 400x. Its
+    # call is shorter than a time slice, so beside another busy process (a CI runner's) a
+    # slice lands on one call of most rounds and 8 rounds can say 0.4x (bench_timing)
+    assert 0.1 < t.user_attrs["speedup"] < 10.0
     assert t.user_attrs["latency_ms"] > 1e-4 * 20
     # the front's milliseconds are the reference's over the speedup; the trial's own kept
     ref = front.user_attrs["full"]["latency_ms"]
