@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds per measurement")
     ap.add_argument("--truth-rounds", type=int, default=400)
     args = ap.parse_args()
+    if not hasattr(os, "sched_setaffinity"):
+        sys.exit("bench_timing pins processes to a core: it needs Linux (os.sched_setaffinity)")
     torch.set_num_threads(1)
     lines = [
         "## Speedup estimates beside a busy process",
