@@ -230,8 +230,8 @@ def main() -> None:
     p.add_argument("--sweep-only", action="store_true", help="print the threshold sweep only")
     p.add_argument("--routes-only", action="store_true", help="print the route costs only")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the last run's studies and search only the spaces it did not "
-                   "reach (none: the section again from its studies)")  # fmt: skip
+                   help="reuse the last run's studies, each searched on to --trials where it "
+                   "was cut off (all there: the section again from its studies)")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if not args.supernet.exists():
@@ -258,11 +258,9 @@ def main() -> None:
         for kind in SPACES:
             name = kind.replace(" + ", "_") + (f"_seed{seed}" if seed else "")
             key = label(kind, seed, seeds)
-            if name in done:
-                studies[key] = optuna.load_study(study_name=name, storage=url)
-                continue
             space = JointSpace.from_dict(space_of(kind, declared), net.elastic)
-            log(f"searching {args.trials} trials, {key} ...")
+            verb = "completing" if name in done else "searching"  # a cut-off run resumes
+            log(f"{verb} {args.trials} trials, {key} ...")
             start = time.perf_counter()
             studies[key] = search(dataclasses.replace(net, space=space), url, name,
                                   args.trials, dataclasses.replace(config, seed=seed),
