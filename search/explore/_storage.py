@@ -184,8 +184,7 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
         raise VitParetoError(
             f"storage {url!r}: {str(path)!r} is read-only; make it writable or copy it"
         )
-    with open(path, "rb") as f:
-        head = f.read(20)  # the magic string, then the header up to the journal mode
+    head = _header(path)  # the magic string, then the header up to the journal mode
     if not head:
         if not create:
             raise VitParetoError(f"storage {url!r}: {str(path)!r} is empty; no studies in it")
@@ -207,6 +206,25 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
 
 
 TRANSIENT = ("disk I/O error", "not a database", "malformed")  # see _tables
+_HEADERS: dict[tuple[int, int], int] = {}  # (device, inode) -> a descriptor kept open
+
+
+def _header(path: Path) -> bytes:
+    """The first 20 bytes of a database file, read through a descriptor this process never
+    closes: closing any descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's included, and the next process to close the database, finding itself the last,
+    deletes the write-ahead log from under this process's connections (each write after
+    fails with a disk I/O error; SQLite's "How To Corrupt", 2.2)."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino)
+    fd = _HEADERS.get(key)
+    if fd is not None and os.fstat(fd).st_nlink == 0:  # a deleted file's inode, reused
+        os.close(fd)  # its locks were on the deleted file's
+        fd = None
+    if fd is None:
+        fd = _HEADERS[key] = os.open(path, os.O_RDONLY)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 20)
 
 
 def _tables(url: str, path: Path, wal: bool, attempts: int = 5) -> set[str] | None:
