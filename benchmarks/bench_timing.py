@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _results import stamp, write_section  # noqa: E402
 
 from vitpareto.evaluators import speedup, time_interleaved  # noqa: E402
+from vitpareto.search import SearchConfig  # noqa: E402
 from vitpareto.spaces import Candidate, ElasticViT  # noqa: E402
 
 BUSY = [sys.executable, "-c", "while True: pass"]
@@ -126,7 +127,12 @@ def log(msg: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--measurements", type=int, default=40, help="short measurements per load")
-    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds per measurement")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=SearchConfig().latency_repeats,
+        help="interleaved rounds per measurement (the search's default)",
+    )
     ap.add_argument("--truth-rounds", type=int, default=400)
     args = ap.parse_args()
     if not hasattr(os, "sched_setaffinity"):
