@@ -185,3 +185,26 @@ def test_a_sampler_stuck_on_a_searched_candidate_is_helped_out(net, tmp_path):
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 3 and len({net.space.decode(t.params) for t in done}) == 3
     assert isinstance(study.sampler, _Stuck)  # its own sampler is back
+
+
+def test_the_random_draws_that_help_a_stuck_sampler_out_are_new_each_time(net, tmp_path):
+    # a stuck sampler is helped out by random draws; were those draws the same sequence
+    # each time it got stuck, each episode would first repeat every earlier one's draws
+    # (searched by then): stand-downs growing with the trials, and a long search stopped
+    # by the "used up" error in a space with plenty of new candidates left
+    space = JointSpace.from_dict({"mlp": {"choices": [0.25, 0.5, 0.75, 1.0]}}).bind(net.elastic.vit)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    config = SearchConfig(**CONFIG)
+    study, storage = open_study(url, "stuck-long", net, config)
+    study.sampler = _Stuck()
+    trials = 24
+    TrialLoop(study, storage, space, trials, config).run(fake_score)
+    runs, run = [], 0  # stand-downs before each completed trial
+    for t in study.get_trials():
+        if t.state == TrialState.PRUNED:
+            run += 1
+        else:
+            runs, run = [*runs, run], 0
+    assert len(runs) == trials
+    # each time the stuck proposals, then one random draw (4,096 candidates: rarely a twin)
+    assert runs[1] > 0 and max(runs) <= 2 * runs[1]
