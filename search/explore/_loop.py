@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +63,9 @@ class TrialLoop:
         self.keys: dict[int, str | None] = {}  # trial number -> candidate key, once complete
         self.mine: dict[int, str] = {}  # the same, of this process's running trials
         self.stood_down = 0  # proposals in a row that were searched already
-        self.random_draws = 0  # drawn at random to help a stuck sampler out, in all
+        # helps a stuck sampler out: one stream for the loop, so each draw is new (a seed
+        # that repeated would repeat every earlier time's draws, all searched by then)
+        self.rescue = optuna.samplers.RandomSampler(seed=config.seed + 1)
         self.beat = Heartbeat(storage)
         self._stale_checked = 0.0
         self._waiting_since: float | None = None
@@ -117,12 +118,8 @@ class TrialLoop:
             sampler = self.study.sampler
             if self.stood_down >= STUCK:
                 # a model-based sampler can keep proposing a searched candidate (its best
-                # by the model; the stood-down twins teach it nothing): draw one at random,
-                # a draw of its own each time (a seed that repeated would repeat every
-                # earlier time's draws, all searched by then)
-                self.random_draws += 1
-                seed = zlib.crc32(f"{self.config.seed}|{self.random_draws}".encode())
-                self.study.sampler = optuna.samplers.RandomSampler(seed=seed)
+                # by the model; the stood-down twins teach it nothing): draw one at random
+                self.study.sampler = self.rescue
             try:
                 asked = ask_suggest(self.study, self.queue_empty, self.space.suggest)
             finally:
