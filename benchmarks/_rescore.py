@@ -9,7 +9,10 @@ fourth run the same uncut patch-4 exit candidate measured from 1.70x to 2.33x in
 space. Every trial at least ``FLOOR`` of the lowest target is therefore timed again
 (``ROUNDS`` times as long, against the full model interleaved with it, the trials of all
 spaces in one shuffled order so that load drift falls on them alike) and scored on the
-whole validation set; the target is judged on those figures.
+whole validation set. Even then two timings of one trial differ by a few percent, so the
+trials that decide each verdict (each space's best at each target, or the space's cheapest
+candidate where it has none) are timed ``CONFIRM`` times more and the target is judged on
+their medians.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from vitpareto.spaces import Candidate
 
 FLOOR = 0.8  # re-time trials whose search speedup reached this share of the lowest target
 ROUNDS = 320  # single-image pairs (a static graph) or 40 rounds of 8 images (exit policy)
+CONFIRM = 5  # timings (of ROUNDS each) of every trial that decides a verdict
 
 
 def log(msg: str) -> None:
@@ -139,9 +143,89 @@ def verdicts(best_of: dict, targets, seeds=(0,)) -> list[str]:
     return out
 
 
-def judged(net, studies: dict, targets, threads: int, seeds=(0,)):
+def confirm(net, studies, trials, again, acc, targets, cheapest, threads):
+    """The trials that decide each verdict, each timed ``CONFIRM`` times more, on their
+    median: one 320-round figure still moves a few percent, and a best that clears a
+    target by less is decided by that. Each study's best at each target is confirmed;
+    where its median falls short, the next best is, until one holds. Where a study has
+    no trial at a target, its space's cheapest candidate (``cheapest[kind]``, every knob
+    at its minimum) is timed the same way, to show that the space, not the search, stops
+    short. Trials of every study in one shuffled order per timing; kept in the studies.
+    Returns per study the confirmed timings of each trial timed, and the cheapest's
+    timings and whole-set accuracy."""
+    key = f"bench_confirm_{CONFIRM}x{ROUNDS}"
+    timed = {k: {int(t): v for t, v in studies[k].user_attrs.get(key, {}).items()} for k in trials}
+    images = first_images(net.load_data(batch_size=128).val, 1)
+    timer = LatencyEvaluator(runtime="onnxruntime", threads=threads, repeats=ROUNDS,
+                             images=images)  # fmt: skip
+    scorer = AccuracyEvaluator(net.load_data(batch_size=256).val, progress=False)
+    elastic = net.elastic.eval()
+    low = {k: {"timings": studies[k].user_attrs.get(key + "_cheapest")} for k in trials}
+
+    def speed(kind, t):
+        return statistics.median(timed[kind][t]) if t in timed[kind] else again[kind][t]
+
+    while True:
+        todo = set()
+        for kind in trials:
+            for s in targets:
+                top = best(acc[kind], {t: speed(kind, t) for t in acc[kind]}, s)[1]
+                if top is not None and top not in timed[kind]:
+                    todo.add((kind, top))
+                elif top is None and low[kind]["timings"] is None:
+                    todo.add((kind, -1))
+        if not todo:
+            break
+        log(f"timing {len(todo)} deciding trials {CONFIRM} times more ...")
+        order = sorted(todo)
+        got = {job: [] for job in order}
+        for i in range(CONFIRM):
+            random.Random(i).shuffle(order)
+            for kind, t in order:
+                cand = cheapest[kind] if t < 0 else trials[kind][t]
+                got[(kind, t)].append(timer.evaluate(elastic, cand)["speedup"])
+        for (kind, t), v in got.items():
+            if t < 0:
+                low[kind]["timings"] = v
+                studies[kind].set_user_attr(key + "_cheapest", v)
+            else:
+                timed[kind][t] = v
+        for kind in trials:
+            keep(studies[kind], key, timed[kind])
+    for kind in trials:
+        if low[kind]["timings"] is not None:
+            low[kind]["accuracy"] = scorer.evaluate(elastic, cheapest[kind])["accuracy"]
+    return timed, low
+
+
+def confirmed_rows(timed: dict, low: dict, acc: dict, targets) -> tuple[list[str], dict]:
+    """Table rows of each study's best at each target on the confirmed medians (or its
+    space's cheapest candidate, where none reaches it), and those bests for ``verdicts``."""
+    rows = ["| space | target | trial | whole-set accuracy | speedup: median of "
+            f"{CONFIRM} (lowest, highest) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    final = {}
+    for kind in timed:
+        final[kind] = {}
+        med = {t: statistics.median(v) for t, v in timed[kind].items()}
+        for s in targets:
+            a, t = best({t: acc[kind][t] for t in med}, med, s)
+            final[kind][s] = (a, t)
+            v = timed[kind][t] if t is not None else low[kind]["timings"]
+            spread = f"{statistics.median(v):.2f}x ({min(v):.2f}x, {max(v):.2f}x)"
+            if t is None and statistics.median(v) >= s:  # the search missed it: judge on it
+                final[kind][s] = (low[kind]["accuracy"], -1)
+            if t is None:
+                rows.append(f"| {kind} | {s:g}x | none: the space's cheapest candidate | "
+                            f"{low[kind]['accuracy']:.4f} | {spread} |")  # fmt: skip
+            else:
+                rows.append(f"| {kind} | {s:g}x | {t} | {a:.4f} | {spread} |")
+    return rows, final
+
+
+def judged(net, studies: dict, targets, threads: int, seeds, cheapest: dict):
     """Table rows (best on the whole set by search speedup, then by speedup timed again),
-    the timing-noise rows, and the target's verdicts on the figures timed again."""
+    the timing-noise rows, the rows of the deciding trials confirmed (``confirm``), and the
+    target's verdicts on those."""
     trials, searched = pool(studies, min(targets))
     again = retime(net, studies, trials, threads)
     acc = whole_accuracy(net, studies, trials)
@@ -154,18 +238,18 @@ def judged(net, studies: dict, targets, threads: int, seeds=(0,)):
     ]
     noise = ["| space | trials | timed again / search speedup: median | 10% | 90% "
              "| fastest timed again |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    final = {}
     for kind in studies:
-        cells, final[kind] = [], {}
+        cells = []
         for s in targets:
             for speed in (searched[kind], again[kind]):
                 a, t = best(acc[kind], speed, s)
                 cells.append("none" if t is None else cell.format(a, t, speed[t]))
-            final[kind][s] = best(acc[kind], again[kind], s)
         rows.append(f"| {kind} | {len(trials[kind])} | " + " | ".join(cells) + " |")
         ratios = sorted(again[kind][t] / searched[kind][t] for t in trials[kind])
         if ratios:
             q = statistics.quantiles(ratios, n=10) if len(ratios) > 1 else ratios * 9
             noise.append(f"| {kind} | {len(ratios)} | {statistics.median(ratios):.3f} | "
                          f"{q[0]:.3f} | {q[-1]:.3f} | {max(again[kind].values()):.2f}x |")  # fmt: skip
-    return rows, noise, verdicts(final, targets, seeds)
+    timed, low = confirm(net, studies, trials, again, acc, targets, cheapest, threads)
+    sure, final = confirmed_rows(timed, low, acc, targets)
+    return rows, noise, sure, verdicts(final, targets, seeds)
