@@ -143,83 +143,64 @@ def verdicts(best_of: dict, targets, seeds=(0,)) -> list[str]:
     return out
 
 
+CHEAPEST = -1  # the trial number ``confirm`` gives a space's cheapest candidate
+
+
 def confirm(net, studies, trials, again, acc, targets, cheapest, threads):
     """The trials that decide each verdict, each timed ``CONFIRM`` times more, on their
     median: one 320-round figure still moves a few percent, and a best that clears a
     target by less is decided by that. Each study's best at each target is confirmed;
     where its median falls short, the next best is, until one holds. Where a study has
     no trial at a target, its space's cheapest candidate (``cheapest[kind]``, every knob
-    at its minimum) is timed the same way, to show that the space, not the search, stops
-    short. Trials of every study in one shuffled order per timing; kept in the studies.
-    Returns per study the confirmed timings of each trial timed, and the cheapest's
-    timings and whole-set accuracy."""
+    at its minimum) joins its trials as trial ``CHEAPEST``, timed and scored the same
+    way: a space that stops short is told from a search that does. Trials of every study
+    in one shuffled order per timing; kept in the studies. Returns each study's timings
+    (trial -> the ``CONFIRM`` figures), accuracies, and best (accuracy, trial) per target."""
     key = f"bench_confirm_{CONFIRM}x{ROUNDS}"
     timed = {k: {int(t): v for t, v in studies[k].user_attrs.get(key, {}).items()} for k in trials}
+    acc = {k: dict(v) for k, v in acc.items()}
+    cands = {k: {**trials[k], CHEAPEST: cheapest[k]} for k in trials}
     images = first_images(net.load_data(batch_size=128).val, 1)
     timer = LatencyEvaluator(runtime="onnxruntime", threads=threads, repeats=ROUNDS,
                              images=images)  # fmt: skip
     scorer = AccuracyEvaluator(net.load_data(batch_size=256).val, progress=False)
     elastic = net.elastic.eval()
-    low = {k: {"timings": studies[k].user_attrs.get(key + "_cheapest")} for k in trials}
-
-    def speed(kind, t):
-        return statistics.median(timed[kind][t]) if t in timed[kind] else again[kind][t]
-
     while True:
-        todo = set()
         for kind in trials:
-            for s in targets:
-                top = best(acc[kind], {t: speed(kind, t) for t in acc[kind]}, s)[1]
-                if top is not None and top not in timed[kind]:
-                    todo.add((kind, top))
-                elif top is None and low[kind]["timings"] is None:
-                    todo.add((kind, -1))
+            if CHEAPEST in timed[kind] and CHEAPEST not in acc[kind]:
+                acc[kind][CHEAPEST] = scorer.evaluate(elastic, cheapest[kind])["accuracy"]
+        speed = {k: {t: statistics.median(timed[k][t]) if t in timed[k] else again[k][t]
+                     for t in acc[k]} for k in trials}  # fmt: skip
+        tops = {k: {s: best(acc[k], speed[k], s) for s in targets} for k in trials}
+        wanted = {(k, CHEAPEST if t is None else t) for k in trials for _, t in tops[k].values()}
+        todo = sorted((k, t) for k, t in wanted if t not in timed[k])
         if not todo:
-            break
+            return timed, acc, tops
         log(f"timing {len(todo)} deciding trials {CONFIRM} times more ...")
-        order = sorted(todo)
-        got = {job: [] for job in order}
         for i in range(CONFIRM):
-            random.Random(i).shuffle(order)
-            for kind, t in order:
-                cand = cheapest[kind] if t < 0 else trials[kind][t]
-                got[(kind, t)].append(timer.evaluate(elastic, cand)["speedup"])
-        for (kind, t), v in got.items():
-            if t < 0:
-                low[kind]["timings"] = v
-                studies[kind].set_user_attr(key + "_cheapest", v)
-            else:
-                timed[kind][t] = v
+            random.Random(i).shuffle(todo)
+            for kind, t in todo:
+                figure = timer.evaluate(elastic, cands[kind][t])["speedup"]
+                timed[kind].setdefault(t, []).append(figure)
         for kind in trials:
             keep(studies[kind], key, timed[kind])
-    for kind in trials:
-        if low[kind]["timings"] is not None:
-            low[kind]["accuracy"] = scorer.evaluate(elastic, cheapest[kind])["accuracy"]
-    return timed, low
 
 
-def confirmed_rows(timed: dict, low: dict, acc: dict, targets) -> tuple[list[str], dict]:
-    """Table rows of each study's best at each target on the confirmed medians (or its
-    space's cheapest candidate, where none reaches it), and those bests for ``verdicts``."""
+def confirmed_rows(timed: dict, acc: dict, tops: dict, targets) -> list[str]:
+    """Table rows of each study's best at each target on the confirmed medians, or its
+    space's cheapest candidate where none reaches it."""
     rows = ["| space | target | trial | whole-set accuracy | speedup: median of "
             f"{CONFIRM} (lowest, highest) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
-    final = {}
     for kind in timed:
-        final[kind] = {}
-        med = {t: statistics.median(v) for t, v in timed[kind].items()}
         for s in targets:
-            a, t = best({t: acc[kind][t] for t in med}, med, s)
-            final[kind][s] = (a, t)
-            v = timed[kind][t] if t is not None else low[kind]["timings"]
-            spread = f"{statistics.median(v):.2f}x ({min(v):.2f}x, {max(v):.2f}x)"
-            if t is None and statistics.median(v) >= s:  # the search missed it: judge on it
-                final[kind][s] = (low[kind]["accuracy"], -1)
-            if t is None:
-                rows.append(f"| {kind} | {s:g}x | none: the space's cheapest candidate | "
-                            f"{low[kind]['accuracy']:.4f} | {spread} |")  # fmt: skip
-            else:
-                rows.append(f"| {kind} | {s:g}x | {t} | {a:.4f} | {spread} |")
-    return rows, final
+            t = tops[kind][s][1]
+            shown = CHEAPEST if t is None else t
+            v = timed[kind][shown]
+            name = "the space's cheapest candidate" if shown == CHEAPEST else str(t)
+            name = f"none: {name}" if t is None else name
+            rows.append(f"| {kind} | {s:g}x | {name} | {acc[kind][shown]:.4f} | "
+                        f"{statistics.median(v):.2f}x ({min(v):.2f}x, {max(v):.2f}x) |")  # fmt: skip
+    return rows
 
 
 def judged(net, studies: dict, targets, threads: int, seeds, cheapest: dict):
@@ -250,6 +231,5 @@ def judged(net, studies: dict, targets, threads: int, seeds, cheapest: dict):
             q = statistics.quantiles(ratios, n=10) if len(ratios) > 1 else ratios * 9
             noise.append(f"| {kind} | {len(ratios)} | {statistics.median(ratios):.3f} | "
                          f"{q[0]:.3f} | {q[-1]:.3f} | {max(again[kind].values()):.2f}x |")  # fmt: skip
-    timed, low = confirm(net, studies, trials, again, acc, targets, cheapest, threads)
-    sure, final = confirmed_rows(timed, low, acc, targets)
-    return rows, noise, sure, verdicts(final, targets, seeds)
+    timed, acc, tops = confirm(net, studies, trials, again, acc, targets, cheapest, threads)
+    return rows, noise, confirmed_rows(timed, acc, tops, targets), verdicts(tops, targets, seeds)
