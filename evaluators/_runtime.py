@@ -166,11 +166,25 @@ def check_onnxscript() -> None:
 
 def export_pt2(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> None:
     """``torch.export`` of ``model``'s forward, batch size free (1 and up); ``example``
-    should hold 2 images or more (a batch of 1 would be specialised)."""
+    should hold 2 images or more (a batch of 1 would be specialised).
+
+    The file's parameters do not require gradients (it is an inference artifact): with
+    gradients on, torch runs an exit policy's conditionals (``torch.cond``) through
+    autograd, which traces each branch again with the rows still in as a data-dependent
+    size, and a branch that cut tokens or channels then fails to trace ("Could not guard
+    on data-dependent expression") on a plain call of the loaded module."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
-        ep = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(ep, str(path))
+    params = list(model.parameters())
+    wanted = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            ep = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(ep, str(path))  # shares the parameters: saved before restoring
+    finally:
+        for p, w in zip(params, wanted, strict=True):
+            p.requires_grad_(w)
 
 
 def ort_session(path: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
+from vitpareto.bounds import use_threads
 from vitpareto.errors import VitParetoError
 from vitpareto.files import check_parent
 from vitpareto.search.explore import FRONT_ROUNDS, SearchConfig, needed, rescore_front, search
@@ -30,8 +29,7 @@ def run_demo(
     threads: int | None = None,
 ) -> dict[str, Path]:
     """Run the pipeline into ``out``; return where each result is."""
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VitParetoError(f"--out {str(out)!r} is a file, not a directory")

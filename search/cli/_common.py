@@ -7,8 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
-
+from vitpareto.bounds import check_count, use_threads
 from vitpareto.errors import VitParetoError
 from vitpareto.files import read_text
 from vitpareto.search.explore import DEFAULT_STORAGE
@@ -67,10 +66,8 @@ def image_size(name: str, value) -> None:
 
 def setup_threads(args) -> None:
     """--workers and --threads checked; torch's threads set."""
-    positive("workers", getattr(args, "workers", None), zero=True)
-    positive("threads", args.threads)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_count("workers", getattr(args, "workers", None))
+    use_threads(args.threads)
 
 
 def model_from_args(args):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
+from vitpareto.bounds import check_count, use_threads
 from vitpareto.errors import VitParetoError
 from vitpareto.files import check_parent
 from vitpareto.search.cli._common import positive, storage_arg
@@ -205,12 +204,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    positive("batch", args.batch)
-    positive("threads", args.threads)
+    check_count("batch", args.batch)
     positive("repeats", args.repeats)
+    use_threads(args.threads)
     check_dirs(args.dirs)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     rows = bench_dirs(args.dirs, args.runtime, args.batch, args.device, args.dataset, args.repeats)
     print(format_bench(rows))
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from vitpareto.bounds import check_count, use_threads
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     LatencyEvaluator,
@@ -112,8 +113,9 @@ def add_parsers(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    for name in ("trials", "epochs", "threads"):
+    for name in ("trials", "epochs"):
         positive(name, getattr(args, name))
+    check_count("threads", args.threads)
     if args.finetune_front < 0:
         raise VitParetoError(f"--finetune-front must be 0 or more, got {args.finetune_front}")
     run_demo(args.out, args.trials, args.epochs, args.finetune_front, args.threads)
@@ -121,11 +123,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_showcase(args) -> int:
-    for name in ("batch", "repeats", "threads"):
-        positive(name, getattr(args, name))
+    positive("repeats", args.repeats)
+    check_count("batch", args.batch)
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     model = model_from_args(args)
     print(
         f"vitpareto showcase: {args.model}, batch {args.batch}, {args.repeats} interleaved rounds on "
@@ -171,10 +172,9 @@ def cmd_cost(args) -> int:
 
 
 def cmd_latency(args) -> int:
-    for name in ("batch", "repeats", "threads"):
-        positive(name, getattr(args, name))
-    if args.threads:  # the measurement and the latency table's key both use them
-        torch.set_num_threads(args.threads)
+    positive("repeats", args.repeats)
+    check_count("batch", args.batch)
+    use_threads(args.threads)  # the measurement and the latency table's key both use them
     evaluator = LatencyEvaluator(
         device=args.device,
         batch_size=args.batch,

@@ -12,6 +12,7 @@ import time
 import optuna
 import torch
 
+from vitpareto.bounds import check_count
 from vitpareto.errors import VitParetoError
 from vitpareto.search.explore._backend import Backend
 from vitpareto.search.explore._loop import TrialLoop
@@ -47,9 +48,7 @@ class ProcessBackend(Backend):
     name = "local"
 
     def __init__(self, jobs: int):
-        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-            raise VitParetoError(f"--jobs must be at least 1, got {jobs!r}")
-        self.jobs = jobs
+        self.jobs = check_count("jobs", jobs)
 
     def prepare(self, supernet, config):
         if getattr(supernet, "path", None) is None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vitpareto.bounds import use_threads
 from vitpareto.evaluators import (
     AccuracyEvaluator,
     CostEvaluator,
@@ -128,8 +129,7 @@ def reference_latency(latency: Evaluator, elastic) -> float:
 def threads(n: int | None):
     """Torch's CPU threads set to ``n`` (when given) inside the block, restored after."""
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+    use_threads(n or None, "the study's threads")
     try:
         yield
     finally:

@@ -64,12 +64,13 @@ def open_storage(url: str, create: bool = True, write: bool = True):
             "or postgresql://user:password@host/db"
         )
     path = sqlite_path(url)
+    engine_url = url
     if path is not None:
-        _check_sqlite(url, path, create, write)
+        engine_url = _check_sqlite(url, path, create, write)
     for attempt in range(6):
         try:
             storage = optuna.storages.RDBStorage(
-                url,
+                engine_url,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=3 * HEARTBEAT_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -99,7 +100,8 @@ def open_storage(url: str, create: bool = True, write: bool = True):
             hint = "pip install 'vitpareto[postgres]'" if url.startswith("postgres") else str(e)
             raise VitParetoError(f"storage {url!r} needs a database driver: {hint}") from None
         except RuntimeError as e:
-            raise VitParetoError(f"storage {url!r}: {_schema_message(url, str(e))}") from None
+            text = _schema_message(engine_url, str(e))
+            raise VitParetoError(f"storage {url!r}: {text}") from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
             if "already exists" not in str(e) or attempt == 5:  # the same race, wrapped
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -155,8 +157,9 @@ def _schema_message(url: str, text: str) -> str:
     return f"cannot be opened as a results database: {text.splitlines()[0]}"
 
 
-def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
-    """Tell apart what can be wrong with an SQLite file before Optuna opens it."""
+def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> str:
+    """Tell apart what can be wrong with an SQLite file before Optuna opens it; the URL to
+    open it by (for a reader of a file it cannot write, one SQLite opens read-only)."""
     if path.is_dir():
         raise VitParetoError(f"storage {url!r}: {str(path)!r} is a directory; name a file")
     if not path.exists():
@@ -177,7 +180,7 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
             ) from None
         if not os.access(path.parent, os.W_OK):
             raise VitParetoError(f"storage {url!r}: {str(path.parent)!r} is not writable")
-        return
+        return url
     if not path.is_file():
         raise VitParetoError(f"storage {url!r}: {str(path)!r} is not a regular file")
     if write and not os.access(path, os.W_OK):
@@ -188,14 +191,16 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
     if not head:
         if not create:
             raise VitParetoError(f"storage {url!r}: {str(path)!r} is empty; no studies in it")
-        return
+        return url
     if head[:16] != b"SQLite format 3\x00":
         raise VitParetoError(
             f"storage {url!r}: {str(path)!r} is not an SQLite database; give another path"
         )
-    tables = _tables(url, path, wal=head[18:20] == b"\x02\x02")
+    wal = head[18:20] == b"\x02\x02"
+    fixed = None if write else read_only_uri(url, path, wal)
+    tables = _tables(url, path, wal=wal, uri=fixed)
     if tables is None:  # in use by other processes: Optuna's opening reads it as they do
-        return
+        return url
     if tables and not tables & _OPTUNA_TABLES:
         raise VitParetoError(
             f"storage {url!r}: {str(path)!r} is an SQLite database of another program "
@@ -203,6 +208,35 @@ def _check_sqlite(url: str, path: Path, create: bool, write: bool) -> None:
         )
     if not tables and not create:
         raise VitParetoError(f"storage {url!r}: {str(path)!r} holds no studies")
+    return url if fixed is None else "sqlite:///" + fixed + "&uri=true"
+
+
+def read_only_uri(url: str, path: Path, wal: bool) -> str | None:
+    """An SQLite URI that reads ``path`` where this process can write neither it nor its
+    folder (a read-only mount, a shared results folder), None where it can.
+
+    A database in write-ahead logging needs its ``-shm`` and ``-wal`` files made beside
+    it, so SQLite's plain read-only mode fails there ("unable to open database file").
+    Nothing can write such a file, so it is opened as immutable: no locks, no log. A log
+    left beside it with changes not yet merged into the file would be ignored that way:
+    then the file is read through the log in read-only mode, or refused with the fix."""
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        return None
+    base = path.resolve().as_uri()  # '#' and '?' in the path escaped
+    log = path.with_name(path.name + "-wal")
+    if not wal or not log.exists() or log.stat().st_size == 0:
+        return base + "?immutable=1"
+    try:
+        with contextlib.closing(sqlite3.connect(base + "?mode=ro", uri=True)) as db:
+            db.execute("SELECT name FROM sqlite_master").fetchall()
+    except sqlite3.DatabaseError:
+        raise VitParetoError(
+            f"storage {url!r}: {str(path)!r} is on a location this process cannot write, "
+            f"and its write-ahead log {log.name!r} holds changes not yet merged into it; "
+            "copy the database with its -wal file somewhere writable (or open it once "
+            "where it can be written) and read that"
+        ) from None
+    return base + "?mode=ro"
 
 
 TRANSIENT = ("disk I/O error", "not a database", "malformed")  # see _tables
@@ -227,7 +261,9 @@ def _header(path: Path) -> bytes:
     return os.read(fd, 20)
 
 
-def _tables(url: str, path: Path, wal: bool, attempts: int = 5) -> set[str] | None:
+def _tables(
+    url: str, path: Path, wal: bool, attempts: int = 5, uri: str | None = None
+) -> set[str] | None:
     """The tables of an SQLite file, read without writing (waiting while it is locked);
     None when a file in use could not be looked at (Optuna's own opening checks it then).
 
@@ -237,9 +273,13 @@ def _tables(url: str, path: Path, wal: bool, attempts: int = 5) -> set[str] | No
     such a failure is tried again, and a file in use is never called damaged for it.
     ``wal``: the file's header says write-ahead logging; such a file counts as in use even
     when its log is gone for a moment (deleted by the last connection as it closes); with
-    a rollback journal instead, a read-only look is safe and a failure is final."""
-    uri = path.resolve().as_uri()  # as a URI: '#' and '?' in the path escaped
-    if not wal:
+    a rollback journal instead, a read-only look is safe and a failure is final. ``uri``:
+    how to open a file this process cannot write (``read_only_uri``)."""
+    if uri is not None:
+        wal = False
+    else:
+        uri = path.resolve().as_uri()  # as a URI: '#' and '?' in the path escaped
+    if "?" not in uri and not wal:
         # a rollback journal: a read-only look cannot change the file; in write-ahead
         # logging, a plain connection takes part in its locking (a read-only one read
         # pages in the middle of other processes' checkpoints) and still writes nothing

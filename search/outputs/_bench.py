@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vitpareto.bounds import check_count, check_input
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     check_runtime,
@@ -70,6 +71,7 @@ def measure_deployed(
     """``model``'s deployed latency against the full ``reference``: metrics.json's keys."""
     dev = resolve_device(device)
     check_runtime(runtime, dev)
+    check_input(batch, image_shape(model))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *image_shape(model), generator=g).to(dev)
     ref = prepare(reference.to(dev), x, runtime)
@@ -138,6 +140,7 @@ def bench_dirs(
         stored = json.loads((Path(d) / "metrics.json").read_text())
         rt = runtime or stored.get("deployed_runtime") or stored.get("runtime") or "eager"
         b = batch or stored.get("deployed_batch") or stored.get("batch_size") or 1
+        check_count("batch", b, f"{Path(d) / 'metrics.json'}: deployed_batch")
         model = load_model(d, device)
         reference = full_model(cfg["model"])
         images = validation_images(dataset, image_shape(model), b)

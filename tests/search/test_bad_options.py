@@ -81,6 +81,42 @@ def test_search_settings_are_checked_before_any_trial(capsys, net, db, extra, wo
     assert digest(path) == before  # the study is neither poisoned nor changed
 
 
+HUGE = "100000"  # threads: torch and OpenMP crash the interpreter on as many
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--jobs", HUGE], ["--jobs must be a whole number of worker processes from 1 to"]),
+        (["--jobs", "0"], ["--jobs must be a whole number"]),
+        (["--batch", "1000000"], ["--batch must be an integer between 1 and 65536"]),
+    ],
+)
+def test_counts_beyond_the_machine_are_refused_before_any_trial(capsys, net, db, extra, words):
+    path, url = db
+    before = digest(path)
+    line = refused(capsys, ["search", "--supernet", net, "--storage", url, "--study", "s", *extra],
+                   *words)  # fmt: skip
+    assert HUGE not in extra or f"this machine has {os.cpu_count()} logical CPUs" in line
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [*TRAIN, "--threads", HUGE],
+        [*TRAIN, "--workers", HUGE],
+        ["demo", "--threads", HUGE],
+        ["latency", "--model", "test_vit", "--threads", HUGE],
+        ["showcase", "--model", "test_vit", "--threads", HUGE],
+    ],
+)
+def test_every_command_bounds_its_threads_and_workers_by_the_machine(capsys, tmp_path, args):
+    refused(capsys, [*args, "--out", tmp_path / "o"] if args[0] in ("train", "demo") else args,
+            "must be a whole number of", "from ", f"this machine has {os.cpu_count()}")  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     "study, words",
     [
