@@ -177,9 +177,11 @@ def deployed_timing(study, supernet, device: str = "cpu", repeats: int = 20):
         images = first_images(supernet.load_data(batch_size=128).val, batch)
     else:
         reference, images = full_model(study.user_attrs["model"]), None
+    prepared: dict = {}  # the reference exported for the runtime once, not once per model
     return lambda model, fraction: measure_deployed(
-        model, reference, runtime, batch, device, images, fraction, repeats=repeats
-    )
+        model, reference, runtime, batch, device, images, fraction, repeats=repeats,
+        prepared=prepared,
+    )  # fmt: skip
 
 
 def _classes(supernet, model) -> list[str]:
