@@ -1,11 +1,13 @@
-# make demo: the main job on the embedded default; make test: lint, format check and the suite.
+# make demo: the main job on the embedded default; make test: lint, format check and the
+# whole suite (the 25 slowest tests listed); make test-fast: the tests not marked slow
+# (no servers, subprocesses or training), for the inner loop.
 # Both (re)create .venv when it is missing or older than pyproject.toml.
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) && $(PY) -c 'import sys' 2>/dev/null || $(PYTHON) -m venv --clear $(VENV)
@@ -21,7 +23,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=25
+
+test-fast: lint
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow"
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

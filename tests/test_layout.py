@@ -171,6 +171,7 @@ def test_every_folder_is_a_listed_package():
     assert packages == listed, f"in pyproject: {sorted(listed)}; on disk: {sorted(packages)}"
 
 
+@pytest.mark.slow  # a process of its own
 def test_the_public_api_imports_from_a_built_wheel(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -196,3 +197,15 @@ def test_the_public_api_imports_from_a_built_wheel(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert all(str(wheel) in line for line in out.stdout.split()), out.stdout
+
+
+@pytest.mark.xdist_group("layout")
+def test_xdist_groups_hold(request):
+    """Tests that must share one pytest-xdist worker (one Ray cluster, one long training)
+    say so with xdist_group; under ``--dist loadgroup`` the group must reach the
+    scheduler as a suffix of the test's id. pytest 9.2 keeps ids where pytest-xdist 3.8
+    cannot add it, and every group was then silently ignored: two Ray clusters, every
+    module fixture of a group built on both workers."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run with --dist loadgroup")
+    assert request.node.nodeid.endswith("@layout"), request.node.nodeid

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.servers import RayCluster, start_postgres
-from vitpareto.search import SupernetTrainer, TrainConfig
+from tests.helpers.servers import RayCluster, start_postgres
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory):
-    """A test_vit supernet trained one epoch on digits (a checkpoint file)."""
-    path = tmp_path_factory.mktemp("net") / "net.pt"
-    trainer = SupernetTrainer.create(
-        "test_vit",
-        "digits",
-        TrainConfig(epochs=1, batch_size=128, random_candidates=1),
-        model_kwargs=dict(img_size=32, patch_size=16),
-    )
-    trainer.fit(path, progress=False)
-    return path
+def net(trained_net):
+    """A test_vit supernet trained one epoch on digits (a checkpoint file, shared)."""
+    return trained_net
 
 
 @pytest.fixture(scope="module")

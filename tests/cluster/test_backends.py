@@ -4,22 +4,17 @@ worker processes (--jobs 2), and a Ray cluster of its own on loopback. Each sear
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.cluster.test_postgres import FRONT_ROUNDS, search_cmd
-from tests.cluster.test_ray import complete
+from tests.helpers.searches import FRONT_ROUNDS, candidates, complete, kill_and_resume, search_cmd
 from vitpareto.evaluators import AccuracyEvaluator, CostEvaluator, LatencyEvaluator
 from vitpareto.search.explore import NEAR, near_front
 
-pytestmark = pytest.mark.xdist_group("ray")  # the Ray cluster is one per pytest worker
+pytestmark = pytest.mark.slow  # search processes, a Ray cluster
 
 BACKENDS = ("local", "local-2-jobs", "ray")
 # what every trial's record holds, whatever ran it
@@ -35,7 +30,9 @@ RECORD = {
 NODES = {"trial_node", "latency_node"}  # where a Ray trial ran and was timed
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(
+    params=[*BACKENDS[:2], pytest.param("ray", marks=pytest.mark.xdist_group("ray"))]
+)  # the Ray cluster is one per pytest worker: its tests share one
 def backend(request):
     """The command-line options of each backend."""
     if request.param == "local":
@@ -44,10 +41,6 @@ def backend(request):
         return request.param, ("--jobs", "2")
     cluster = request.getfixturevalue("cluster")
     return request.param, ("--backend", "ray", "--address", cluster.address)
-
-
-def candidates(trials) -> list[str]:
-    return [json.dumps(t.user_attrs["candidate"], sort_keys=True) for t in trials]
 
 
 def test_exact_count_same_records_no_twins_and_the_front(net, backend, tmp_path):
@@ -81,34 +74,3 @@ def test_exact_count_same_records_no_twins_and_the_front(net, backend, tmp_path)
 def test_resume_after_sigkill_loses_nothing(net, backend, tmp_path):
     name, options = backend
     kill_and_resume(search_cmd(net, f"sqlite:///{tmp_path / 'r.db'}", "k", 6, *options), 3)
-
-
-def kill_and_resume(cmd: list[str], kill_at: int) -> None:
-    """Run a search (``cmd``), SIGKILL it once ``kill_at`` trials are complete, run it
-    again: every trial completed before the kill is kept as it was, the study ends with
-    exactly the trials asked for, and no candidate is counted twice."""
-    url, name = cmd[cmd.index("--storage") + 1], cmd[cmd.index("--study") + 1]
-    trials = int(cmd[cmd.index("--trials") + 1])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    try:
-        while len(complete(url, name)) < kill_at:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "no progress"
-            time.sleep(0.3)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    time.sleep(3)  # workers that outlived their parent would go on completing trials
-    kept = {t.number: t.values for t in complete(url, name)}
-    time.sleep(5)
-    assert {t.number for t in complete(url, name)} == set(kept), "a worker outlived its parent"
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    done = complete(url, name)
-    assert len(done) == trials
-    assert all(kept[t.number] == t.values for t in done if t.number in kept)
-    assert set(kept) <= {t.number for t in done}
-    assert len(set(candidates(done))) == trials

@@ -11,33 +11,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-pytestmark = pytest.mark.xdist_group("postgres")
+from tests.helpers.searches import search_cmd
 
-
-# the tests count trials, they do not compare speeds: the front timed again briefly, not 100
-FRONT_ROUNDS = 5
-
-
-def search_cmd(net, url, study, trials, *extra):
-    """A `vitpareto search` command line, its front timed again for ``FRONT_ROUNDS``."""
-    return [
-        sys.executable,
-        "-m",
-        "vitpareto.search.cli",
-        "search",
-        "--supernet",
-        str(net),
-        "--storage",
-        url,
-        "--study",
-        study,
-        "--trials",
-        str(trials),
-        "--no-progress",
-        "--front-rounds",
-        str(FRONT_ROUNDS),
-        *extra,
-    ]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("postgres"),
+]  # a PostgreSQL server, search processes
 
 
 def test_two_processes_share_one_study(net, postgres):

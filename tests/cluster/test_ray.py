@@ -15,25 +15,16 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 
-from tests.cluster.test_postgres import search_cmd
+from tests.helpers.searches import complete, search_cmd
 
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # a Ray cluster, search processes
 
 
 def ray_cmd(net, url, study, trials, cluster, *extra):
     return search_cmd(
         net, url, study, trials, "--backend", "ray", "--address", cluster.address, *extra
     )
-
-
-def complete(url, study):
-    try:
-        s = optuna.load_study(study_name=study, storage=url)
-    except KeyError:
-        return []
-    return s.get_trials(states=(TrialState.COMPLETE,))
 
 
 def node_of(cluster, resource):

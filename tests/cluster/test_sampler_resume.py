@@ -8,10 +8,10 @@ import subprocess
 import optuna
 import pytest
 
-from tests.cluster.test_backends import candidates, kill_and_resume
-from tests.cluster.test_postgres import search_cmd
-from tests.cluster.test_ray import complete
+from tests.helpers.searches import candidates, complete, kill_and_resume, search_cmd
 from vitpareto.search.explore import PredictorSampler
+
+pytestmark = pytest.mark.slow  # search processes killed and resumed
 
 
 @pytest.mark.parametrize(

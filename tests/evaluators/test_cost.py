@@ -8,8 +8,8 @@ import random
 import pytest
 import timm
 import torch
-from conftest import make_variant, random_candidate
 
+from tests.helpers.variants import make_variant, random_candidate
 from vitpareto.evaluators import analytic_macs, count_macs, count_params, mac_profile
 from vitpareto.spaces import Candidate, compress, describe, merge_macs
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import urllib.error
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.fashion import fake_fashion, write_idx
 from vitpareto.evaluators import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_data
 from vitpareto.spaces import VitParetoError
 
@@ -73,28 +73,11 @@ def test_fashion_mnist_from_debian_package():
     assert xs.shape == (100, 3, 28, 28) and len(set(ys.tolist())) > 5
 
 
-def _write_idx(path, array, gz=False):
-    array = np.asarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(s).to_bytes(4, "big") for s in array.shape
-    )
-    with (gzip.open if gz else open)(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
-def _fake_fashion(root, train_images, train_labels, val_images, val_labels):
-    root.mkdir(exist_ok=True)
-    _write_idx(root / "train-images-idx3-ubyte", train_images)
-    _write_idx(root / "train-labels-idx1-ubyte.gz", train_labels, gz=True)
-    _write_idx(root / "t10k-images-idx3-ubyte.gz", val_images, gz=True)
-    _write_idx(root / "t10k-labels-idx1-ubyte", val_labels)
-
-
 def test_fashion_mnist_dir_reads_idx_exactly(tmp_path):
     rng = np.random.default_rng(0)
     train_x, val_x = rng.integers(0, 256, (3, 4, 5)), rng.integers(0, 256, (2, 4, 5))
     train_x[0, 0, 0], train_x[0, 0, 1] = 0, 255
-    _fake_fashion(tmp_path / "fm", train_x, [9, 0, 3], val_x, [1, 2])
+    fake_fashion(tmp_path / "fm", train_x, [9, 0, 3], val_x, [1, 2])
     d = load_data(f"fashion-mnist:{tmp_path / 'fm'}", (4, 5), mean=(0, 0, 0), std=(1, 1, 1))
     assert d.classes == FASHION_MNIST_CLASSES
     xv, yv = _all(d.val)  # val is not shuffled: the file's order
@@ -112,7 +95,7 @@ def test_fashion_mnist_dir_reads_idx_exactly(tmp_path):
 
 def test_fashion_mnist_truncated_or_bad_file(tmp_path):
     root = tmp_path / "fm"
-    _fake_fashion(root, np.zeros((3, 4, 4)), [0, 1, 2], np.zeros((2, 4, 4)), [0, 1])
+    fake_fashion(root, np.zeros((3, 4, 4)), [0, 1, 2], np.zeros((2, 4, 4)), [0, 1])
     path = root / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.raises(VitParetoError, match="train-images-idx3-ubyte is truncated"):
@@ -120,7 +103,7 @@ def test_fashion_mnist_truncated_or_bad_file(tmp_path):
     path.write_bytes(b"\x00\x00\x0d\x03" + bytes(60))
     with pytest.raises(VitParetoError, match="bad magic number"):
         load_data(f"fashion-mnist:{root}", 8)
-    _write_idx(path, np.zeros((3, 4, 4)))
+    write_idx(path, np.zeros((3, 4, 4)))
     gz = root / "t10k-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:20])
     with pytest.raises(VitParetoError, match="t10k-images-idx3-ubyte.gz"):
@@ -206,7 +189,7 @@ def test_holdout_keeps_the_official_test_split_apart(tmp_path):
     rng = np.random.default_rng(1)
     train_x, labels = rng.integers(0, 256, (20, 4, 4)), [i % 2 for i in range(20)]
     test_x = rng.integers(0, 256, (6, 4, 4))
-    _fake_fashion(tmp_path / "fm", train_x, labels, test_x, [0, 1] * 3)
+    fake_fashion(tmp_path / "fm", train_x, labels, test_x, [0, 1] * 3)
     spec = f"fashion-mnist:{tmp_path / 'fm'}"
     d = load_data(spec, 4, val_fraction=0.25, holdout=True, mean=(0, 0, 0), std=(1, 1, 1))
     assert (len(d.train.dataset), len(d.val.dataset), len(d.test.dataset)) == (15, 5, 6)

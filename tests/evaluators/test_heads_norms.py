@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import timm
 import torch
-from conftest import images, make_variant
 
+from tests.helpers.variants import images, make_variant
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     ExitPath,

@@ -22,6 +22,8 @@ from vitpareto.evaluators import (
 )
 from vitpareto.spaces import Candidate, ElasticViT, JointSpace, VitParetoError, token_counts
 
+pytestmark = pytest.mark.slow  # timing rounds, torch.compile
+
 
 @pytest.fixture(scope="module")
 def elastic():

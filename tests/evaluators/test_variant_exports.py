@@ -9,10 +9,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import VARIANTS, images, make_variant, random_candidate
 
+from tests.helpers.variants import VARIANTS, images, make_variant, random_candidate
 from vitpareto.evaluators import export_onnx, export_pt2
 from vitpareto.spaces import compress
+
+pytestmark = pytest.mark.slow  # ONNX and .pt2 exports
 
 
 @pytest.mark.parametrize("key", list(VARIANTS))

@@ -5,9 +5,13 @@ compute what the loaded model computes."""
 
 from __future__ import annotations
 
-from tests.search.backbone import exported_front, trained_and_searched
+import pytest
+
+from tests.helpers.backbone import exported_front, trained_and_searched
 from vitpareto.evaluators import analytic_macs, count_macs
 from vitpareto.search import load_supernet
+
+pytestmark = pytest.mark.slow  # training, searches, exports
 
 KWARGS = dict(img_size=32, patch_size=8, class_token=False, global_pool="map", norm_layer="rmsnorm")
 

@@ -12,18 +12,18 @@ import time
 
 import pytest
 
-from tests.search.hostile import digest, refused, searched, small_supernet
+from tests.helpers.hostile import digest, refused
+from tests.helpers.nets import small_supernet
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory):
-    return small_supernet(tmp_path_factory.mktemp("net") / "net.pt")
+def net(small_net):
+    return small_net
 
 
 @pytest.fixture(scope="module")
-def db(net, tmp_path_factory):
-    path = tmp_path_factory.mktemp("db") / "r.db"
-    return path, searched(net, path)
+def db(small_study):
+    return small_study
 
 
 TRAIN = ["train", "--model", "test_vit", "--dataset", "digits"]
@@ -167,6 +167,7 @@ def test_finetune_refuses_a_trial_of_another_supernet(capsys, db, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # a process of its own
 def test_an_unreachable_ray_cluster_is_refused_at_once(net, tmp_path):
     pytest.importorskip("ray")
     start = time.monotonic()

@@ -11,10 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.search.backbone import exported_front, trained_and_searched
+from tests.helpers.backbone import exported_front, trained_and_searched
 from vitpareto.evaluators import channel_norm, load_data
 from vitpareto.search import load_supernet
 from vitpareto.spaces import VitParetoError, check_recipe
+
+pytestmark = pytest.mark.slow  # training, a search, exports
 
 
 @pytest.fixture(scope="module")

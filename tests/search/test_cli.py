@@ -2,54 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import subprocess
-import sys
-from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
-import torch
 
-from vitpareto.search.cli import main
-
-SMALL = ["--model", "test_vit", "--img-size", "32", "--num-classes", "10"]
+from tests.helpers.cli import SMALL, vitpareto, vitpareto_process
 
 
-def vitpareto(*args, cwd=None) -> subprocess.CompletedProcess:
-    """``vitpareto ARGS`` run by the command line's ``main`` in this process, its output
-    and exit code captured as a finished process's would be. A fresh interpreter per call
-    paid half a minute of imports on a busy 2-core CI machine, forty times over; the tests
-    of the process itself (``python -m``, warnings on stderr) use ``vitpareto_process``."""
-    args = [str(a) for a in args]
-    out, err = io.StringIO(), io.StringIO()
-    here, threads = os.getcwd(), torch.get_num_threads()
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                code = main(args)
-            except SystemExit as e:  # argparse: --help, a usage error
-                code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    finally:
-        os.chdir(here)
-        torch.set_num_threads(threads)  # --threads sets them for the process
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def vitpareto_process(*args, cwd=None) -> subprocess.CompletedProcess:
-    """``python -m vitpareto.search.cli ARGS`` in a process of its own."""
-    return subprocess.run(
-        [sys.executable, "-m", "vitpareto.search.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
-
-
+@pytest.mark.slow  # a process of its own
 def test_help_lists_commands():
     out = vitpareto_process("--help")
     assert out.returncode == 0
@@ -151,11 +112,17 @@ def test_space_written_and_read_back(tmp_path):
             "checkpoint 'nowhere.pth' does not exist",
         ),
         (["space", *SMALL, "--out", "space.txt"], "must end in .yaml, .yml or .json"),
-        (["showcase", *SMALL, "--batch", "0"], "--batch must be at least 1"),
+        (
+            ["showcase", *SMALL, "--batch", "0"],
+            "--batch must be a whole number of images per forward pass from 1 to",
+        ),
         (["showcase", *SMALL, "--device", "cuda:0"], "no CUDA GPU"),
         (["showcase", *SMALL, "--device", "tpu"], "device 'tpu'"),
         (["latency", *SMALL, "--device", "cuda"], "no CUDA GPU"),
-        (["latency", *SMALL, "--batch", "0"], "--batch must be at least 1"),
+        (
+            ["latency", *SMALL, "--batch", "0"],
+            "--batch must be a whole number of images per forward pass from 1 to",
+        ),
         (["latency", *SMALL, "--predict", "--space", "nospace.yaml"], "nospace.yaml"),
         # zero is a value, not "not given"
         (["cost", "--model", "test_vit", "--img-size", "0"], "--img-size must be between 1"),
@@ -205,6 +172,7 @@ def test_usage_errors_exit_2():
     assert vitpareto("cost").returncode == 2  # --model is required
 
 
+@pytest.mark.slow  # a process of its own
 def test_a_mistake_in_a_process_of_its_own_is_one_line_and_exit_2(tmp_path):
     """What a user's shell sees: nothing else on stderr (no warning, no traceback)."""
     out = vitpareto_process("cost", *SMALL, "--candidate", "{bad json", cwd=tmp_path)

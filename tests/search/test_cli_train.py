@@ -8,9 +8,11 @@ import pytest
 import timm
 import torch
 
-from tests.search.test_cli import vitpareto
+from tests.helpers.cli import vitpareto
 from vitpareto.search import SearchConfig, load_supernet, search
 from vitpareto.search.supernet import read_checkpoint
+
+pytestmark = pytest.mark.slow  # training
 
 TRAIN = [
     "train",

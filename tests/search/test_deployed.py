@@ -14,7 +14,7 @@ import optuna
 import pytest
 import torch
 
-from tests.search.hostile import refused, small_supernet
+from tests.helpers.hostile import refused
 from vitpareto import load
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import LatencyEvaluator, deployed, export_onnx
@@ -22,6 +22,8 @@ from vitpareto.search import SearchConfig, load_supernet, search
 from vitpareto.search.cli import main
 from vitpareto.search.outputs import disagreement, model_files, portable_files, write_model_dir
 from vitpareto.spaces import EXIT_TYPES, Candidate, ElasticViT
+
+pytestmark = pytest.mark.slow  # exports, processes running them
 
 PORTABLE = """
 import sys
@@ -45,8 +47,8 @@ CONFIG = dict(max_batches=1, latency_repeats=3, threads=1)
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory):
-    return load_supernet(small_supernet(tmp_path_factory.mktemp("net") / "net.pt"))
+def net(small_net):
+    return load_supernet(small_net)
 
 
 def _mixed(net, images, base: Candidate | None = None):
@@ -69,14 +71,19 @@ def _midway(logits: torch.Tensor) -> float:
     return float(conf[half - 1] + conf[half]) / 2
 
 
-def _exports_equal_eager(net, model, d, x8) -> torch.Tensor:
-    """Export ``model`` into ``d``, run its files without vitpareto on one image and on
-    ``x8``, and check them against eager ``forward_dynamic``; the exits of ``x8``."""
+def _exports_equal_eager(net, model, d, x8, static: bool = False) -> torch.Tensor:
+    """Export ``model`` into ``d``, run its files without vitpareto on one image, on
+    ``x8`` and on each image of ``x8`` alone, and check them against eager
+    ``forward_dynamic``; the exits of ``x8``. ``static``: the files for runtimes without
+    control flow too (written beside the exit policy's; one test checks them)."""
     files = model_files(model, net.model_name, net.model_kwargs, net.data["classes"], {})
-    write_model_dir(d, {**files, **portable_files(model)})
-    assert {"model.onnx", "model_static.onnx", "model.pt2", "model_static.pt2"} <= {
-        p.name for p in d.iterdir()
-    }
+    portable = portable_files(model)
+    shipped = {"model.pt2", "model.onnx"}
+    if static:
+        shipped |= {"model_static.pt2", "model_static.onnx"}
+    assert set(portable) == {"model.pt2", "model.onnx", "model_static.pt2", "model_static.onnx"}
+    write_model_dir(d, {**files, **{k: v for k, v in portable.items() if k in shipped}})
+    assert shipped <= {p.name for p in d.iterdir()}
     np.save(d / "x8.npy", x8.numpy())
     run = subprocess.run([sys.executable, "-c", PORTABLE, str(d)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -93,7 +100,7 @@ def _exports_equal_eager(net, model, d, x8) -> torch.Tensor:
 def test_exported_exit_policy_equals_forward_dynamic(net, tmp_path):
     x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     model = net.elastic.extract(_mixed(net, x8)).eval()
-    where = _exports_equal_eager(net, model, tmp_path / "m", x8)
+    where = _exports_equal_eager(net, model, tmp_path / "m", x8, static=True)
     assert len(set(where.tolist())) > 1  # a batch of mixed exits
 
 

@@ -177,7 +177,7 @@ def test_query_command_refuses_escapes_and_leaves_the_database_unchanged(tmp_pat
 
     import optuna
 
-    from tests.search.test_cli import vitpareto
+    from tests.helpers.cli import vitpareto
 
     db = tmp_path / "r.db"
     url = f"sqlite:///{db}"

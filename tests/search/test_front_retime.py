@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from tests.search.hostile import trained_supernet
-from tests.search.test_cli import vitpareto as cli
+from tests.helpers.cli import vitpareto as cli
+from tests.helpers.nets import trained_supernet
 from vitpareto.evaluators import Evaluator, analytic_macs
 from vitpareto.search import (
     SearchConfig,
@@ -21,6 +21,8 @@ from vitpareto.search import (
 )
 from vitpareto.search.explore import NEAR, LocalBackend
 from vitpareto.spaces import Candidate, VitParetoError
+
+pytestmark = pytest.mark.slow  # training, searches
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 import vitpareto
-from tests.evaluators.test_data import _fake_fashion
+from tests.helpers.fashion import fake_fashion
 from vitpareto.evaluators import AccuracyEvaluator
 from vitpareto.search import (
     SearchConfig,
@@ -24,6 +24,8 @@ from vitpareto.search import (
     search,
 )
 from vitpareto.search.outputs import export_trials, write_report
+
+pytestmark = pytest.mark.slow  # training, a search
 
 CONFIG = SearchConfig(latency_repeats=3)
 
@@ -40,7 +42,7 @@ def fashion(tmp_path_factory):
         return np.clip(base + rng.integers(0, 30, (len(labels), 28, 28)), 0, 255)
 
     train_y, test_y = [i % 10 for i in range(300)], [i % 10 for i in range(90)]
-    _fake_fashion(d / "fm", images(train_y), train_y, images(test_y), test_y)
+    fake_fashion(d / "fm", images(train_y), train_y, images(test_y), test_y)
     trainer = SupernetTrainer.create(
         "test_vit",
         f"fashion-mnist:{d / 'fm'}",

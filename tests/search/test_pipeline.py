@@ -4,6 +4,7 @@ parallel workers, the report, and the mistakes a user can make on the way."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -13,8 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 import vitpareto
-from tests.search.hostile import trained_supernet
-from tests.search.test_cli import vitpareto as cli
+from tests.helpers.cli import vitpareto as cli
 from vitpareto.evaluators import AccuracyEvaluator
 from vitpareto.search import (
     SearchConfig,
@@ -25,14 +25,16 @@ from vitpareto.search import (
 from vitpareto.search.outputs import disagreement
 from vitpareto.spaces import VitParetoError
 
+pytestmark = pytest.mark.slow  # training, searches, exports
+
 CONFIG = dict(latency_repeats=3)
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(tmp_path_factory, trained_net):
     """A supernet trained one epoch on digits and a 6-trial study of it."""
     d = tmp_path_factory.mktemp("pipeline")
-    trained_supernet(d / "net.pt")
+    shutil.copy(trained_net, d / "net.pt")  # tests here write beside it
     url = f"sqlite:///{d / 'r.db'}"
     search(load_supernet(d / "net.pt"), url, "s", 6, SearchConfig(**CONFIG), progress=False)
     return d, url

@@ -9,11 +9,13 @@ import optuna
 import pytest
 import torch
 
-from tests.search.backbone import exported_front, trained_and_searched
+from tests.helpers.backbone import exported_front, trained_and_searched
 from vitpareto.evaluators import exit_macs
 from vitpareto.search import SupernetTrainer, TrainConfig, load_supernet
 from vitpareto.search.outputs import load_trials
 from vitpareto.spaces import EXIT_TYPES, Candidate, JointSpace, exit_key
+
+pytestmark = pytest.mark.slow  # training, a search, exports
 
 SPACE = {
     "mlp": {"choices": [0.5, 1.0], "groups": "all"},

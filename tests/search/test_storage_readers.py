@@ -10,16 +10,23 @@ import sys
 import time
 
 import optuna
+import pytest
 from optuna.trial import create_trial
 
 from vitpareto.search.explore import open_storage
 
+pytestmark = pytest.mark.slow  # a reading process
+
 READER = """
-import sqlite3, sys
+import pathlib, sqlite3, sys
+n = 0
 while True:  # what `vitpareto query` in another terminal does, over and over
     db = sqlite3.connect(sys.argv[1], timeout=30)
     db.execute("SELECT count(*) FROM trials").fetchall()
     db.close()
+    n += 1
+    if n == 20:  # it has opened and closed the file: say so
+        pathlib.Path(sys.argv[2]).touch()
 """
 
 
@@ -28,9 +35,13 @@ def test_a_second_storage_beside_a_reader_keeps_writing(tmp_path):
     url = f"sqlite:///{path}"
     first = open_storage(url)
     optuna.create_study(storage=first, study_name="s")
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(path)])
+    reading = tmp_path / "reading"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(reading)])
     try:
-        time.sleep(1.0)  # the reader opening and closing the file
+        deadline = time.monotonic() + 60
+        while not reading.exists():  # the reader opening and closing the file
+            assert reader.poll() is None and time.monotonic() < deadline, "the reader failed"
+            time.sleep(0.05)
         second = open_storage(url)  # the front stage's, while the search's is open
         for i in range(40):
             study = optuna.load_study(study_name="s", storage=(first, second)[i % 2])

@@ -16,6 +16,8 @@ from optuna.trial import TrialState
 from vitpareto.search import SearchConfig, SupernetTrainer, TrainConfig, load_supernet, search
 from vitpareto.spaces import Candidate, VitParetoError
 
+pytestmark = pytest.mark.slow  # training, a search process killed
+
 CONFIG = dict(latency_repeats=3)
 
 
@@ -31,9 +33,9 @@ def _train(path, seed):
 
 
 @pytest.fixture(scope="module")
-def nets(tmp_path_factory):
-    d = tmp_path_factory.mktemp("nets")
-    return _train(d / "a.pt", 0), _train(d / "b.pt", 1)
+def nets(tmp_path_factory, trained_net):
+    """Two supernets of one recipe (the shared one, seed 0) and another seed."""
+    return trained_net, _train(tmp_path_factory.mktemp("nets") / "b.pt", 1)
 
 
 def _complete(url, name):
@@ -78,7 +80,7 @@ def test_another_supernet_is_refused(nets, tmp_path):
 def test_resume_refuses_other_settings_and_foreign_databases(nets, tmp_path):
     import sqlite3
 
-    from tests.search.test_cli import vitpareto
+    from tests.helpers.cli import vitpareto
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     net = load_supernet(nets[0])
@@ -161,7 +163,7 @@ def test_query_front_filters_and_formats(nets, tmp_path):
     import io
     import json as _json
 
-    from tests.search.test_cli import vitpareto
+    from tests.helpers.cli import vitpareto
     from vitpareto.search import load_trials
 
     url = f"sqlite:///{tmp_path / 'r.db'}"

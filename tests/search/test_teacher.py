@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from tests.search.test_cli import vitpareto
+from tests.helpers.cli import vitpareto
 from vitpareto.errors import VitParetoError
 from vitpareto.search.supernet import (
     FinetuneConfig,
@@ -26,7 +26,7 @@ from vitpareto.spaces import Candidate
 
 STUDENT = dict(img_size=32, patch_size=8)
 WIDER = dict(patch_size=8, embed_dim=96, num_heads=3)  # test_vit: 64 wide, 2 heads
-pytestmark = pytest.mark.xdist_group("supernet")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("supernet")]  # training
 
 
 def _trainer(config, teacher=None, kwargs=STUDENT):

@@ -29,7 +29,7 @@ from vitpareto.spaces import Candidate, VitParetoError
 MODEL = dict(img_size=32, patch_size=8)
 EPOCHS = 10
 # the two long trainings share one xdist worker, so the rest of the suite runs beside them
-pytestmark = pytest.mark.xdist_group("supernet")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("supernet")]  # training
 
 
 def _trainer(config: TrainConfig) -> SupernetTrainer:

@@ -8,25 +8,18 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests.search.test_cli import vitpareto
-from vitpareto.search import SupernetTrainer, TrainConfig
+from tests.helpers.cli import vitpareto
+from vitpareto.search import load_supernet
 
-pytestmark = pytest.mark.xdist_group("supernet")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("supernet")]  # training, searches
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
+def weights(tmp_path_factory, plain_net):
     """test_vit trained normally on digits, saved as a plain state dict."""
-    d = tmp_path_factory.mktemp("trained")
-    trainer = SupernetTrainer.create(
-        "test_vit",
-        "digits",
-        TrainConfig(epochs=4, batch_size=32, lr=2e-3, sandwich=False),
-        model_kwargs=dict(img_size=32, patch_size=8),
-    )
-    trainer.fit(d / "plain.pt", progress=False)
-    torch.save(trainer.elastic.vit.state_dict(), d / "mine.pth")
-    return d / "mine.pth"
+    path = tmp_path_factory.mktemp("trained") / "mine.pth"
+    torch.save(load_supernet(plain_net).elastic.vit.state_dict(), path)
+    return path
 
 
 def _args(weights, db):
@@ -36,7 +29,7 @@ def _args(weights, db):
         *("--dataset", "digits", "--checkpoint", str(weights), "--num-classes", "10"),
         *("--importance", "taylor", "--calibration-batches", "2"),
         *("--study", "mine", "--trials", "12", "--storage", f"sqlite:///{db}"),
-        *("--finetune-front", "20", "--no-progress"),
+        *("--finetune-front", "20", "--front-rounds", "5", "--no-progress"),
     ]
 
 

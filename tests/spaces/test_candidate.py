@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import make_variant
 
+from tests.helpers.variants import make_variant
 from vitpareto.spaces import Candidate, VitParetoError
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import images, make_variant
 
+from tests.helpers.variants import images, make_variant
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import ExitPath, count_macs, count_params, exit_macs
 from vitpareto.spaces import Candidate, ElasticViT, JointSpace, describe

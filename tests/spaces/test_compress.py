@@ -8,9 +8,9 @@ import random
 
 import pytest
 import torch
-from conftest import VARIANTS, images, make_variant, random_candidate
 from timm.layers import LayerScale, RmsNorm
 
+from tests.helpers.variants import VARIANTS, images, make_variant, random_candidate
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces import Candidate, ElasticViT, TokenSelect, canonical_eva, compress, describe
 

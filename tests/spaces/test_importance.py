@@ -8,10 +8,10 @@ import copy
 
 import pytest
 import torch
-from conftest import VARIANTS, images, make_variant
 
+from tests.helpers.variants import VARIANTS, images, make_variant
 from vitpareto.errors import VitParetoError
-from vitpareto.search.supernet import SupernetTrainer, TrainConfig
+from vitpareto.search.supernet import SupernetTrainer
 from vitpareto.spaces import (
     CRITERIA,
     BlockScores,
@@ -21,6 +21,8 @@ from vitpareto.spaces import (
     importance_scores,
     needs_data,
 )
+
+pytestmark = pytest.mark.slow  # training, ranking 17 variants
 
 ATOL = 1e-5
 
@@ -71,14 +73,9 @@ def test_data_driven_criteria_need_data_and_fitting_labels():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(plain_net):
     """test_vit (2 heads, MLP 192, 6 blocks) trained normally on digits for a minute."""
-    config = TrainConfig(epochs=8, batch_size=32, lr=2e-3, sandwich=False)
-    trainer = SupernetTrainer.create(
-        "test_vit", "digits", config, model_kwargs=dict(img_size=32, patch_size=8)
-    )
-    trainer.fit(tmp_path_factory.mktemp("plain") / "plain.pt", progress=False)
-    return trainer
+    return SupernetTrainer.resume(plain_net)
 
 
 def _accuracy(model, loader) -> float:

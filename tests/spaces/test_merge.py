@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import VARIANTS, images, make_variant
 
+from tests.helpers.variants import VARIANTS, images, make_variant
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces import (
     Candidate,

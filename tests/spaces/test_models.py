@@ -58,7 +58,12 @@ def test_unknown_model_name_suggests_close_ones():
 
 
 def test_pretrained_weights_without_network(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read once, when huggingface_hub is first imported: in a process that imported it
+    # before, only this makes it offline (else each download waits out its timeouts, 46 s)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(VitParetoError, match=r"could not load pretrained weights.*--checkpoint"):
         create_model("test_vit", pretrained=True)
 

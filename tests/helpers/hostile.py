@@ -8,7 +8,6 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
-from vitpareto.search import SearchConfig, SupernetTrainer, TrainConfig, load_supernet, search
 from vitpareto.search.cli import main
 
 
@@ -41,32 +40,3 @@ def copy_db(src: Path, dst: Path) -> Path:
     ):
         a.backup(b)
     return dst
-
-
-def _trainer(patch_size: int, **config) -> SupernetTrainer:
-    return SupernetTrainer.create(
-        "test_vit",
-        "digits",
-        TrainConfig(epochs=1, batch_size=128, **config),
-        model_kwargs=dict(img_size=32, patch_size=patch_size),
-    )
-
-
-def small_supernet(path: Path, seed: int = 0) -> Path:
-    """An untrained test_vit supernet on digits (the commands only need its shape)."""
-    _trainer(8, seed=seed).save(path)
-    return path
-
-
-def trained_supernet(path: Path, random_candidates: int = 1) -> Path:
-    """A test_vit supernet (patch 16) trained one epoch on digits: accuracy above chance."""
-    _trainer(16, random_candidates=random_candidates).fit(path, progress=False)
-    return path
-
-
-def searched(net_path: Path, db: Path, name: str = "s") -> str:
-    """A study of three trials in an SQLite file; its URL."""
-    url = f"sqlite:///{db}"
-    config = SearchConfig(max_batches=1, latency_repeats=3, threads=1)
-    search(load_supernet(net_path), url, name, 3, config, progress=False)
-    return url

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import torch
 
 import vitpareto
-from tests.search.test_cli import vitpareto as cli
+from tests.helpers.cli import vitpareto as cli
 from vitpareto.search import SearchConfig, SupernetTrainer, TrainConfig, load_supernet, search
 
 
