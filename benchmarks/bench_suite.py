@@ -65,8 +65,9 @@ def parse(log: str) -> tuple[str, list[tuple[float, str, str]]]:
     return summary, rows
 
 
-def timed_runs(rev: str, runs: int, target: str) -> list[tuple[float, str, str]]:
-    """(wall seconds, summary, output) of each ``make target`` in a clean clone of ``rev``."""
+def timed_runs(rev: str, runs: int, target: str, done_one=None) -> list[tuple[float, str, str]]:
+    """(wall seconds, summary, output) of each ``make target`` in a clean clone of ``rev``;
+    ``done_one(runs so far)`` after each (the section is written as the runs come in)."""
     out = []
     with tempfile.TemporaryDirectory(prefix="vitpareto-suite-") as tmp:
         clone = Path(tmp) / "repo"
@@ -83,6 +84,8 @@ def timed_runs(rev: str, runs: int, target: str) -> list[tuple[float, str, str]]
             ok = "passed" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
             print(f"run {i + 1}: {wall / 60:.1f} min, {summary}, {ok}", flush=True)
             out.append((wall, f"{summary}; make {ok}", done.stdout + done.stderr))
+            if done_one is not None:
+                done_one(out)
     return out
 
 
@@ -134,13 +137,23 @@ def main() -> None:
         log = args.from_log.read_text()
         runs = [(args.wall or 0.0, parse(log)[0], log)]
         how = args.how
+        write_section(f"suite:{args.label}", section(args.label, target, runs, args.top, how))
     else:
-        runs = timed_runs(args.rev, args.runs, target)
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", args.rev], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         how = (
-            f"`make {target}` on a clean clone of {args.rev} (its .venv built first, not "
-            "timed), alone on the machine."
+            f"`make {target}` on a clean clone of {rev} (its .venv built first, not timed), "
+            "alone on the machine."
         )
-    write_section(f"suite:{args.label}", section(args.label, target, runs, args.top, how))
+        timed_runs(
+            args.rev,
+            args.runs,
+            target,
+            lambda runs: write_section(
+                f"suite:{args.label}", section(args.label, target, runs, args.top, how)
+            ),
+        )
     print(f"wrote the suite:{args.label} section of {Path(__file__).with_name('RESULTS.md')}")
 
 
