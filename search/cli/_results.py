@@ -104,6 +104,11 @@ def add_parsers(sub) -> None:
     r.add_argument("--out", type=Path, required=True, help="directory for the report files")
     r.set_defaults(handler=cmd_report)
 
+    bench_parser(sub)
+
+
+def bench_parser(sub) -> None:
+    """`vitpareto bench`: exported models timed again where they are."""
     b = sub.add_parser(
         "bench",
         help="time exported models as they ship, on this machine, beside the full model",

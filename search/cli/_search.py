@@ -100,6 +100,18 @@ def add_parsers(sub) -> None:
         help="measure every trial's latency, or predict it from the latency table (built once "
         "per device, model, batch and space) and measure only the front's (default: measured)",
     )
+    front_args(s)
+    ray_args(s)
+    trained_args(s)
+    s.set_defaults(handler=cmd_search)
+
+    st = sub.add_parser("studies", help="list the studies of a results database")
+    storage_arg(st)
+    st.set_defaults(handler=cmd_studies)
+
+
+def front_args(s) -> None:
+    """The front's second stage, the worker processes and where fine-tuned weights go."""
     s.add_argument(
         "--finetune-front",
         type=int,
@@ -136,6 +148,10 @@ def add_parsers(sub) -> None:
         "--artifacts", type=Path, help="where fine-tuned weights go (default: beside the database)"
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def ray_args(s) -> None:
+    """The Ray cluster options."""
     r = s.add_argument_group(
         "Ray cluster",
         "--backend ray runs the trials on a Ray cluster through Ray Tune's OptunaSearch, "
@@ -174,13 +190,6 @@ def add_parsers(sub) -> None:
         metavar="SECONDS",
         help="wait this long for a node holding the target to join (default: 0, stop at once)",
     )
-
-    trained_args(s)
-    s.set_defaults(handler=cmd_search)
-
-    st = sub.add_parser("studies", help="list the studies of a results database")
-    storage_arg(st)
-    st.set_defaults(handler=cmd_studies)
 
 
 def _config(args) -> SearchConfig:

@@ -82,6 +82,11 @@ def add_parsers(sub) -> None:
         help="candidate as JSON text or a .json file (default: the full model)",
     )
     c.set_defaults(handler=cmd_cost)
+    latency_parser(sub)
+
+
+def latency_parser(sub) -> None:
+    """`vitpareto latency`: one candidate timed, and the latency table."""
     lat = sub.add_parser(
         "latency",
         help="measure a candidate's latency on this machine (and predict it)",

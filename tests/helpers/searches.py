@@ -127,7 +127,7 @@ def wait_gone(pids: set[int], timeout: float = 120) -> None:
     """Wait until every process of ``pids`` has exited (or, a Ray worker, gone idle)."""
     deadline = time.monotonic() + timeout
     while True:
-        left = {p for p in pids if _title(p) and _title(p) not in IDLE_RAY}
+        left = {p for p in pids if (title := _title(p)) and title not in IDLE_RAY}
         if not left:
             return
         assert time.monotonic() < deadline, f"processes outlived the killed search: {left}"
