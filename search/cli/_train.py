@@ -140,6 +140,11 @@ def add_parsers(sub) -> None:
     device_args(t)
     t.set_defaults(handler=cmd_train)
 
+    finetune_parser(sub)
+
+
+def finetune_parser(sub) -> None:
+    """`vitpareto finetune`: one trial fine-tuned into a standalone model."""
     f = sub.add_parser(
         "finetune",
         help="fine-tune one candidate with distillation and save it as a standalone model",
@@ -270,6 +275,50 @@ def _check_room(trainer, out: Path) -> None:
         )
 
 
+def _new_trainer(args, given: dict) -> SupernetTrainer:
+    """The trainer of a new run (after checking the options), its plan printed."""
+    if not args.model or not args.dataset:
+        raise VitParetoError("train needs --model and --dataset (or --resume)")
+    if args.out.exists():
+        raise VitParetoError(
+            f"{str(args.out)!r} already exists; pass --resume to continue it, or choose "
+            "another --out"
+        )
+    if args.num_classes is not None and args.checkpoint is None:
+        raise VitParetoError(
+            "--num-classes describes --checkpoint's head; the dataset sets the rest"
+        )
+    name, kwargs = model_spec(args)
+    config = TrainConfig(sandwich=not args.plain, **given)
+    if args.plain and args.teacher:
+        raise VitParetoError("--plain trains on the labels alone; drop --teacher")
+    teacher = _teacher(args)
+    trainer = SupernetTrainer.create(
+        name,
+        args.dataset,
+        config,
+        space=args.space,
+        model_kwargs=kwargs,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        workers=args.workers,
+        importance=args.importance,
+        calibration_batches=args.calibration_batches or CALIBRATION_BATCHES,
+        teacher=teacher,
+    )
+    _check_room(trainer, args.out)
+    n = trainer.elastic.spec
+    print(
+        f"training {name} ({n.depth} blocks, {n.num_heads} heads, embed {n.embed_dim}, "
+        f"{n.img_size[0]} px, patch {n.patch_size}) on {args.dataset} "
+        f"({len(trainer.data.classes)} classes), {trainer.space.size():,} candidates, "
+        f"{config.epochs} epochs of {trainer.steps_per_epoch} steps",
+        file=sys.stderr,
+    )
+    return trainer
+
+
 def cmd_train(args) -> int:
     setup_threads(args)
     _check_train(args)
@@ -292,45 +341,7 @@ def cmd_train(args) -> int:
             f"resuming {args.out} at epoch {trainer.epoch}/{trainer.config.epochs}", file=sys.stderr
         )
     else:
-        if not args.model or not args.dataset:
-            raise VitParetoError("train needs --model and --dataset (or --resume)")
-        if args.out.exists():
-            raise VitParetoError(
-                f"{str(args.out)!r} already exists; pass --resume to continue it, or choose "
-                "another --out"
-            )
-        if args.num_classes is not None and args.checkpoint is None:
-            raise VitParetoError(
-                "--num-classes describes --checkpoint's head; the dataset sets the rest"
-            )
-        name, kwargs = model_spec(args)
-        config = TrainConfig(sandwich=not args.plain, **given)
-        if args.plain and args.teacher:
-            raise VitParetoError("--plain trains on the labels alone; drop --teacher")
-        teacher = _teacher(args)
-        trainer = SupernetTrainer.create(
-            name,
-            args.dataset,
-            config,
-            space=args.space,
-            model_kwargs=kwargs,
-            pretrained=args.pretrained,
-            checkpoint=args.checkpoint,
-            device=args.device,
-            workers=args.workers,
-            importance=args.importance,
-            calibration_batches=args.calibration_batches or CALIBRATION_BATCHES,
-            teacher=teacher,
-        )
-        _check_room(trainer, args.out)
-        n = trainer.elastic.spec
-        print(
-            f"training {name} ({n.depth} blocks, {n.num_heads} heads, embed {n.embed_dim}, "
-            f"{n.img_size[0]} px, patch {n.patch_size}) on {args.dataset} "
-            f"({len(trainer.data.classes)} classes), {trainer.space.size():,} candidates, "
-            f"{config.epochs} epochs of {trainer.steps_per_epoch} steps",
-            file=sys.stderr,
-        )
+        trainer = _new_trainer(args, given)
     try:
         last = trainer.fit(args.out)
     except KeyboardInterrupt:
