@@ -263,8 +263,7 @@ def _check_train(args) -> None:
 
 
 def _check_room(trainer, out: Path) -> None:
-    """Refuse to start a run whose checkpoint (weights and two AdamW moments) cannot fit
-    on the disk of ``out``: a full disk is better found now than after an epoch."""
+    """Refuse a run whose checkpoint (weights, two AdamW moments) cannot fit beside ``out``."""
     need = 3 * sum(p.numel() * p.element_size() for p in trainer.elastic.parameters())
     where = next(p for p in out.absolute().parents if p.exists())
     free = shutil.disk_usage(where).free

@@ -198,56 +198,13 @@ def model_card(study, trial, model, metrics: dict | None = None) -> str:
     h, w = image_size(model)
     pre = preprocessing(model)
     batch = m.get("batch_size") or (a.get("config") or {}).get("latency_batch", "?")
-    segments = m.get("exit_latency_ms")
-    static_ms = segments[-1] if segments else m.get("latency_ms")
     target = a.get("target") if isinstance(a.get("target"), dict) else {}
     hardware = f"{target.get('gpu') or target.get('cpu', '?')} ({target.get('device', '?')})"
     if not target:
         hardware = "each trial's own node (the study's target is 'per trial')"
-    rows = [
-        ("accuracy (validation set)", _fmt(m.get("accuracy"))),
-        ("accuracy on the held-out test set", _fmt(m.get("test_accuracy"))),
-        ("accuracy of the final head alone", _fmt(m.get("final_accuracy"))),
-        ("accuracy on the shared weights", _fmt(m.get("shared_accuracy"))),
-        (f"latency, static forward (ms per batch of {batch})", _fmt(static_ms)),
-        (
-            f"latency, expected with early exits (ms per batch of {batch})",
-            _fmt(m.get("latency_ms")) if segments else "-",
-        ),
-        ("speedup over the full model (as searched)", _fmt(m.get("speedup"))),
-        (
-            f"latency as deployed here, {m.get('deployed_runtime', '-')} "
-            f"({m.get('deployed_method', '-')}, ms per batch of {m.get('deployed_batch', '-')})",
-            _fmt(m.get("deployed_latency_ms")),
-        ),
-        ("speedup as deployed here", _fmt(m.get("deployed_speedup"))),
-        ("MACs per image", f"{int(m['macs']):,}" if "macs" in m else "-"),
-        ("parameters", f"{int(m['params']):,}" if "params" in m else "-"),
-    ]
+    rows = _card_rows(m, batch)
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    exits = (
-        f"Early exits after blocks {list(c['exits'])} (threshold {c['exit_threshold']}). "
-        "`model.pt2` and `model.onnx` run the exit policy: each sample leaves at the first "
-        "exit whose softmax confidence reaches the threshold, later blocks run only on the "
-        "samples still in; they return the logits and each sample's exit (the last index: "
-        "the final head), as `vitpareto.load(dir).forward_dynamic(x)` does. What follows "
-        "each exit sits behind a conditional (`torch.cond` in the `.pt2`, an `If` in the "
-        "`.onnx`): once every sample of a batch has left, it does not run. "
-        "`model_static.pt2` and `model_static.onnx` run every block and the final head, for "
-        "runtimes that cannot take data-dependent shapes (TensorRT, CUDA graphs); their "
-        "accuracy is the final head's above."
-        if c.get("exits")
-        else "No early exits."
-    )
-    if c.get("cascade"):
-        exits += (
-            f" A patch-size cascade runs first: patch sizes {list(c['cascade'])} (thresholds "
-            f"{list(c['cascade_thresholds'])}), coarsest first; a sample whose confidence at a "
-            "stage reaches its threshold stops there. The dynamic files return each sample's "
-            "route: the stages first, then the exits, then the final head."
-        )
-    elif not c.get("exits"):
-        exits += " Every format runs the same forward."
+    exits = _card_exits(c)
     source = f", from trial {m['source_trial']}" if "source_trial" in m else ""
     dynamic = c.get("exits") or c.get("cascade")
     outputs = "(logits, route of each sample)" if dynamic else "logits"
@@ -300,6 +257,61 @@ Inputs: float32 images, N x {pre["channels"]} x {h} x {w}: pixel values scaled t
 (also in `config.json`, under `preprocessing`). Outputs: logits over the classes listed in
 `config.json`. Supernet SHA-256: `{a.get("supernet_sha256")}`.
 """
+
+
+def _card_rows(m: dict, batch) -> list[tuple[str, str]]:
+    """The model card's table of figures: accuracy, latency as searched and as deployed
+    here, MACs, parameters."""
+    segments = m.get("exit_latency_ms")
+    static_ms = segments[-1] if segments else m.get("latency_ms")
+    return [
+        ("accuracy (validation set)", _fmt(m.get("accuracy"))),
+        ("accuracy on the held-out test set", _fmt(m.get("test_accuracy"))),
+        ("accuracy of the final head alone", _fmt(m.get("final_accuracy"))),
+        ("accuracy on the shared weights", _fmt(m.get("shared_accuracy"))),
+        (f"latency, static forward (ms per batch of {batch})", _fmt(static_ms)),
+        (
+            f"latency, expected with early exits (ms per batch of {batch})",
+            _fmt(m.get("latency_ms")) if segments else "-",
+        ),
+        ("speedup over the full model (as searched)", _fmt(m.get("speedup"))),
+        (
+            f"latency as deployed here, {m.get('deployed_runtime', '-')} "
+            f"({m.get('deployed_method', '-')}, ms per batch of {m.get('deployed_batch', '-')})",
+            _fmt(m.get("deployed_latency_ms")),
+        ),
+        ("speedup as deployed here", _fmt(m.get("deployed_speedup"))),
+        ("MACs per image", f"{int(m['macs']):,}" if "macs" in m else "-"),
+        ("parameters", f"{int(m['params']):,}" if "params" in m else "-"),
+    ]
+
+
+def _card_exits(c: dict) -> str:
+    """What the model card says of the exits and the cascade, and which file runs what."""
+    exits = (
+        f"Early exits after blocks {list(c['exits'])} (threshold {c['exit_threshold']}). "
+        "`model.pt2` and `model.onnx` run the exit policy: each sample leaves at the first "
+        "exit whose softmax confidence reaches the threshold, later blocks run only on the "
+        "samples still in; they return the logits and each sample's exit (the last index: "
+        "the final head), as `vitpareto.load(dir).forward_dynamic(x)` does. What follows "
+        "each exit sits behind a conditional (`torch.cond` in the `.pt2`, an `If` in the "
+        "`.onnx`): once every sample of a batch has left, it does not run. "
+        "`model_static.pt2` and `model_static.onnx` run every block and the final head, for "
+        "runtimes that cannot take data-dependent shapes (TensorRT, CUDA graphs); their "
+        "accuracy is the final head's above."
+        if c.get("exits")
+        else "No early exits."
+    )
+    if c.get("cascade"):
+        exits += (
+            f" A patch-size cascade runs first: patch sizes {list(c['cascade'])} (thresholds "
+            f"{list(c['cascade_thresholds'])}), coarsest first; a sample whose confidence at a "
+            "stage reaches its threshold stops there. The dynamic files return each sample's "
+            "route: the stages first, then the exits, then the final head."
+        )
+    elif not c.get("exits"):
+        exits += " Every format runs the same forward."
+    return exits
 
 
 def preprocessing(model) -> dict[str, Any]:
