@@ -15,9 +15,11 @@ from vitpareto.search.explore._front import LocalFrontScorer, load_weights, weig
 from vitpareto.search.explore._local import LocalBackend, ProcessBackend
 from vitpareto.search.explore._loop import Started, TrialLoop
 from vitpareto.search.explore._pareto import (
+    beaten_by_full,
     describe_reference,
     front_hypervolume,
     front_hypervolume_of,
+    front_trials,
     near_front,
 )
 from vitpareto.search.explore._predictive import PredictorSampler
@@ -88,6 +90,8 @@ __all__ = [
     "describe_reference",
     "front_hypervolume",
     "near_front",
+    "front_trials",
+    "beaten_by_full",
     "front_hypervolume_of",
     "front_study",
     "hypervolume",

@@ -78,7 +78,7 @@ def front_hypervolume_of(study, df=None, ref: dict[str, float] | None = None):
     objectives = objectives_of(study)
     if df is None:
         rows = []
-        for t in study.best_trials:
+        for t in front_trials(study):
             row = dict(zip(objectives, t.values, strict=True))
             if "speedup" in t.user_attrs:
                 row["speedup"] = t.user_attrs["speedup"]
@@ -106,6 +106,58 @@ def near_front(study, margin: float) -> list:
         if o == "latency_ms":
             given[:, i] *= 1 - margin
     kept = ~dominated_by(points, given)  # by no trial as measured, given the doubt
-    front = {t.number for t in study.best_trials}
-    near = [t for t, k in zip(trials, kept, strict=True) if k and t.number not in front]
+    front = {t.number for t in front_trials(study)}
+    full = study.user_attrs.get("full") or {}
+    near = [
+        t
+        for t, k in zip(trials, kept, strict=True)
+        if k
+        and t.number not in front
+        and not beaten_by_full(_values(study, t), t.user_attrs, full, doubt=margin)
+    ]
     return [t for t in trials if t.number in front] + near
+
+
+def front_trials(study) -> list:
+    """The study's front: Optuna's best trials less those the full model dominates. The
+    full model is a point of every front (its accuracy measured as the trials' are, its
+    latency the reference each trial was timed beside, its MACs and parameters counted), so
+    a candidate it beats is never offered; a study from before its accuracy was measured
+    keeps Optuna's front."""
+    full = study.user_attrs.get("full") or {}
+    best = study.best_trials
+    if "accuracy" not in full:
+        return best
+    return [t for t in best if not beaten_by_full(_values(study, t), t.user_attrs, full)]
+
+
+def beaten_by_full(
+    values: dict[str, float], attrs: dict[str, Any], full: dict[str, Any], doubt: float = 0.0
+) -> bool:
+    """Whether the full model dominates a trial of objective ``values``: as good in every
+    objective and better in one. Latency is compared by the trial's ``speedup`` (the full
+    model timed beside it) where it has one, its time taken ``doubt`` lower; a trial that
+    cuts nothing (the full model's MACs and parameters) is the full model, timed with noise;
+    an objective the full model has no figure for leaves the trial on."""
+    if "accuracy" not in full:
+        return False
+    if all(o in full and attrs.get(o) == full[o] for o in ("macs", "params")):
+        return False
+    better = False
+    for o, v in values.items():
+        if o == "accuracy":
+            mine, theirs = -float(full[o]), -float(v)  # all minimised
+        elif o == "latency_ms" and attrs.get("speedup"):
+            mine, theirs = 1.0, (1 - doubt) / float(attrs["speedup"])  # in the full model's time
+        elif o in full:
+            mine, theirs = float(full[o]), float(v)
+        else:
+            return False
+        if mine > theirs:
+            return False
+        better = better or mine < theirs
+    return better
+
+
+def _values(study, trial) -> dict[str, float]:
+    return dict(zip(objectives_of(study), trial.values, strict=True))

@@ -7,7 +7,7 @@ import sys
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from vitpareto.search.explore._pareto import front_hypervolume_of
+from vitpareto.search.explore._pareto import front_hypervolume_of, front_trials
 
 
 class SearchProgress:
@@ -44,7 +44,7 @@ class SearchProgress:
         ts = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
         done = sum(t.state == TrialState.COMPLETE for t in ts)
         failed = len(ts) - done
-        members = tuple(t.number for t in self.study.best_trials)
+        members = tuple(t.number for t in front_trials(self.study))
         if members != self._front:  # the volume changes only with the front
             self._front, self._hv = members, front_hypervolume_of(self.study)[0]
         self.bar.n = min(done, self.trials)

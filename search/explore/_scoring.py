@@ -125,6 +125,18 @@ def reference_latency(latency: Evaluator, elastic) -> float:
     return float(latency(elastic.eval(), Candidate.full(elastic.spec))["latency_ms"])
 
 
+def full_accuracy(supernet, config: SearchConfig) -> float:
+    """The full model's accuracy, measured as every trial's is (the same split, batches and
+    device, on this process's CPU where that device is not here): the full model is a
+    point of every front, and a trial it dominates is left off."""
+    device = config.accuracy_device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"  # a Ray driver without the trials' GPU; accuracy is the same
+    scorer = make_scorer(supernet, config, latency=None, device=device)
+    elastic = supernet.elastic.eval()
+    return float(scorer["accuracy"](elastic, Candidate.full(elastic.spec))["accuracy"])
+
+
 @contextlib.contextmanager
 def threads(n: int | None):
     """Torch's CPU threads set to ``n`` (when given) inside the block, restored after."""

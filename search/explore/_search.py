@@ -18,10 +18,15 @@ from vitpareto.search.explore._config import SearchConfig
 from vitpareto.search.explore._design import enqueue_design
 from vitpareto.search.explore._front import store_weights
 from vitpareto.search.explore._local import LocalBackend, ProcessBackend
-from vitpareto.search.explore._pareto import near_front
+from vitpareto.search.explore._pareto import front_trials, near_front
 from vitpareto.search.explore._progress import SearchProgress
 from vitpareto.search.explore._raybackend import RayBackend
-from vitpareto.search.explore._scoring import candidate_key, reference_latency, trial_attrs
+from vitpareto.search.explore._scoring import (
+    candidate_key,
+    full_accuracy,
+    reference_latency,
+    trial_attrs,
+)
 from vitpareto.search.explore._storage import (
     check_study_name,
     load_study,
@@ -63,6 +68,9 @@ def search(
         if "latency_ms" not in full:  # the hypervolume's reference, fixed for the whole study
             latency = backend.latency(supernet, config)
             full["latency_ms"] = reference_latency(latency, supernet.elastic)
+        if "accuracy" not in full:  # the full model: a point of every front
+            full["accuracy"] = full_accuracy(supernet, config)
+        if full != study.user_attrs.get("full"):
             study.set_user_attr("full", full)
         if not isinstance(backend, ProcessBackend):
             # a new study's first trials; not with worker processes, whose trial loops count
@@ -203,8 +211,8 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
         candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
         for t in dst.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
-    todo, on_front = [], {t.number for t in src.best_trials}
-    for t in near_front(src, NEAR) if rounds else src.best_trials:
+    todo, on_front = [], {t.number for t in front_trials(src)}
+    for t in near_front(src, NEAR) if rounds else front_trials(src):
         key = candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
         if key not in seen:
             seen.add(key)

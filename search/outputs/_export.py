@@ -30,7 +30,7 @@ from vitpareto.evaluators import (
     export_pt2,
     first_images,
 )
-from vitpareto.search.explore import load_weights
+from vitpareto.search.explore import front_trials, load_weights
 from vitpareto.search.outputs._bench import (
     disagreement,
     full_model,
@@ -48,7 +48,7 @@ def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
     complete = {t.number: t for t in completed_trials(study)}
     if not trials and not pareto:
         raise VitParetoError("say what to export: --pareto, or --trial N (repeatable)")
-    chosen = {t.number: t for t in study.best_trials} if pareto else {}
+    chosen = {t.number: t for t in front_trials(study)} if pareto else {}
     for n in trials or []:
         if n not in complete:
             raise VitParetoError(
@@ -56,6 +56,13 @@ def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
                 f"`vitpareto query --study {study.study_name}` lists them"
             )
         chosen[n] = complete[n]
+    if not chosen and pareto and study.best_trials:
+        acc = (study.user_attrs.get("full") or {}).get("accuracy", float("nan"))
+        raise VitParetoError(
+            f"the full model (accuracy {acc:.4f}) dominates every trial of study "
+            f"{study.study_name!r}: no compressed model beats it yet; search further, or "
+            "repair the front with --finetune-front"
+        )
     if not chosen:
         raise VitParetoError(f"study {study.study_name!r} has no trial on its front yet")
     return [chosen[n] for n in sorted(chosen)]

@@ -3,8 +3,8 @@
 ``load_trials(storage, study)`` is the notebook API: one row per completed trial with its
 objective values, scalar metrics (accuracy, latency_ms, macs, params, ...), the searched
 knobs (``heads_b3``: parameter names with ``.`` turned into ``_`` so that ``--where`` can
-name them), the candidate as JSON, and ``pareto`` (True for Optuna's own ``best_trials``:
-non-dominated among the feasible trials), and for a candidate with a cascade or exits the
+name them), the candidate as JSON, and ``pareto`` (True on the study's front: non-dominated
+among the feasible trials, and not dominated by the full model either), and for a candidate with a cascade or exits the
 share of samples leaving by each route (``share_stage_p16``, ``share_exit_b5``,
 ``share_final``).
 """
@@ -21,6 +21,7 @@ from vitpareto.errors import VitParetoError
 from vitpareto.search.explore import (
     describe_reference,
     front_hypervolume_of,
+    front_trials,
     load_study,
     objectives_of,
 )
@@ -73,7 +74,7 @@ def completed_trials(st) -> list:
 def trials_frame(st):
     """Completed trials of a loaded study as a DataFrame."""
     objectives = objectives_of(st)
-    front = {t.number for t in st.best_trials}
+    front = {t.number for t in front_trials(st)}
     rows: list[dict[str, Any]] = []
     for t in completed_trials(st):
         row: dict[str, Any] = {"trial": t.number}
@@ -128,7 +129,11 @@ def format_front(study) -> str:
     hv, ref = front_hypervolume_of(study, df)
     cols = [c for c in MAIN_COLUMNS if c in front.columns and c != "pareto"]
     lines.append(f"front: {len(front)} trials, hypervolume {hv:.4f} ({describe_reference(ref)})")
-    lines.append(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if front.empty:
+        acc = (study.user_attrs.get("full") or {}).get("accuracy", float("nan"))
+        lines.append(f"the full model (accuracy {acc:.4f}) dominates every trial so far")
+    else:
+        lines.append(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     rounds = study.user_attrs.get("front_rounds")
     if rounds and {"search_front", "search_speedup"} <= set(df):
         lines.append(retimed(df, rounds))

@@ -61,6 +61,15 @@ def _axes(objectives: list[str]) -> tuple[str, str]:
     return x, y
 
 
+def full_point(study, x: str, y: str) -> tuple[float, float] | None:
+    """The full model's place on the plot (its measured accuracy, its reference cost), or
+    None for a study from before its accuracy was measured."""
+    full = study.user_attrs.get("full") or {}
+    if x in full and y in full:
+        return float(full[x]), float(full[y])
+    return None
+
+
 def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path]:
     """Write report.html, front.png and knobs.png into ``out``; return their paths.
 
@@ -98,6 +107,9 @@ def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path
     if not bad.empty:
         ax.scatter(bad[x], bad[y], s=14, marker="x", c="#d62728", label="infeasible")
     ax.plot(front[x], front[y], "-o", c="#1f77b4", ms=5, label=f"front ({len(front)})")
+    full = full_point(study, x, y)
+    if full is not None:
+        ax.scatter(*full, s=140, marker="*", c="black", zorder=5, label="full model")
     if second is not None and not second.empty:
         f2 = second[second["pareto"]].sort_values(x)
         ax.plot(f2[x], f2[y], "--D", c="#2ca02c", ms=5, label=f"front re-scored ({len(f2)})")
@@ -168,6 +180,10 @@ def _html(study, df, front, x, y, hv, ref_text, second=None) -> str:
             + table(f2, "source_trial", ("test_accuracy", "shared_accuracy"))
         )
     fig = go.Figure()
+    full = full_point(study, x, y)
+    if full is not None:
+        fig.add_trace(go.Scatter(x=[full[0]], y=[full[1]], mode="markers", name="full model",
+                                 marker=dict(color="black", size=14, symbol="star")))  # fmt: skip
     for rows, name, mode, marker, dash, label in traces:
         fig.add_trace(
             go.Scatter(
@@ -203,6 +219,7 @@ th{{background:#f3f5f8}}</style></head><body>
 {html.escape(str(hw))}. {len(df)} completed trials, {len(front)} on the front.</p>
 <p><b>Hypervolume {hv:.4f}</b> ({html.escape(ref_text)}; the share of the box between the
 reference and a perfect, free model that the front dominates).</p>
+<p>{html.escape(_full_text(study))}</p>
 {plot}
 <h2>The front</h2>
 <p>Plots as images: <a href="front.png">front.png</a>, <a href="knobs.png">knobs.png</a>.</p>
@@ -210,3 +227,14 @@ reference and a perfect, free model that the front dominates).</p>
 {table2}
 </body></html>
 """
+
+
+def _full_text(study) -> str:
+    full = study.user_attrs.get("full") or {}
+    if "accuracy" not in full:
+        return "The full model's accuracy was not measured in this study."
+    return (
+        f"The full model: accuracy {full['accuracy']:.4f}, latency "
+        f"{full.get('latency_ms', float('nan')):.4g} ms (the star). A candidate it dominates "
+        "(no more accurate, no faster, no cheaper) is never on the front."
+    )

@@ -22,6 +22,7 @@ from vitpareto.search import (
     rescore_front,
     search,
 )
+from vitpareto.search.explore import front_trials
 from vitpareto.search.outputs import disagreement
 from vitpareto.spaces import VitParetoError
 
@@ -71,7 +72,7 @@ def test_export_reload_equals_stored_accuracy_and_portable_logits(searched, tmp_
     out = cli("export", "--storage", url, "--study", "s", "--pareto", "--out", str(tmp_path / "m"))
     assert out.returncode == 0, out.stderr
     net = load_supernet(d / "net.pt")
-    front = study.best_trials
+    front = front_trials(study)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
         f"trial_{t.number}" for t in front
     )
@@ -138,7 +139,7 @@ def test_front_finetuned_and_remeasured_into_its_own_study(searched, tmp_path):
     # its hypervolume reference is the full model timed, like its trials' latency
     assert front.user_attrs["full"]["latency_measured"] is True
     assert front.user_attrs["full"]["latency_ms"] != study.user_attrs["full"]["latency_ms"]
-    src = {t.number: t for t in study.best_trials}
+    src = {t.number: t for t in front_trials(study)}
     got = front.get_trials(states=(TrialState.COMPLETE,))
     distinct = {json.dumps(t.user_attrs["candidate"], sort_keys=True) for t in src.values()}
     assert len(got) == len(distinct)  # each candidate on the front once
