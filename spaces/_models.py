@@ -87,7 +87,10 @@ def create_model(
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state dict file (safely: tensors only) into ``model``; strict about fit."""
-    path = Path(path)
+    return load_state(model, _read_state(Path(path)), f"checkpoint {str(path)!r}")
+
+
+def _read_state(path: Path) -> dict:
     if not path.exists():
         raise VitParetoError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():
@@ -112,6 +115,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
             break
     if not isinstance(state, dict):
         raise VitParetoError(f"checkpoint {str(path)!r} holds no state dict")
+    return state
+
+
+def load_state(model: nn.Module, state: dict, where: str) -> nn.Module:
+    """Load the state dict ``state`` (named ``where`` in messages) into ``model``; strict
+    about fit, with what does not fit named."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -130,7 +139,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
                     f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
                 )
         raise VitParetoError(
-            f"checkpoint {str(path)!r} does not match the model: {'; '.join(parts)}; "
+            f"{where} does not match the model: {'; '.join(parts)}; "
             "was it saved from another architecture or image size?"
         )
     model.load_state_dict(state)

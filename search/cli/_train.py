@@ -222,15 +222,15 @@ def teacher_args(parser) -> None:
         ".yaml/.json model file with --teacher-pretrained or --teacher-weights; it must "
         "take the dataset's images and classes",
     )
-    g.add_argument(
-        "--teacher-pretrained", action="store_true", help="timm's pretrained weights for it"
-    )
+    g.add_argument("--teacher-pretrained", action="store_true", help="timm's weights for it")
     g.add_argument("--teacher-weights", type=Path, help="a state dict file for it")
 
 
 def model_spec(args) -> tuple[str, dict]:
-    """--model as a timm name or a config file, plus --img-size and --patch-size."""
+    """--model as a timm name or a config file (over a vitpareto checkpoint's own options,
+    see ``own_model``), plus --img-size, --patch-size and --num-classes."""
     name, kwargs = _recipe(args.model, "--model")
+    kwargs = {**getattr(args, "base_kwargs", {}), **kwargs}
     for key in ("img_size", "patch_size", "num_classes"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)

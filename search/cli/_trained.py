@@ -20,7 +20,13 @@ from vitpareto.errors import VitParetoError
 from vitpareto.search.cli._common import image_size, positive
 from vitpareto.search.cli._train import model_spec
 from vitpareto.search.explore import default_artifacts
-from vitpareto.search.supernet import SupernetTrainer, TrainConfig, load_supernet
+from vitpareto.search.supernet import (
+    SupernetTrainer,
+    TrainConfig,
+    is_checkpoint,
+    load_supernet,
+    read_checkpoint,
+)
 from vitpareto.spaces import CALIBRATION_BATCHES, CRITERIA
 
 # the options of this path, refused beside --supernet
@@ -44,9 +50,17 @@ def trained_args(parser) -> None:
         "supernet training; heads and channels ranked by --importance; no early exits; "
         "give --finetune-front STEPS to repair the front models by distillation from it",
     )
-    g.add_argument("--model", help="timm model name, or a .yaml/.json file (name:, kwargs:)")
+    g.add_argument(
+        "--model",
+        help="timm model name, a .yaml/.json file (name:, kwargs:), or a checkpoint vitpareto "
+        "wrote (`train --plain`, a supernet: it names its model, options and dataset)",
+    )
     g.add_argument("--dataset", help="the dataset it was trained on (as for `train`)")
-    g.add_argument("--checkpoint", type=Path, help="its weights (.pth/.safetensors state dict)")
+    g.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="its weights: a .pth/.safetensors state dict, or a checkpoint vitpareto wrote",
+    )
     g.add_argument("--pretrained", action="store_true", help="timm's pretrained weights")
     g.add_argument("--num-classes", type=int, help="classes of --checkpoint's head")
     g.add_argument("--img-size", type=int, help="input image side (default: the model's)")
@@ -77,6 +91,7 @@ def check_trained_args(args) -> bool:
             "search needs --supernet CKPT (from `vitpareto train`), or --model with "
             "--dataset and --checkpoint or --pretrained for a model you already trained"
         )
+    own_model(args)
     if not args.dataset:
         raise VitParetoError("--model needs --dataset: the data it was trained on")
     if args.checkpoint is None and not args.pretrained:
@@ -92,6 +107,36 @@ def check_trained_args(args) -> bool:
     args.importance = args.importance or "magnitude"
     args.calibration_batches = args.calibration_batches or CALIBRATION_BATCHES
     return True
+
+
+def own_model(args) -> None:
+    """--model naming a checkpoint vitpareto wrote (``train --plain``, a supernet, a
+    fine-tune): it names its model, options and dataset and brings its weights, so it
+    stands for --model, --checkpoint and (unless given) --dataset."""
+    path = Path(args.model).expanduser()
+    if path.suffix not in (".pt", ".pth") and "/" not in args.model:
+        return  # a timm name, or a recipe file (.yaml, .json)
+    if not path.is_file():
+        raise VitParetoError(
+            f"--model {args.model!r} is not a file; give a timm model name, a recipe file "
+            "(.yaml/.json) or a checkpoint vitpareto wrote"
+        )
+    if not is_checkpoint(path):
+        if path.suffix in (".yaml", ".yml", ".json"):
+            return
+        raise VitParetoError(
+            f"--model {args.model!r} is not a checkpoint vitpareto wrote; for a plain state "
+            "dict give the timm model name as --model and the file as --checkpoint"
+        )
+    if args.checkpoint is not None or args.pretrained:
+        raise VitParetoError(
+            f"--model {args.model!r} is a vitpareto checkpoint: it brings its own weights; "
+            "drop --checkpoint and --pretrained"
+        )
+    ckpt = read_checkpoint(path)
+    args.model, args.checkpoint = ckpt["model"]["name"], path
+    args.base_kwargs = dict(ckpt["model"]["kwargs"])
+    args.dataset = args.dataset or ckpt["data"]["spec"]
 
 
 def ranked_supernet(args):

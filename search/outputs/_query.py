@@ -74,9 +74,10 @@ def completed_trials(st) -> list:
 def trials_frame(st):
     """Completed trials of a loaded study as a DataFrame."""
     objectives = objectives_of(st)
+    trials = completed_trials(st)  # checked before the front is read from them
     front = {t.number for t in front_trials(st)}
     rows: list[dict[str, Any]] = []
-    for t in completed_trials(st):
+    for t in trials:
         row: dict[str, Any] = {"trial": t.number}
         for k, v in t.user_attrs.items():
             if isinstance(v, (int, float, str, bool)) or v is None:

@@ -3,6 +3,7 @@ candidate cut out of it."""
 
 from vitpareto.search.supernet._checkpoint import (
     Supernet,
+    is_checkpoint,
     load_supernet,
     read_checkpoint,
     save_checkpoint,
@@ -27,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "distill_loss",
     "finetune",
+    "is_checkpoint",
     "load_supernet",
     "load_teacher",
     "mixed_loss",

@@ -23,7 +23,7 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import load_data
 from vitpareto.files import atomic_write
 from vitpareto.search.supernet._integrity import check_schema, first_non_finite, payload_sha256
-from vitpareto.spaces import ElasticViT, JointSpace, create_model
+from vitpareto.spaces import ElasticViT, JointSpace, create_model, load_state
 
 KIND = "vitpareto-supernet"
 FORMAT = 1
@@ -183,3 +183,28 @@ def load_supernet(path: str | os.PathLike, device: str = "cpu") -> Supernet:
         train_state={k: ckpt[k] for k in ("optimizer", "scheduler") if k in ckpt},
         path=Path(path),
     )
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a checkpoint vitpareto wrote (rather than a plain state dict)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch file at all: the reader that follows names the problem
+        return False
+    return isinstance(ckpt, dict) and ckpt.get("kind") == KIND
+
+
+def base_model(name: str, pretrained: bool, checkpoint, kwargs: dict[str, Any]):
+    """The timm model ``name`` with its weights: timm's pretrained ones, a state-dict file,
+    or the full model of a checkpoint vitpareto wrote (``train --plain``, a supernet),
+    whose weights are verified against their hash first."""
+    if checkpoint is None or not is_checkpoint(checkpoint):
+        return create_model(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt["model"]["name"] != name:
+        raise VitParetoError(
+            f"{str(checkpoint)!r} holds {ckpt['model']['name']}, not {name}: give --model "
+            f"{ckpt['model']['name']}, or give the checkpoint itself as --model"
+        )
+    full = load_supernet(checkpoint).elastic.vit.state_dict()
+    return load_state(create_model(name, **kwargs), full, f"checkpoint {str(checkpoint)!r}")

@@ -17,17 +17,8 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
-from vitpareto.search.supernet._checkpoint import KIND, load_supernet, weights_sha256
+from vitpareto.search.supernet._checkpoint import is_checkpoint, load_supernet, weights_sha256
 from vitpareto.spaces import Candidate, create_model
-
-
-def _is_supernet(path: Path) -> bool:
-    """Whether ``path`` is a vitpareto checkpoint (rather than a plain state dict)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a torch file at all: load_checkpoint names the problem
-        return False
-    return isinstance(ckpt, dict) and ckpt.get("kind") == KIND
 
 
 def load_teacher(
@@ -47,7 +38,7 @@ def load_teacher(
         raise VitParetoError(
             f"teacher {name!r} is not a file; give a vitpareto checkpoint or a timm model name"
         )
-    if looks_like_file and not _is_supernet(path):
+    if looks_like_file and not is_checkpoint(path):
         raise VitParetoError(
             f"teacher {name!r} is not a vitpareto checkpoint; give a timm model name with "
             "--teacher-weights FILE for a state dict"

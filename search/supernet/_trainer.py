@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import AccuracyEvaluator, Data, load_data, resolve_device
-from vitpareto.search.supernet._checkpoint import load_supernet, save_checkpoint
+from vitpareto.search.supernet._checkpoint import base_model, load_supernet, save_checkpoint
 from vitpareto.search.supernet._recipe import Recipe, adamw, lr_factor, mixed_loss
 from vitpareto.search.supernet._teacher import check_teacher, reload_teacher
 from vitpareto.spaces import (
@@ -42,7 +42,6 @@ from vitpareto.spaces import (
     ElasticViT,
     JointSpace,
     check_recipe,
-    create_model,
     describe,
     needs_data,
 )
@@ -161,7 +160,7 @@ class SupernetTrainer:
             )
         kwargs = check_recipe({"name": model, "kwargs": dict(model_kwargs or {})}, "the model")[1]
         torch.manual_seed(config.seed)
-        vit = create_model(model, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        vit = base_model(model, pretrained, checkpoint, kwargs)
         data = load_data(
             dataset,
             describe(vit).img_size,
@@ -189,13 +188,9 @@ class SupernetTrainer:
         elif not isinstance(space, JointSpace):
             space = JointSpace.load(space)
         elastic.hold(space.exit_types or (), space.exits or ())  # each searched design
-        init = (
-            "pretrained"
-            if pretrained
-            else f"checkpoint {Path(checkpoint).name}"
-            if checkpoint
-            else "random"
-        )
+        init = "pretrained" if pretrained else "random"
+        if checkpoint:
+            init = f"checkpoint {Path(checkpoint).name}"
         trainer = cls(elastic, space, data, config, model, kwargs, device, init)
         trainer.importance = {"criterion": importance}
         if needs_data(importance):

@@ -73,3 +73,48 @@ def test_trained_model_mistakes_exit_2(tmp_path, extra, message):
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize("spelling", ["model", "checkpoint"])
+def test_a_checkpoint_vitpareto_wrote_is_searched(plain_net, tmp_path, spelling):
+    """A checkpoint `train --plain` wrote, as --model itself (it names its model, options
+    and dataset) or as --checkpoint beside the model's name and options: its own trained
+    weights are searched (the full model's accuracy far above chance, and equal both ways)."""
+    db = tmp_path / "r.db"
+    given = (
+        ["--model", plain_net]
+        if spelling == "model"
+        else ["--model", "test_vit", "--img-size", "32", "--patch-size", "8",
+              "--num-classes", "10", "--dataset", "digits", "--checkpoint", plain_net]
+    )  # fmt: skip
+    out = vitpareto("search", *given, "--study", "p", "--trials", "2", "--storage",
+                    f"sqlite:///{db}", "--front-rounds", "0", "--no-progress")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{db}")
+    net = load_supernet(plain_net)
+    assert study.user_attrs["dataset"] == net.data["spec"]
+    assert study.user_attrs["full"]["accuracy"] > 0.8  # the trained weights, not random ones
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pretrained"], "brings its own weights"),
+        (["--checkpoint", "{net}"], "brings its own weights"),
+    ],
+)
+def test_a_vitpareto_checkpoint_as_model_refuses_other_weights(plain_net, tmp_path, extra, message):
+    extra = [e.format(net=plain_net) for e in extra]
+    out = vitpareto("search", "--model", plain_net, *extra, "--study", "s", "--storage",
+                    f"sqlite:///{tmp_path / 'r.db'}")  # fmt: skip
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r.db").exists()
+
+
+def test_a_vitpareto_checkpoint_of_another_model_is_named(plain_net, tmp_path):
+    out = vitpareto("search", "--model", "vit_tiny_patch16_224", "--dataset", "digits",
+                    "--checkpoint", plain_net, "--study", "s", "--storage",
+                    f"sqlite:///{tmp_path / 'r.db'}")  # fmt: skip
+    assert out.returncode == 2 and "holds test_vit" in out.stderr, out.stderr
+    assert not (tmp_path / "r.db").exists()
