@@ -31,6 +31,14 @@ from vitpareto.evaluators._deployed import (
 )
 from vitpareto.evaluators._latency import dynamic_latency, expected_latency
 from vitpareto.evaluators._latency_eval import LatencyEvaluator
+from vitpareto.evaluators._precision import (
+    CALIBRATION_IMAGES,
+    INT8,
+    calibration_images,
+    check_precision,
+    precision_of,
+    quantize_onnx,
+)
 from vitpareto.evaluators._predictor import (
     LatencyPredictor,
     PredictedLatencyEvaluator,
@@ -59,6 +67,12 @@ from vitpareto.evaluators._timing import (
 )
 
 __all__ = [
+    "CALIBRATION_IMAGES",
+    "INT8",
+    "calibration_images",
+    "check_precision",
+    "precision_of",
+    "quantize_onnx",
     "DYNAMIC",
     "OPSET",
     "IMAGES_PER_ROUND",

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._cost import exit_macs
+from vitpareto.evaluators._deployed_accuracy import artifact_accuracy
 from vitpareto.evaluators._timing import resolve_device
 from vitpareto.spaces import (
     Candidate,
@@ -113,7 +114,9 @@ class AccuracyEvaluator(Evaluator):
 
     ``loader`` yields ``(images, labels)`` batches (a DataLoader or any iterable of pairs);
     at most ``max_batches`` of them are used. ``progress`` shows a bar on stderr: ``None``
-    only for loaders with more than 20 batches.
+    only for loaders with more than 20 batches. An int8 candidate's accuracy is its
+    quantized ONNX graph's, in ONNX Runtime (``fp32_accuracy`` keeps the float model's);
+    ``calibration``: the training images an ``int8-static`` graph is calibrated on.
     """
 
     name = "accuracy"
@@ -133,6 +136,7 @@ class AccuracyEvaluator(Evaluator):
         device: str | torch.device = "cpu",
         max_batches: int | None = None,
         progress: bool | None = None,
+        calibration: torch.Tensor | None = None,
     ):
         if max_batches is not None and (
             isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
@@ -142,6 +146,7 @@ class AccuracyEvaluator(Evaluator):
         self.device = resolve_device(str(device))
         self.max_batches = max_batches
         self.progress = progress
+        self.calibration = calibration
 
     def _num_batches(self) -> int | None:
         try:
@@ -198,4 +203,8 @@ class AccuracyEvaluator(Evaluator):
             model.train(was_training)
         if not total:
             raise VitParetoError("no samples to evaluate: the loader yielded no batches")
-        return _metrics(total, exit_macs(spec, candidate))
+        metrics = _metrics(total, exit_macs(spec, candidate))
+        if candidate.precision != "fp32":  # the accuracy of what ships: the int8 graph
+            metrics["fp32_accuracy"] = metrics["accuracy"]
+            metrics["accuracy"] = artifact_accuracy(model, self._batches(), self.calibration)
+        return metrics

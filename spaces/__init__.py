@@ -11,7 +11,7 @@ from vitpareto.spaces._branches import (
     exit_key,
     key_design,
 )
-from vitpareto.spaces._candidate import Candidate
+from vitpareto.spaces._candidate import PRECISIONS, Candidate
 from vitpareto.spaces._compress import CompressedViT, DeployedViT, PrunedBlock
 from vitpareto.spaces._criteria import BlockScores
 from vitpareto.spaces._elastic import ElasticViT, compress
@@ -51,6 +51,7 @@ __all__ = [
     "DeployedViT",
     "ExitHead",
     "EXIT_TYPES",
+    "PRECISIONS",
     "MlpExit",
     "AttentionExit",
     "ConvExit",

@@ -15,6 +15,10 @@ from vitpareto.spaces._spec import ViTSpec, describe
 from vitpareto.spaces._tokens import TOKEN_MODES, reduces
 
 PER_BLOCK = ("heads", "qk_dim", "mlp", "keep", "token_mode")
+# how the deployed artifact computes: float32, or int8 by ONNX Runtime's own quantization
+# (weights alone, activations quantized on the fly; or weights and activations, the
+# activations' ranges calibrated on training images)
+PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
 REQUIRED = ("patch_size", "heads", "qk_dim", "mlp", "keep")
 
 
@@ -50,6 +54,9 @@ class Candidate:
             whose confidence there reaches the stage's threshold stops; the rest go on to
             the next stage, the last being the candidate itself, exits and all.
         cascade_thresholds: each cascade stage's softmax confidence to stop at.
+        precision: how the deployed artifact computes (``PRECISIONS``): ``fp32``, or
+            ``int8-dynamic`` / ``int8-static`` (ONNX Runtime's quantization of the exported
+            graph); the accuracy and latency of an int8 candidate are its artifact's.
     """
 
     patch_size: int
@@ -64,9 +71,14 @@ class Candidate:
     exit_types: tuple[str, ...] = ()
     cascade: tuple[int, ...] = ()
     cascade_thresholds: tuple[float, ...] = ()
+    precision: str = "fp32"
 
     def __post_init__(self):
         set_ = object.__setattr__
+        if self.precision not in PRECISIONS:
+            raise VitParetoError(
+                f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
         set_(self, "patch_size", _as_int("patch_size", self.patch_size))
         for name in ("heads", "qk_dim", "mlp"):
             values = getattr(self, name)
@@ -300,6 +312,8 @@ class Candidate:
             del out["exit_types"]  # the default: candidates made before designs read the same
         if not self.cascade:
             del out["cascade"], out["cascade_thresholds"]
+        if self.precision == "fp32":
+            del out["precision"]  # the default: candidates made before precision read the same
         return out
 
     @classmethod

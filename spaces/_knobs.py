@@ -16,7 +16,7 @@ import yaml
 from vitpareto.errors import VitParetoError
 from vitpareto.files import read_text
 from vitpareto.spaces._branches import EXIT_TYPES
-from vitpareto.spaces._candidate import PER_BLOCK
+from vitpareto.spaces._candidate import PER_BLOCK, PRECISIONS
 from vitpareto.spaces._spec import ViTSpec
 from vitpareto.spaces._tokens import TOKEN_MODES
 
@@ -37,6 +37,7 @@ _RULES = {
     "exit_types": (str, lambda v: v in EXIT_TYPES, "exit designs: " + ", ".join(EXIT_TYPES)),
     "cascade": (int, lambda v: v >= 1, "patch sides in pixels, >= 1"),
     "cascade_threshold": (float, lambda v: 0 < v <= 1, "softmax confidences in (0, 1]"),
+    "precision": (str, lambda v: v in PRECISIONS, "precisions: " + ", ".join(PRECISIONS)),
 }
 
 

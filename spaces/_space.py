@@ -75,7 +75,7 @@ from vitpareto.spaces._spec import ViTSpec, describe
 if TYPE_CHECKING:
     import optuna
 
-_KNOBS = ("patch_size", *PER_BLOCK, "exits", "fuse", "cascade")
+_KNOBS = ("patch_size", *PER_BLOCK, "exits", "fuse", "cascade", "precision")
 
 
 class _Slot(NamedTuple):
@@ -111,6 +111,7 @@ class JointSpace:
     exit_types: tuple[str, ...] | None = None
     cascade: tuple[int, ...] | None = None  # coarse stages' patch sizes, each on or off
     cascade_threshold: tuple[float, ...] | None = None
+    precision: tuple[str, ...] | None = None  # the deployed artifact's arithmetic
     spec: ViTSpec | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -120,7 +121,7 @@ class JointSpace:
                 "a cascade needs patch sizes and thresholds, e.g. cascade: {patch_sizes: [32], "
                 "threshold: [0.8, 0.9]}"
             )
-        for name in ("patch_size", "fuse", "cascade", "cascade_threshold"):
+        for name in ("patch_size", "fuse", "cascade", "cascade_threshold", "precision"):
             if getattr(self, name) is not None:
                 set_(self, name, read_choices(name, getattr(self, name)))
         for name in PER_BLOCK:
@@ -142,9 +143,8 @@ class JointSpace:
                 "exits: {blocks: [5, 8], threshold: [0.8, 0.9]}"
             )
         if self.fuse is not None and self.token_mode is not None:
-            raise VitParetoError(
-                "the space declares both fuse and token_mode; fuse: [false, true] is the "
-                "earlier form of token_mode: [prune, fuse]: declare token_mode alone"
+            raise VitParetoError(  # fuse: [false, true], the earlier form of token_mode
+                "the space declares both fuse and token_mode: declare token_mode alone"
             )
         if self.token_mode is not None and self.keep is None:
             raise VitParetoError(
@@ -197,8 +197,8 @@ class JointSpace:
         """Parameter name -> its choices, in a stable order (fits Optuna's GridSampler)."""
         return {s.param: list(s.choices) for s in self._plan() if s.param is not None}
 
-    def size(self) -> int:
-        """Number of parameter combinations (several may decode to the same candidate)."""
+    def size(self) -> int:  # several combinations may decode to the same candidate
+        """Number of parameter combinations."""
         return math.prod(len(c) for c in self.params().values())
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Candidate:
@@ -207,11 +207,8 @@ class JointSpace:
         return self._build(values)
 
     def decode(self, config: Mapping[str, Any]) -> Candidate:
-        """The candidate of a parameter assignment (a Ray Tune config, a trial's params).
-
-        Every parameter must be present with one of its choices; other keys (e.g. further
-        hyperparameters in a Tune config) are ignored.
-        """
+        """The candidate of a parameter assignment (a Ray Tune config, a trial's params):
+        every parameter present with one of its choices; other keys are ignored."""
         if not isinstance(config, Mapping):
             raise VitParetoError(f"config must be a mapping, got {type(config).__name__}")
         values = {}
@@ -240,7 +237,7 @@ class JointSpace:
         values = {}
         for name, choices in self.params().items():
             knob = name.split(".")[0]
-            if knob in ("fuse", "cascade"):  # no cascade: the static pass alone
+            if knob in ("fuse", "cascade", "precision"):  # no cascade: the static pass alone
                 values[name] = choices[0]
             elif knob == "token_mode":  # pruning adds no token and computes no matching
                 values[name] = "prune" if "prune" in choices else choices[0]
@@ -272,6 +269,8 @@ class JointSpace:
         if self.cascade is not None:
             out["cascade"] = {"patch_sizes": list(self.cascade)}
             out["cascade"]["threshold"] = list(self.cascade_threshold)
+        if self.precision is not None:
+            out["precision"] = list(self.precision)
         return out
 
     @classmethod
@@ -300,7 +299,6 @@ class JointSpace:
         """Write the declaration as YAML or JSON (by extension), atomically."""
         atomic_write(path, dump(self.to_dict(), path))
 
-    # -- internals ------------------------------------------------------------------------
     def _spec(self) -> ViTSpec:
         if self.spec is None:
             raise VitParetoError("the space is not bound to a model; use space.bind(model)")
@@ -333,6 +331,8 @@ class JointSpace:
             slots.append(_slot("exit_threshold", "exit_threshold", (), self.exit_threshold))
         if self.fuse is not None:
             slots.append(_slot("fuse", "fuse", (), self.fuse))
+        if self.precision is not None:
+            slots.append(_slot("precision", "precision", (), self.precision))
         for q in self.cascade or ():  # a stage at patch size q, on or off, and its threshold
             slots.append(_slot("cascade", f"cascade.p{q}", (q,), (False, True)))
             slots.append(

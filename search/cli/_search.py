@@ -94,6 +94,15 @@ def add_parsers(sub) -> None:
         "writes), and on CUDA, CUDA graphs or TensorRT (default: eager)",
     )
     s.add_argument(
+        "--precision",
+        default="fp32",
+        metavar="LIST",
+        help="the deployed artifact's arithmetic, searched as a knob: comma-separated among "
+        "fp32, int8-dynamic (ONNX Runtime's int8 weights, activations quantized on the fly), "
+        "int8-static (int8 activations too, calibrated on training images); int8 runs under "
+        "--runtime onnxruntime, and its accuracy is the quantized file's (default: fp32)",
+    )
+    s.add_argument(
         "--latency",
         default="measured",
         choices=["measured", "predicted"],
@@ -207,6 +216,7 @@ def _config(args) -> SearchConfig:
         max_macs=args.max_macs,
         latency=args.latency,
         runtime=args.runtime,
+        precision=args.precision,
     )
 
 

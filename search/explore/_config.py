@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vitpareto.errors import VitParetoError
+from vitpareto.evaluators import check_precision
 
 DIRECTIONS = {
     "accuracy": "maximize",
@@ -63,6 +64,7 @@ class SearchConfig:
     latency: str = "measured"  # or "predicted": from the latency table, re-measured on the front
     threads: int | None = None  # CPU threads latency is measured with (None: this process's)
     runtime: str = "eager"  # what runs the deployed model: latency is timed under it
+    precision: tuple[str, ...] = ("fp32",)  # the deployed artifact's arithmetics searched
 
     def __post_init__(self):
         if isinstance(self.objectives, str):
@@ -85,6 +87,12 @@ class SearchConfig:
         if self.runtime not in RUNTIMES:
             raise VitParetoError(
                 f"unknown runtime {self.runtime!r}; choose from {', '.join(RUNTIMES)}"
+            )
+        self.precision = check_precision(self.precision, self.runtime)
+        if self.latency == "predicted" and self.precision != ("fp32",):
+            raise VitParetoError(
+                "--latency predicted reads a table of float32 blocks; an int8 candidate is "
+                "timed on its quantized file: use --latency measured with --precision"
             )
         if self.latency not in LATENCY_SOURCES:
             raise VitParetoError(

@@ -27,6 +27,7 @@ from vitpareto.evaluators import (
     LatencyEvaluator,
     LatencyPredictor,
     PredictedLatencyEvaluator,
+    calibration_images,
     first_images,
 )
 from vitpareto.search.explore._config import SearchConfig
@@ -73,6 +74,7 @@ def make_scorer(
         device=device or config.accuracy_device,
         max_batches=config.max_batches,
         progress=False,
+        calibration=calibration_images(data.train) if "int8-static" in config.precision else None,
     )
     return Scorer({"cost": CostEvaluator(), "accuracy": acc, "latency": latency})
 

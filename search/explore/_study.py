@@ -9,6 +9,7 @@ at once or later, waits for the creator's settings and checks its own against th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import optuna
 
 from vitpareto.errors import VitParetoError
-from vitpareto.evaluators import analytic_macs, count_params
+from vitpareto.evaluators import analytic_macs, check_precision, count_params
 from vitpareto.search.explore._config import DIRECTIONS, SETTINGS, SearchConfig
 from vitpareto.search.explore._predictive import PredictorSampler
 from vitpareto.search.explore._storage import check_study_name, open_storage
@@ -83,6 +84,17 @@ def check_sampler(config: SearchConfig, space) -> None:
         )
 
 
+def searched_space(space, config: SearchConfig):
+    """The supernet's space with the search's precisions as a knob (they need no
+    training: they are applied to the exported graph); a space that declares its own is
+    checked against the runtime."""
+    if config.precision != ("fp32",):
+        return dataclasses.replace(space, precision=config.precision)
+    if space.precision is not None:
+        check_precision(space.precision, config.runtime)
+    return space
+
+
 def sampler_seed(config: SearchConfig, created: bool, worker: int, trials: int) -> int:
     """The study's own seed for the process that created it; for every other process (a
     worker, a second machine, a resumed run) a seed of its own from the start, so that no
@@ -105,6 +117,7 @@ def open_study(
     settings; returns ``(study, storage)``. ``extra``: more attributes for a new study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_study_name(name)
+    supernet.space = searched_space(supernet.space, config)
     check_sampler(config, supernet.space)
     if name.endswith(SUFFIX):
         raise VitParetoError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,15 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     DEFAULT_MEAN,
     DEFAULT_STD,
+    calibration_images,
     channel_norm,
     check_onnxscript,
     deployed,
     export_onnx,
     export_pt2,
     first_images,
+    precision_of,
+    quantize_onnx,
 )
 from vitpareto.search.explore import front_trials, load_weights
 from vitpareto.search.outputs._bench import (
@@ -110,10 +114,13 @@ def export_trials(
         check_onnxscript()  # before any model is built, not at the first model.onnx
     dirs = [check_writable(out / f"trial_{t.number}", force) for t in trials]
     models = [build_model(study, t, supernet, artifacts) for t in trials]
+    calibration = export_calibration(models, supernet) if portable else None
     timing = deployed_timing(study, supernet) if measure else None
     made = not out.exists()
     try:
-        return _write(study, trials, dirs, models, supernet, force, portable, progress, timing)
+        return _write(
+            study, trials, dirs, models, supernet, force, portable, timing, progress, calibration
+        )
     except OSError as e:
         raise VitParetoError(
             f"cannot write the models under {str(out)!r} ({e.strerror or e}); the directories "
@@ -124,7 +131,7 @@ def export_trials(
             out.rmdir()  # nothing written: no empty directory left behind
 
 
-def _write(study, trials, dirs, models, supernet, force, portable, progress, timing):
+def _write(study, trials, dirs, models, supernet, force, portable, timing, progress, calibration):
     attrs = study.user_attrs
     written = []
     for t, d, model in tqdm(
@@ -153,21 +160,42 @@ def _write(study, trials, dirs, models, supernet, force, portable, progress, tim
         files["candidate.json"] = json.dumps(t.user_attrs["candidate"], indent=2) + "\n"
         files["README.md"] = model_card(study, t, model, metrics)
         if portable:
-            files.update(portable_files(model))
+            files.update(portable_files(model, calibration))
         written.append(write_model_dir(d, files, force=force))
     return written
 
 
-def portable_files(model) -> dict[str, Any]:
+def export_calibration(models, supernet):
+    """The training images int8-static models are calibrated on (the search's own), None
+    when no model needs them; refused before any is written when they cannot be read."""
+    if not any(precision_of(m) == "int8-static" for m in models):
+        return None
+    if supernet is None:
+        raise VitParetoError(
+            "an int8-static model's ranges are calibrated on the training images: pass "
+            "--supernet CKPT (the checkpoint the study searched)"
+        )
+    return calibration_images(supernet.load_data(batch_size=128).train)
+
+
+def portable_files(model, calibration=None) -> dict[str, Any]:
     """``model.pt2`` and ``model.onnx``, which load without vitpareto: the exit policy for a
     model with exits (outputs: logits and each sample's exit), beside ``model_static.*``
-    (every block, the final head) for runtimes that cannot take its control flow."""
+    (every block, the final head) for runtimes that cannot take its control flow. An int8
+    candidate's ``model.onnx`` is quantized (``calibration``: training images, for
+    int8-static); the other files stay float32."""
     x = torch.randn(2, *image_shape(model))  # 2: a batch of 1 would be specialised
     shipped = deployed(model)
-    files = {
-        "model.pt2": lambda dest: export_pt2(shipped, x, dest),
-        "model.onnx": lambda dest: export_onnx(shipped, x, dest),
-    }
+    precision = precision_of(model)
+
+    def onnx(dest):
+        if precision == "fp32":
+            return export_onnx(shipped, x, dest)
+        with tempfile.TemporaryDirectory() as tmp:
+            export_onnx(shipped, x, os.path.join(tmp, "fp32.onnx"))
+            quantize_onnx(os.path.join(tmp, "fp32.onnx"), dest, precision, calibration)
+
+    files = {"model.pt2": lambda dest: export_pt2(shipped, x, dest), "model.onnx": onnx}
     if shipped is not model:
         files["model_static.pt2"] = lambda dest: export_pt2(model, x, dest)
         files["model_static.onnx"] = lambda dest: export_onnx(model, x, dest)
@@ -271,8 +299,12 @@ def _card_rows(m: dict, batch) -> list[tuple[str, str]]:
     here, MACs, parameters."""
     segments = m.get("exit_latency_ms")
     static_ms = segments[-1] if segments else m.get("latency_ms")
+    precision = (m.get("candidate") or {}).get("precision", "fp32")
+    where = " (of model.onnx, in ONNX Runtime; model.pt2 and model_static.* are fp32)"
     return [
+        ("precision", precision + (where if precision != "fp32" else "")),
         ("accuracy (validation set)", _fmt(m.get("accuracy"))),
+        ("accuracy in float32, before quantization", _fmt(m.get("fp32_accuracy"))),
         ("accuracy on the held-out test set", _fmt(m.get("test_accuracy"))),
         ("accuracy of the final head alone", _fmt(m.get("final_accuracy"))),
         ("accuracy on the shared weights", _fmt(m.get("shared_accuracy"))),

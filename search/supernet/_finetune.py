@@ -18,7 +18,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vitpareto.evaluators import AccuracyEvaluator, count_params, resolve_device
+from vitpareto.evaluators import (
+    AccuracyEvaluator,
+    calibration_images,
+    count_params,
+    resolve_device,
+)
 from vitpareto.search.supernet._checkpoint import Supernet
 from vitpareto.search.supernet._recipe import Recipe, adamw, lr_factor, mixed_loss
 from vitpareto.search.supernet._teacher import check_teacher, reload_teacher
@@ -130,7 +135,9 @@ def finetune(
     candidate = candidate.validate(spec)
     if data is None:
         data = supernet.load_data(c.batch_size, workers=workers)  # the training split
-    ev = AccuracyEvaluator(data.val, device=dev, progress=False)
+    # an int8-static candidate is scored on its quantized graph, calibrated on training images
+    calib = calibration_images(data.train) if candidate.precision == "int8-static" else None
+    ev = AccuracyEvaluator(data.val, device=dev, progress=False, calibration=calib)
     if before is None:
         before = ev(elastic, candidate)
     student = elastic.extract(candidate)
@@ -157,7 +164,8 @@ def finetune(
     student.eval()
     after = ev.score(student, spec)
     if data.test is not None:  # reported apart: the front was chosen on validation
-        test = AccuracyEvaluator(data.test, device=dev, progress=False).score(student, spec)
+        test = AccuracyEvaluator(data.test, device=dev, progress=False, calibration=calib)
+        test = test.score(student, spec)
         after["test_accuracy"] = test["accuracy"]
     metrics = {
         "candidate": candidate.to_dict(),

@@ -1,0 +1,129 @@
+"""Precision in the deployed artifact: int8 by ONNX Runtime's own quantization tools.
+
+A candidate's ``precision`` is applied to the file that ships, never simulated: its ONNX
+graph is exported as for float32, then quantized by ``onnxruntime.quantization``
+(``int8-dynamic``: weights to int8, activations quantized on the fly; ``int8-static``:
+weights and activations, the activations' ranges calibrated on training images, in the
+QDQ format ONNX Runtime fuses into int8 kernels). The accuracy of an int8 candidate is its
+quantized graph's on the validation images, in an ONNX Runtime session; its latency is
+that graph's, timed as every artifact is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vitpareto.errors import VitParetoError
+from vitpareto.spaces import PRECISIONS
+
+INT8 = ("int8-dynamic", "int8-static")
+RUNS = {"onnxruntime": PRECISIONS}  # a runtime not named here runs float32 alone
+CALIBRATION_IMAGES = 64  # training images an int8-static candidate's ranges are set on
+
+
+def check_precision(precisions, runtime: str) -> tuple[str, ...]:
+    """The precisions a search may try, checked against the runtime that runs them; one
+    it cannot run is refused, with the runtime that can, before any work."""
+    if isinstance(precisions, str):
+        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
+    precisions = tuple(precisions)
+    if not precisions or len(set(precisions)) != len(precisions):
+        raise VitParetoError(
+            f"--precision needs distinct precisions among {', '.join(PRECISIONS)}, got "
+            f"{','.join(precisions) or 'none'}"
+        )
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise VitParetoError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+        if p not in RUNS.get(runtime, ("fp32",)):
+            raise VitParetoError(
+                f"precision {p!r} does not run under --runtime {runtime}: int8 is ONNX "
+                "Runtime's quantization of the exported graph; add --runtime onnxruntime"
+            )
+    return precisions
+
+
+def precision_of(model: nn.Module) -> str:
+    """The precision of a compressed model (or of its exit policy): its candidate's."""
+    inner = getattr(model, "model", model)
+    candidate = getattr(inner, "candidate", None) or getattr(model, "candidate", None)
+    return getattr(candidate, "precision", "fp32")
+
+
+def quantize_onnx(src, dst, precision: str, calibration: torch.Tensor | None = None) -> None:
+    """Write ``src``'s graph quantized to ``precision`` into ``dst``; ``calibration``: the
+    images an ``int8-static`` graph's activation ranges are set on (training images)."""
+    from onnxruntime.quantization import (  # optional: checked with the runtime
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if precision not in INT8:
+        raise VitParetoError(f"precision {precision!r} is not an int8 one ({', '.join(INT8)})")
+    with _quiet():
+        if precision == "int8-dynamic":
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            return
+        if calibration is None or len(calibration) == 0:
+            raise VitParetoError("int8-static needs calibration images (training images)")
+        batches = [{"images": b.detach().cpu().numpy().astype(np.float32)}
+                   for b in calibration.split(16)]  # fmt: skip
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.left = iter(batches)
+
+            def get_next(self):
+                return next(self.left, None)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = os.path.join(tmp, "pre.onnx")
+            # shapes inferred (ONNX's own inference: the symbolic one fails on an exit
+            # policy's data-dependent row gathers)
+            quant_pre_process(str(src), pre, skip_symbolic_shape=True)
+            quantize_static(
+                pre, str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+            )  # fmt: skip
+
+
+def calibration_images(loader, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    """The first ``n`` images of the training ``loader``'s dataset, in the dataset's own
+    order: the same images for the search, its front and export, whatever the batch size
+    or shuffling."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None and len(dataset) > 0:
+        return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+    chunks, got = [], 0
+    for x, _ in loader:
+        chunks.append(x)
+        got += len(x)
+        if got >= n:
+            break
+    if not chunks:
+        raise VitParetoError("no training images to calibrate an int8-static candidate on")
+    return torch.cat(chunks)[:n]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ONNX Runtime's quantizer logs a warning per tensor it leaves in float (norm weights,
+    biases) on the root logger: noise to a user, kept below errors here."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
