@@ -1,12 +1,15 @@
 """``search --model``: search a model the user already trained, without training a supernet.
 
 The model's heads and channels are ranked once (``--importance``, on calibration batches
-of the training set for the data-driven criteria) and written as a checkpoint beside the
-results database, so that a resumed search, the front's fine-tune and ``export`` find
-the same weights. Its space keeps the knobs that need no training (heads, q/k and MLP
-channels, blocks, token keep ratios reduced by pruning or by ToMe's merging, patch size by
-PI-resize) and drops early exits, whose heads a normally trained model does not have. The front's second stage
-(``--finetune-front``) then repairs each front model by distillation from the original.
+of the training set for the data-driven criteria), and early-exit branches of every design
+are added after the searched exit blocks: the backbone frozen, each branch distilled from
+the model's own final head on ``--exit-images`` training images. The result is written as
+a checkpoint beside the results database, so that a resumed search, the front's fine-tune
+and ``export`` find the same weights. Its space keeps the knobs that need no training
+(heads, q/k and MLP channels, blocks, token keep ratios reduced by pruning or by ToMe's
+merging, patch size by PI-resize) and the exits (placement, design, threshold). The
+front's second stage (``--finetune-front``) then repairs each front model, backbone and
+exits together, by distillation from the original.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from vitpareto.search.supernet import (
     is_checkpoint,
     load_supernet,
     read_checkpoint,
+    train_exits,
 )
-from vitpareto.spaces import CALIBRATION_BATCHES, CRITERIA
+from vitpareto.spaces import CALIBRATION_BATCHES, CRITERIA, EXIT_TYPES
 
 # the options of this path, refused beside --supernet
 OPTIONS = (
@@ -40,6 +44,7 @@ OPTIONS = (
     "patch_size",
     "importance",
     "calibration_batches",
+    "exit_images",
 )
 
 
@@ -47,7 +52,8 @@ def trained_args(parser) -> None:
     g = parser.add_argument_group(
         "a model you already trained (instead of --supernet)",
         "--model with --checkpoint or --pretrained searches that model directly: no "
-        "supernet training; heads and channels ranked by --importance; no early exits; "
+        "supernet training; heads and channels ranked by --importance; early-exit branches "
+        "distilled from its own head on --exit-images training images, the backbone frozen; "
         "give --finetune-front STEPS to repair the front models by distillation from it",
     )
     g.add_argument(
@@ -70,6 +76,13 @@ def trained_args(parser) -> None:
         choices=[c for c in CRITERIA if c != "identity"],
         help="how heads and channels are ranked: magnitude (default), taylor, similarity, "
         "attention (the last three on calibration batches; see `train --help`)",
+    )
+    g.add_argument(
+        "--exit-images",
+        type=int,
+        metavar="N",
+        help="training images the exit branches are distilled on, the backbone frozen "
+        "(default: one pass over the training set; 0: no early exits)",
     )
     g.add_argument(
         "--calibration-batches",
@@ -104,6 +117,7 @@ def check_trained_args(args) -> bool:
     image_size("img-size", args.img_size)
     positive("num-classes", args.num_classes)
     positive("calibration-batches", args.calibration_batches)
+    positive("exit-images", args.exit_images, zero=True)
     args.importance = args.importance or "magnitude"
     args.calibration_batches = args.calibration_batches or CALIBRATION_BATCHES
     return True
@@ -153,12 +167,36 @@ def ranked_supernet(args):
             "importance": net.importance.get("criterion"),
             "dataset": net.data["spec"],
         }
+        if args.exit_images is not None:  # given again: it must be what was built
+            want["exit images"] = args.exit_images
+            got["exit images"] = (net.meta.get("exit_training") or {}).get("images", 0)
         if want != got:
             raise VitParetoError(
                 f"{path} holds study {args.study!r}'s model as {got}, not {want}: give that "
                 "model again, or another --study"
             )
         return net
+    trainer = _ranked(args, name, kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save(path)
+    exits = trainer.exit_training
+    told = "no early exits"
+    if exits:
+        told = (
+            f"exit branches distilled on {exits['images']:,} training images in "
+            f"{exits['seconds']:.0f} s; validation accuracy by branch: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in exits["accuracy"].items())
+        )
+    print(
+        f"ranked {name} by {args.importance} into {path} ({trainer.space.size():,} "
+        f"candidates); {told}",
+        file=sys.stderr,
+    )
+    return load_supernet(path)
+
+
+def _ranked(args, name: str, kwargs: dict):
+    """The user's model ranked, with exit branches of every design trained on it."""
     trainer = SupernetTrainer.create(
         name,
         args.dataset,
@@ -170,15 +208,16 @@ def ranked_supernet(args):
         importance=args.importance,
         calibration_batches=args.calibration_batches,
     )
-    space = dataclasses.replace(
-        trainer.space, exits=None, exit_threshold=None, fuse=None, token_mode=["prune", "merge"]
-    )
+    space = dataclasses.replace(trainer.space, fuse=None, token_mode=["prune", "merge"])
+    images = len(trainer.data.train.dataset) if args.exit_images is None else args.exit_images
+    if not images or space.exits is None:
+        space = dataclasses.replace(space, exits=None, exit_threshold=None)
+    else:
+        space = dataclasses.replace(space, exit_types=EXIT_TYPES)
+        trainer.elastic.hold(EXIT_TYPES, space.exits)
+        trainer.exit_training = train_exits(
+            trainer.elastic, trainer.data, space.exits, images, trainer.device,
+            progress=not args.no_progress,
+        )  # fmt: skip
     trainer.space = space.bind(trainer.elastic)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save(path)
-    print(
-        f"ranked {name} by {args.importance} into {path} ({trainer.space.size():,} candidates, "
-        "no early exits)",
-        file=sys.stderr,
-    )
-    return load_supernet(path)
+    return trainer

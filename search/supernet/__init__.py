@@ -9,6 +9,7 @@ from vitpareto.search.supernet._checkpoint import (
     save_checkpoint,
     weights_sha256,
 )
+from vitpareto.search.supernet._exits import train_exits
 from vitpareto.search.supernet._finetune import (
     FinetuneConfig,
     Finetuned,
@@ -35,6 +36,7 @@ __all__ = [
     "read_checkpoint",
     "save_checkpoint",
     "train_compressed",
+    "train_exits",
     "train_supernet",
     "weights_sha256",
 ]

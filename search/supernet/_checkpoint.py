@@ -177,7 +177,16 @@ def load_supernet(path: str | os.PathLike, device: str = "cpu") -> Supernet:
         sha256=ckpt["sha256"],
         meta={
             k: ckpt[k]
-            for k in ("init", "importance", "teacher", "step", "epoch", "config", "metrics")
+            for k in (
+                "init",
+                "importance",
+                "teacher",
+                "step",
+                "epoch",
+                "config",
+                "metrics",
+                "exit_training",
+            )
             if k in ckpt
         },
         train_state={k: ckpt[k] for k in ("optimizer", "scheduler") if k in ckpt},

@@ -108,6 +108,7 @@ class SupernetTrainer:
             self.optimizer, lambda s: lr_factor(s, total, warmup, c.lr, c.min_lr)
         )
         self.step, self.epoch, self.history = 0, 0, []
+        self.exit_training: dict[str, Any] | None = None  # exits added to a trained model
         self.importance = {"criterion": "identity" if init == "random" else "magnitude"}
         self.holdout = True  # validation carved from the training split (see load_data)
         self.external: torch.nn.Module | None = None  # an external teacher, else the full model
@@ -365,6 +366,7 @@ class SupernetTrainer:
                 "holdout": self.holdout,
             },
             "metrics": {"history": self.history, "seconds": self.seconds},
+            "exit_training": self.exit_training,
         }
 
     def save(self, path: str | Path) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,35 +12,18 @@ import optuna
 import pytest
 import torch
 
+from tests.helpers.exports import exports_equal_eager, midway
 from tests.helpers.hostile import refused
 from vitpareto import load
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import LatencyEvaluator, deployed, export_onnx
 from vitpareto.search import SearchConfig, load_supernet, search
 from vitpareto.search.cli import main
-from vitpareto.search.outputs import disagreement, model_files, portable_files, write_model_dir
+from vitpareto.search.outputs import disagreement
 from vitpareto.spaces import EXIT_TYPES, Candidate, ElasticViT
 
 pytestmark = pytest.mark.slow  # exports, processes running them
 
-PORTABLE = """
-import sys
-sys.modules["vitpareto"] = None  # these files must load without vitpareto (or timm)
-sys.modules["timm"] = None
-import numpy as np, torch, onnxruntime as ort
-d = sys.argv[1]
-pt2 = torch.export.load(d + "/model.pt2").module()  # called as a user would: gradients on
-onnx = ort.InferenceSession(d + "/model.onnx")
-x8 = torch.from_numpy(np.load(f"{d}/x8.npy"))
-runs = {"x1": [x8[:1]], "x8": [x8], "alone": [x8[i : i + 1] for i in range(len(x8))]}
-for name, batches in runs.items():  # "alone": each image a batch of one, by every route
-    outs = [pt2(x) for x in batches]
-    np.save(f"{d}/{name}-pt2-logits.npy", torch.cat([o[0] for o in outs]).detach().numpy())
-    np.save(f"{d}/{name}-pt2-exit.npy", torch.cat([o[1] for o in outs]).numpy())
-    outs = [onnx.run(None, {"images": x.numpy()}) for x in batches]
-    np.save(f"{d}/{name}-onnx-logits.npy", np.concatenate([o[0] for o in outs]))
-    np.save(f"{d}/{name}-onnx-exit.npy", np.concatenate([o[1] for o in outs]))
-"""
 CONFIG = dict(max_batches=1, latency_repeats=3, threads=1)
 
 
@@ -60,47 +41,13 @@ def _mixed(net, images, base: Candidate | None = None):
     cand = base.replace(exits=(2, 3), exit_threshold=0.5)
     with torch.no_grad():
         first = net.elastic.extract(cand).forward_exits(images)[0]
-    return cand.replace(exit_threshold=_midway(first))
-
-
-def _midway(logits: torch.Tensor) -> float:
-    """A threshold between the two middle confidences of ``logits``."""
-    conf = logits.softmax(-1).amax(-1).sort().values
-    half = len(conf) // 2
-    assert conf[half] - conf[half - 1] > 1e-5, "two middle confidences tie: pick other images"
-    return float(conf[half - 1] + conf[half]) / 2
-
-
-def _exports_equal_eager(net, model, d, x8, static: bool = False) -> torch.Tensor:
-    """Export ``model`` into ``d``, run its files without vitpareto on one image, on
-    ``x8`` and on each image of ``x8`` alone, and check them against eager
-    ``forward_dynamic``; the exits of ``x8``. ``static``: the files for runtimes without
-    control flow too (written beside the exit policy's; one test checks them)."""
-    files = model_files(model, net.model_name, net.model_kwargs, net.data["classes"], {})
-    portable = portable_files(model)
-    shipped = {"model.pt2", "model.onnx"}
-    if static:
-        shipped |= {"model_static.pt2", "model_static.onnx"}
-    assert set(portable) == {"model.pt2", "model.onnx", "model_static.pt2", "model_static.onnx"}
-    write_model_dir(d, {**files, **{k: v for k, v in portable.items() if k in shipped}})
-    assert shipped <= {p.name for p in d.iterdir()}
-    np.save(d / "x8.npy", x8.numpy())
-    run = subprocess.run([sys.executable, "-c", PORTABLE, str(d)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    for name, x in (("x1", x8[:1]), ("x8", x8), ("alone", x8)):
-        with torch.no_grad():
-            logits, where = model.forward_dynamic(x)
-        for fmt in ("pt2", "onnx"):
-            got = np.load(d / f"{name}-{fmt}-logits.npy")
-            assert np.abs(got - logits.numpy()).max() < 1e-4, (name, fmt)
-            assert (np.load(d / f"{name}-{fmt}-exit.npy") == where.numpy()).all(), (name, fmt)
-    return where
+    return cand.replace(exit_threshold=midway(first))
 
 
 def test_exported_exit_policy_equals_forward_dynamic(net, tmp_path):
     x8 = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     model = net.elastic.extract(_mixed(net, x8)).eval()
-    where = _exports_equal_eager(net, model, tmp_path / "m", x8, static=True)
+    where = exports_equal_eager(net, model, tmp_path / "m", x8, static=True)
     assert len(set(where.tolist())) > 1  # a batch of mixed exits
 
 
@@ -126,13 +73,13 @@ def test_a_cut_exit_model_runs_at_batch_one_in_plain_torch(net, tmp_path, cascad
     elastic = ElasticViT(vit, "identity", (0, 3), exit_types=EXIT_TYPES).eval()
     cand = Candidate.make(elastic.spec, **CUT)
     with torch.no_grad():
-        cand = cand.replace(exit_threshold=_midway(elastic.extract(cand).forward_exits(x8)[0]))
+        cand = cand.replace(exit_threshold=midway(elastic.extract(cand).forward_exits(x8)[0]))
         if cascade:
             staged = cand.replace(cascade=(16,), cascade_thresholds=(1.0,))
             coarse = elastic.extract(staged).eval().stage(x8, 0)
-            cand = staged.replace(cascade_thresholds=(_midway(coarse),))
+            cand = staged.replace(cascade_thresholds=(midway(coarse),))
     model = elastic.extract(cand).eval()
-    where = _exports_equal_eager(net, model, tmp_path / "m", x8)
+    where = exports_equal_eager(net, model, tmp_path / "m", x8)
     assert len(set(where.tolist())) > 1  # images leave by more than one route
 
 
@@ -190,7 +137,7 @@ def test_a_merging_candidate_exports_and_runs_without_vitpareto(net, tmp_path):
         token_mode=("merge", "prune", "merge") + ("prune",) * (depth - 3),
     )
     model = net.elastic.extract(_mixed(net, x8, base)).eval()
-    _exports_equal_eager(net, model, tmp_path / "m", x8)
+    exports_equal_eager(net, model, tmp_path / "m", x8)
     reloaded = load(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(reloaded(x8), model(x8))
@@ -207,8 +154,8 @@ def test_every_exit_design_exports_and_reloads(net, tmp_path):
     )
     with torch.no_grad():
         first = elastic.extract(cand).forward_exits(x8)[0]
-    model = elastic.extract(cand.replace(exit_threshold=_midway(first))).eval()
-    where = _exports_equal_eager(net, model, tmp_path / "m", x8)
+    model = elastic.extract(cand.replace(exit_threshold=midway(first))).eval()
+    where = exports_equal_eager(net, model, tmp_path / "m", x8)
     assert len(set(where.tolist())) > 1
     reloaded = load(tmp_path / "m")
     with torch.no_grad():
@@ -224,8 +171,8 @@ def test_a_cascade_exports_and_reloads(net, tmp_path):
     base = _mixed(net, images).replace(cascade=(16,), cascade_thresholds=(1.0,))
     with torch.no_grad():
         coarse = net.elastic.extract(base).eval().stage(images, 0)
-    model = net.elastic.extract(base.replace(cascade_thresholds=(_midway(coarse),))).eval()
-    where = _exports_equal_eager(net, model, tmp_path / "m", images)
+    model = net.elastic.extract(base.replace(cascade_thresholds=(midway(coarse),))).eval()
+    where = exports_equal_eager(net, model, tmp_path / "m", images)
     assert (where == 0).any() and (where > 0).any()
     reloaded = load(tmp_path / "m")
     with torch.no_grad():

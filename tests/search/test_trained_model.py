@@ -9,7 +9,9 @@ import torch
 from optuna.trial import TrialState
 
 from tests.helpers.cli import vitpareto
+from tests.helpers.exports import exports_equal_eager
 from vitpareto.search import load_supernet
+from vitpareto.spaces import EXIT_TYPES, Candidate, exit_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("supernet")]  # training, searches
 
@@ -27,7 +29,7 @@ def _args(weights, db):
         "search",
         *("--model", "test_vit", "--img-size", "32", "--patch-size", "8"),
         *("--dataset", "digits", "--checkpoint", str(weights), "--num-classes", "10"),
-        *("--importance", "taylor", "--calibration-batches", "2"),
+        *("--importance", "taylor", "--calibration-batches", "2", "--exit-images", "0"),
         *("--study", "mine", "--trials", "12", "--storage", f"sqlite:///{db}"),
         *("--finetune-front", "20", "--front-rounds", "5", "--no-progress"),
     ]
@@ -41,7 +43,7 @@ def test_a_trained_model_is_searched_without_a_supernet(weights, tmp_path):
     study = optuna.load_study(study_name="mine", storage=f"sqlite:///{db}")
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 12
-    assert all(t.user_attrs["candidate"]["exits"] == [] for t in done)
+    assert all(t.user_attrs["candidate"]["exits"] == [] for t in done)  # --exit-images 0
     # merging tokens needs no training (ToMe): searched beside pruning
     assert {v for t in done for k, v in t.params.items() if k.startswith("token_mode")} == {
         "prune",
@@ -118,3 +120,46 @@ def test_a_vitpareto_checkpoint_of_another_model_is_named(plain_net, tmp_path):
                     f"sqlite:///{tmp_path / 'r.db'}")  # fmt: skip
     assert out.returncode == 2 and "holds test_vit" in out.stderr, out.stderr
     assert not (tmp_path / "r.db").exists()
+
+
+def test_exits_are_built_on_a_model_trained_normally(weights, tmp_path):
+    """Exit branches of every design distilled on the user's model (backbone frozen, on
+    training images), a trial with exits, and its exported files running the exit policy
+    as eager ``forward_dynamic`` does."""
+    db = tmp_path / "r.db"
+    url = f"sqlite:///{db}"
+    args = [
+        "search",
+        *("--model", "test_vit", "--img-size", "32", "--patch-size", "8"),
+        *("--dataset", "digits", "--checkpoint", str(weights), "--num-classes", "10"),
+        *("--exit-images", "640", "--study", "ex", "--storage", url),
+        *("--front-rounds", "0", "--no-progress"),
+    ]
+    out = vitpareto(*args, "--trials", "1")
+    assert out.returncode == 0, out.stderr
+    assert "exit branches distilled on 640 training images" in out.stderr
+    net = load_supernet(tmp_path / "artifacts" / "ex.model.pt")
+    before = torch.load(weights, weights_only=True)
+    backbone = net.elastic.vit.state_dict()
+    assert all(torch.equal(backbone[k], v) for k, v in before.items() if "blocks" not in k)
+    record = net.meta["exit_training"]
+    assert record["images"] == 640 and record["seconds"] > 0
+    assert set(net.space.exit_types) == set(EXIT_TYPES) and net.space.exits
+    for b in net.space.exits:
+        for t in EXIT_TYPES:
+            # twice chance on 640 images (the randomly initialised designs start at chance)
+            assert record["accuracy"][exit_key(b, t)] > 0.2, record["accuracy"]
+    # a trial whose every exit is on, by each design
+    study = optuna.load_study(study_name="ex", storage=url)
+    params = dict(study.trials[0].params)
+    for b, t in zip(net.space.exits, ("attention", "conv", "mlp"), strict=False):
+        params[f"exit.b{b}"], params[f"exit_type.b{b}"] = True, t
+    study.enqueue_trial(params)
+    out = vitpareto(*args, "--trials", "2", "--sampler", "gp")
+    assert out.returncode == 0, out.stderr
+    trial = study.get_trials(states=(TrialState.COMPLETE,))[1]
+    cand = Candidate.from_dict(trial.user_attrs["candidate"])
+    assert cand.exits == net.space.exits and trial.user_attrs["exit_fraction"]
+    model = net.elastic.extract(cand).eval()
+    x8 = torch.cat([x for x, _ in net.load_data(batch_size=8).val][:1])
+    exports_equal_eager(net, model, tmp_path / "m", x8)
