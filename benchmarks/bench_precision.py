@@ -25,9 +25,7 @@ from pathlib import Path
 
 import torch
 
-from vitpareto.evaluators import analytic_macs, prepare
-from vitpareto.evaluators._deployed import ExitPath
-from vitpareto.evaluators._timing import time_interleaved
+from vitpareto.evaluators import ExitPath, analytic_macs, prepare, time_interleaved
 from vitpareto.spaces import Candidate, ElasticViT, create_model, describe
 
 sys.path.insert(0, str(Path(__file__).parent))
