@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vitpareto.evaluators._data import head_images
 from vitpareto.evaluators._latency import expected_latency, measure_pair
 from vitpareto.evaluators._runtime import DYNAMIC, deployed, prepare
 from vitpareto.evaluators._timing import device_fingerprint
@@ -59,14 +60,7 @@ class ExitPath(nn.Module):
 def first_images(loader, batch: int) -> torch.Tensor:
     """The first validation images of ``loader``, as many as an exit policy is timed on at
     batch size ``batch``: the same images for every candidate, the search and the export."""
-    need = max(batch, IMAGES_PER_ROUND)
-    chunks, n = [], 0
-    for x, _ in loader:
-        chunks.append(x)
-        n += len(x)
-        if n >= need:
-            break
-    return torch.cat(chunks)[:need]
+    return head_images(loader, max(batch, IMAGES_PER_ROUND))
 
 
 def batches_of(images: torch.Tensor, batch: int) -> list[torch.Tensor]:

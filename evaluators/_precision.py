@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
+from vitpareto.evaluators._data import head_images
 from vitpareto.spaces import PRECISIONS
 
 INT8 = ("int8-dynamic", "int8-static")
@@ -105,15 +106,7 @@ def calibration_images(loader, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
     dataset = getattr(loader, "dataset", None)
     if dataset is not None and len(dataset) > 0:
         return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
-    chunks, got = [], 0
-    for x, _ in loader:
-        chunks.append(x)
-        got += len(x)
-        if got >= n:
-            break
-    if not chunks:
-        raise VitParetoError("no training images to calibrate an int8-static candidate on")
-    return torch.cat(chunks)[:n]
+    return head_images(loader, n)
 
 
 @contextlib.contextmanager
