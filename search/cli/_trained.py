@@ -15,6 +15,7 @@ exits together, by distillation from the original.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import sys
 from pathlib import Path
@@ -159,24 +160,22 @@ def ranked_supernet(args):
     name, kwargs = model_spec(args)
     where = args.artifacts or default_artifacts(args.storage)
     path = Path(where) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.study)}.model.pt"
+    source = source_record(args, name, kwargs)
     if path.exists():
         net = load_supernet(path)
-        want = {"name": name, "importance": args.importance, "dataset": args.dataset}
-        got = {
-            "name": net.model_name,
-            "importance": net.importance.get("criterion"),
-            "dataset": net.data["spec"],
-        }
-        if args.exit_images is not None:  # given again: it must be what was built
-            want["exit images"] = args.exit_images
-            got["exit images"] = (net.meta.get("exit_training") or {}).get("images", 0)
-        if want != got:
+        got = dict(net.meta.get("source") or {})
+        got.setdefault("exit images", (net.meta.get("exit_training") or {}).get("images", 0))
+        want = {k: v for k, v in source.items() if k != "exit images" or v is not None}
+        changed = [k for k in want if k in got and want[k] != got[k]]
+        if changed:
+            what = "; ".join(f"{k}: {got[k]} then, {want[k]} now" for k in changed)
             raise VitParetoError(
-                f"{path} holds study {args.study!r}'s model as {got}, not {want}: give that "
-                "model again, or another --study"
+                f"study {args.study!r} searched a model ranked from other settings ({what}); "
+                f"give them as before, or another --study (its ranked model: {path})"
             )
         return net
     trainer = _ranked(args, name, kwargs)
+    trainer.source = {**source, "exit images": (trainer.exit_training or {}).get("images", 0)}
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save(path)
     exits = trainer.exit_training
@@ -193,6 +192,22 @@ def ranked_supernet(args):
         file=sys.stderr,
     )
     return load_supernet(path)
+
+
+def source_record(args, name: str, kwargs: dict) -> dict:
+    """What a study's ranked model is built from, compared when the study resumes: the
+    model and its options, the weights (their file's SHA-256), the data, the ranking and
+    the exit branches' images (when given)."""
+    weights = "timm pretrained" if args.pretrained else "sha256 " + file_sha256(args.checkpoint)
+    return {
+        "model": name,
+        "options": dict(sorted(kwargs.items())),
+        "weights": weights,
+        "dataset": args.dataset,
+        "importance": args.importance,
+        "calibration batches": args.calibration_batches,
+        "exit images": args.exit_images,
+    }
 
 
 def _ranked(args, name: str, kwargs: dict):
@@ -221,3 +236,12 @@ def _ranked(args, name: str, kwargs: dict):
         )  # fmt: skip
     trainer.space = space.bind(trainer.elastic)
     return trainer
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -186,6 +186,7 @@ def load_supernet(path: str | os.PathLike, device: str = "cpu") -> Supernet:
                 "config",
                 "metrics",
                 "exit_training",
+                "source",
             )
             if k in ckpt
         },

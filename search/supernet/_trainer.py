@@ -109,6 +109,7 @@ class SupernetTrainer:
         )
         self.step, self.epoch, self.history = 0, 0, []
         self.exit_training: dict[str, Any] | None = None  # exits added to a trained model
+        self.source: dict[str, Any] | None = None  # what a ranked trained model came from
         self.importance = {"criterion": "identity" if init == "random" else "magnitude"}
         self.holdout = True  # validation carved from the training split (see load_data)
         self.external: torch.nn.Module | None = None  # an external teacher, else the full model
@@ -367,6 +368,7 @@ class SupernetTrainer:
             },
             "metrics": {"history": self.history, "seconds": self.seconds},
             "exit_training": self.exit_training,
+            "source": self.source,
         }
 
     def save(self, path: str | Path) -> str:

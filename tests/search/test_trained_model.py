@@ -163,3 +163,28 @@ def test_exits_are_built_on_a_model_trained_normally(weights, tmp_path):
     model = net.elastic.extract(cand).eval()
     x8 = torch.cat([x for x, _ in net.load_data(batch_size=8).val][:1])
     exports_equal_eager(net, model, tmp_path / "m", x8)
+
+
+def test_a_resumed_study_refuses_a_model_ranked_from_other_settings(weights, tmp_path):
+    """The ranked model is reused only for the weights, options and ranking it was built
+    from: other weights or another image size name what changed, and change nothing."""
+    db = tmp_path / "r.db"
+    args = ["search", "--model", "test_vit", "--patch-size", "8", "--dataset", "digits",
+            "--num-classes", "10", "--exit-images", "0", "--study", "s", "--storage",
+            f"sqlite:///{db}", "--trials", "1", "--front-rounds", "0", "--no-progress"]  # fmt: skip
+    out = vitpareto(*args, "--img-size", "32", "--checkpoint", weights)
+    assert out.returncode == 0, out.stderr
+    other = tmp_path / "other.pth"
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v + 0.01 for k, v in state.items()}, other)
+    ranked = tmp_path / "artifacts" / "s.model.pt"
+    before = ranked.read_bytes(), db.read_bytes()
+    for extra, words in (
+        (["--img-size", "32", "--checkpoint", other], "weights: sha256"),
+        (["--img-size", "48", "--checkpoint", weights], "options"),
+        (["--img-size", "32", "--checkpoint", weights, "--exit-images", "64"], "exit images"),
+    ):
+        out = vitpareto(*args, *extra)
+        assert out.returncode == 2 and words in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    assert (ranked.read_bytes(), db.read_bytes()) == before
