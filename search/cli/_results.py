@@ -212,7 +212,7 @@ def cmd_bench(args) -> int:
     check_count("batch", args.batch)
     positive("repeats", args.repeats)
     use_threads(args.threads)
-    check_dirs(args.dirs)
+    check_dirs(args.dirs, args.runtime)
     rows = bench_dirs(args.dirs, args.runtime, args.batch, args.device, args.dataset, args.repeats)
     print(format_bench(rows))
     return 0

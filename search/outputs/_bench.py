@@ -198,7 +198,19 @@ def format_bench(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body), "", where])
 
 
-def check_dirs(dirs: list[Path]) -> None:
+def check_dirs(dirs: list[Path], runtime: str | None = None) -> None:
+    """Refuse, before any is timed, what is not a model directory, and an int8 model
+    asked to run under a runtime that cannot run its quantized file."""
     for d in dirs:
         if not (Path(d) / "metrics.json").is_file():
             raise VitParetoError(f"{str(d)!r} is not an exported model directory (no metrics.json)")
+        try:
+            cand = json.loads((Path(d) / "candidate.json").read_text())
+            precision = cand.get("precision", "fp32")
+        except (OSError, ValueError, AttributeError):
+            continue  # the model's loader names what is wrong with it
+        if precision != "fp32" and (runtime or "onnxruntime") != "onnxruntime":
+            raise VitParetoError(
+                f"{str(d)!r} ships a {precision} model.onnx, which runs under --runtime "
+                f"onnxruntime, not {runtime}"
+            )

@@ -97,6 +97,11 @@ def test_an_int8_candidate_ships_quantized_and_is_scored_on_its_file(
     metrics = json.loads((d / "metrics.json").read_text())
     if timed:
         assert metrics["deployed_runtime"] == "onnxruntime" and metrics["deployed_latency_ms"] > 0
+        # bench times the quantized file as written, and only where it runs
+        out = vitpareto("bench", d, "--repeats", "3")
+        assert out.returncode == 0 and str(d) in out.stdout, out.stderr
+        out = vitpareto("bench", d, "--runtime", "eager")
+        assert out.returncode == 2 and "runs under --runtime onnxruntime" in out.stderr
     assert f"| precision | {precision}" in (d / "README.md").read_text()
     images, labels = zip(*load_supernet(trained_net).load_data(batch_size=128).val, strict=True)
     np.save(d / "val_x.npy", torch.cat(images).numpy())
