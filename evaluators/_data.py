@@ -390,16 +390,3 @@ def _cifar(name: str, root: Path, size, seed, norm, limit, download: bool):
             f"{cls.base_folder}/ there, or pass download=True (needs internet)"
         ) from e
     return _limited(train, limit, seed), _limited(val, limit, seed), train.classes
-
-
-def head_images(loader, n: int) -> torch.Tensor:
-    """The first ``n`` images ``loader`` yields (fewer when it holds fewer), in one tensor."""
-    chunks, got = [], 0
-    for x, _ in loader:
-        chunks.append(x)
-        got += len(x)
-        if got >= n:
-            break
-    if not chunks:
-        raise VitParetoError("the loader yielded no images")
-    return torch.cat(chunks)[:n]

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vitpareto.evaluators._data import head_images
 from vitpareto.evaluators._latency import expected_latency, measure_pair
+from vitpareto.evaluators._precision import head_images
 from vitpareto.evaluators._runtime import DYNAMIC, deployed, prepare
 from vitpareto.evaluators._timing import device_fingerprint
 

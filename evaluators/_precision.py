@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
-from vitpareto.evaluators._data import head_images
 from vitpareto.spaces import PRECISIONS
 
 INT8 = ("int8-dynamic", "int8-static")
@@ -107,6 +106,19 @@ def calibration_images(loader, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
     if dataset is not None and len(dataset) > 0:
         return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
     return head_images(loader, n)
+
+
+def head_images(loader, n: int) -> torch.Tensor:
+    """The first ``n`` images ``loader`` yields (fewer when it holds fewer), in one tensor."""
+    chunks, got = [], 0
+    for x, _ in loader:
+        chunks.append(x)
+        got += len(x)
+        if got >= n:
+            break
+    if not chunks:
+        raise VitParetoError("the loader yielded no images")
+    return torch.cat(chunks)[:n]
 
 
 @contextlib.contextmanager
