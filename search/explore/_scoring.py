@@ -134,9 +134,10 @@ def full_accuracy(supernet, config: SearchConfig) -> float:
     device = config.accuracy_device
     if device.startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"  # a Ray driver without the trials' GPU; accuracy is the same
-    scorer = make_scorer(supernet, config, latency=None, device=device)
+    data = supernet.load_data(batch_size=128)  # the split every trial is scored on
+    acc = AccuracyEvaluator(data.val, device=device, max_batches=config.max_batches, progress=False)
     elastic = supernet.elastic.eval()
-    return float(scorer["accuracy"](elastic, Candidate.full(elastic.spec))["accuracy"])
+    return float(acc(elastic, Candidate.full(elastic.spec))["accuracy"])
 
 
 @contextlib.contextmanager
