@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -47,6 +48,16 @@ def complete(url, study):
     except KeyError:
         return []
     return s.get_trials(states=(TrialState.COMPLETE,))
+
+
+def stored(db: Path) -> list[str]:
+    """Every row of a SQLite database, read through its write-ahead log: a database in
+    WAL mode may change bytes on disk (a checkpoint) without any row changing."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
 
 
 def candidates(trials) -> list[str]:

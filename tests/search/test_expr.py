@@ -3,10 +3,14 @@ refused before anything runs."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
+from tests.helpers.cli import vitpareto
 from vitpareto.search.outputs import ExpressionError, parse_where, select
 from vitpareto.spaces import Candidate, create_model
 
@@ -173,12 +177,6 @@ def test_sort_names_a_missing_column(df):
 
 
 def test_query_command_refuses_escapes_and_leaves_the_database_unchanged(tmp_path):
-    import hashlib
-
-    import optuna
-
-    from tests.helpers.cli import vitpareto
-
     db = tmp_path / "r.db"
     url = f"sqlite:///{db}"
     study = optuna.create_study(storage=url, study_name="s", directions=["maximize", "minimize"])

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from tests.helpers.cli import vitpareto
 from tests.helpers.exports import exports_equal_eager
+from tests.helpers.searches import stored
 from vitpareto.search import load_supernet
 from vitpareto.spaces import EXIT_TYPES, Candidate, exit_key
 
@@ -178,7 +179,7 @@ def test_a_resumed_study_refuses_a_model_ranked_from_other_settings(weights, tmp
     state = torch.load(weights, weights_only=True)
     torch.save({k: v + 0.01 for k, v in state.items()}, other)
     ranked = tmp_path / "artifacts" / "s.model.pt"
-    before = ranked.read_bytes(), db.read_bytes()
+    before = ranked.read_bytes(), stored(db)
     for extra, words in (
         (["--img-size", "32", "--checkpoint", other], "weights: sha256"),
         (["--img-size", "48", "--checkpoint", weights], "options"),
@@ -187,4 +188,4 @@ def test_a_resumed_study_refuses_a_model_ranked_from_other_settings(weights, tmp
         out = vitpareto(*args, *extra)
         assert out.returncode == 2 and words in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
-    assert (ranked.read_bytes(), db.read_bytes()) == before
+    assert (ranked.read_bytes(), stored(db)) == before
