@@ -1,19 +1,19 @@
 """Options and readers that several commands share; every check raises VitParetoError,
-which ``main`` prints as one line with exit status 2."""
+which ``main`` prints as one line with exit status 2. Each number alone is checked by
+``main`` against the table of bounds (``vitpareto.bounds.OPTIONS``); what is checked here
+is what several options say together."""
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from vitpareto.bounds import check_count, use_threads
+from vitpareto.bounds import use_threads
 from vitpareto.errors import VitParetoError
 from vitpareto.files import read_text
 from vitpareto.search.explore import DEFAULT_STORAGE
 from vitpareto.spaces import Candidate, create_model
 
-MAX_IMG_SIZE = 4096  # pixels per side: larger inputs are a mistake, not a ViT
 MAX_JSON = 1 << 20  # bytes of a candidate or model file
 
 
@@ -40,40 +40,23 @@ def device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
 
 
-def positive(name: str, value, zero: bool = False) -> None:
-    """An integer option that must be at least 1 (or 0 with ``zero``), when given."""
-    low = 0 if zero else 1
-    if value is not None and value < low:
-        raise VitParetoError(f"--{name} must be at least {low}, got {value}")
-
-
-def finite(name: str, value, low: float | None = None, above: float | None = None) -> None:
-    """A number option that must be finite (and at least ``low`` / above ``above``)."""
-    if value is None:
-        return
-    if not math.isfinite(value):
-        raise VitParetoError(f"--{name} must be a finite number, got {value}")
-    if low is not None and value < low:
-        raise VitParetoError(f"--{name} must be at least {low:g}, got {value}")
-    if above is not None and value <= above:
-        raise VitParetoError(f"--{name} must be above {above:g}, got {value}")
-
-
-def image_size(name: str, value) -> None:
-    if value is not None and not 1 <= value <= MAX_IMG_SIZE:
-        raise VitParetoError(f"--{name} must be between 1 and {MAX_IMG_SIZE} pixels, got {value}")
+def check_patch(args) -> None:
+    """--patch-size no larger than --img-size, when both are given."""
+    given = args.patch_size is not None and args.img_size is not None
+    if given and args.patch_size > args.img_size:
+        raise VitParetoError(
+            f"--patch-size {args.patch_size} is larger than --img-size {args.img_size}: "
+            "a patch must fit in the image"
+        )
 
 
 def setup_threads(args) -> None:
-    """--workers and --threads checked; torch's threads set."""
-    check_count("workers", getattr(args, "workers", None))
+    """torch's threads set to --threads (the table of bounds checked it)."""
     use_threads(args.threads)
 
 
 def model_from_args(args):
     """The timm model of --model, --img-size, --num-classes and --checkpoint, in eval mode."""
-    image_size("img-size", args.img_size)
-    positive("num-classes", args.num_classes)
     kwargs = {
         k: v
         for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes))

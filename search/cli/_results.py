@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vitpareto.bounds import check_count, use_threads
+from vitpareto.bounds import use_threads
 from vitpareto.errors import VitParetoError
+from vitpareto.evaluators import resolve_device
 from vitpareto.files import check_parent
-from vitpareto.search.cli._common import positive, storage_arg
+from vitpareto.search.cli._common import storage_arg
 from vitpareto.search.explore import (
     RUNTIMES,
     describe_reference,
@@ -138,7 +139,6 @@ def cmd_query(args) -> int:
         parse_where(args.where)
     if args.sort is not None:
         parse_sort(args.sort)
-    positive("limit", args.limit)
     study = load_study(args.storage, args.study)
     df = full = trials_frame(study)
     if df.empty:
@@ -209,8 +209,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    check_count("batch", args.batch)
-    positive("repeats", args.repeats)
+    resolve_device(args.device)  # a GPU that is not here: refused as `search` refuses it
     use_threads(args.threads)
     check_dirs(args.dirs, args.runtime)
     rows = bench_dirs(args.dirs, args.runtime, args.batch, args.device, args.dataset, args.repeats)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vitpareto.errors import VitParetoError
 from vitpareto.files import check_parent
-from vitpareto.search.cli._common import finite, positive, storage_arg
+from vitpareto.search.cli._common import storage_arg
 from vitpareto.search.cli._trained import check_trained_args, ranked_supernet, trained_args
 from vitpareto.search.explore import (
     DIRECTIONS,
@@ -16,7 +16,6 @@ from vitpareto.search.explore import (
     RUNTIMES,
     SAMPLERS,
     SearchConfig,
-    check_rounds,
     check_study_name,
     make_backend,
     needed,
@@ -29,6 +28,14 @@ from vitpareto.search.supernet import load_supernet
 
 
 def add_parsers(sub) -> None:
+    search_parser(sub)
+    st = sub.add_parser("studies", help="list the studies of a results database")
+    storage_arg(st)
+    st.set_defaults(handler=cmd_studies)
+
+
+def search_parser(sub) -> None:
+    """`vitpareto search`: its own options, then each group's."""
     s = sub.add_parser(
         "search",
         help="search a supernet's space for the Pareto front of accuracy and latency",
@@ -48,6 +55,16 @@ def add_parsers(sub) -> None:
     storage_arg(s)
     s.add_argument("--study", required=True, help="study name (one per search)")
     s.add_argument("--trials", type=int, default=40, help="completed trials to reach (default: 40)")
+    goal_args(s)
+    measure_args(s)
+    front_args(s)
+    ray_args(s)
+    trained_args(s)
+    s.set_defaults(handler=cmd_search)
+
+
+def goal_args(s) -> None:
+    """What the search optimises: objectives, sampler, constraints and seed."""
     s.add_argument(
         "--objectives",
         default="accuracy,latency_ms",
@@ -65,6 +82,17 @@ def add_parsers(sub) -> None:
         "benchmarks/RESULTS.md. Default gp: the best front on deit_small shapes; about 0.7 s "
         "per proposal (tpe 0.01 s): for thousands of cheap trials, tpe",
     )
+    s.add_argument("--max-latency-ms", type=float, help="constraint: latency at most this")
+    s.add_argument("--min-accuracy", type=float, help="constraint: accuracy at least this")
+    s.add_argument("--max-macs", type=float, help="constraint: MACs per image at most this")
+    s.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    s.add_argument(
+        "--population", type=int, default=10, help="NSGA-II generation size (default: 10)"
+    )
+
+
+def measure_args(s) -> None:
+    """Where and how each trial is measured."""
     s.add_argument(
         "--device",
         default="cpu",
@@ -78,13 +106,6 @@ def add_parsers(sub) -> None:
         "--gpus-per-trial > 0)",
     )
     s.add_argument("--batch", type=int, default=1, help="images per timed forward (default: 1)")
-    s.add_argument("--max-latency-ms", type=float, help="constraint: latency at most this")
-    s.add_argument("--min-accuracy", type=float, help="constraint: accuracy at least this")
-    s.add_argument("--max-macs", type=float, help="constraint: MACs per image at most this")
-    s.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
-    s.add_argument(
-        "--population", type=int, default=10, help="NSGA-II generation size (default: 10)"
-    )
     s.add_argument(
         "--runtime",
         default="eager",
@@ -109,14 +130,6 @@ def add_parsers(sub) -> None:
         help="measure every trial's latency, or predict it from the latency table (built once "
         "per device, model, batch and space) and measure only the front's (default: measured)",
     )
-    front_args(s)
-    ray_args(s)
-    trained_args(s)
-    s.set_defaults(handler=cmd_search)
-
-    st = sub.add_parser("studies", help="list the studies of a results database")
-    storage_arg(st)
-    st.set_defaults(handler=cmd_studies)
 
 
 def front_args(s) -> None:
@@ -238,10 +251,6 @@ def _backend(args):
 def cmd_search(args) -> int:
     check_study_name(args.study)
     config = _config(args)
-    positive("trials", args.trials)
-    positive("finetune-front", args.finetune_front, zero=True)
-    check_rounds(args.front_rounds)
-    finite("finetune-lr", args.finetune_lr, above=0)
     if args.artifacts is not None:
         if args.artifacts.exists() and not args.artifacts.is_dir():
             raise VitParetoError(f"--artifacts {str(args.artifacts)!r} is not a directory")

@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vitpareto.bounds import check_count, use_threads
-from vitpareto.errors import VitParetoError
+from vitpareto.bounds import use_threads
 from vitpareto.evaluators import (
     LatencyEvaluator,
     LatencyPredictor,
@@ -18,8 +17,9 @@ from vitpareto.evaluators import (
     count_params,
     resolve_device,
 )
+from vitpareto.files import check_parent
 from vitpareto.search._demo import run_demo
-from vitpareto.search.cli._common import candidate_or_full, model_args, model_from_args, positive
+from vitpareto.search.cli._common import candidate_or_full, model_args, model_from_args
 from vitpareto.search.outputs import format_table, measure
 from vitpareto.spaces import ElasticViT, JointSpace, compress, describe
 
@@ -118,18 +118,11 @@ def latency_parser(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    for name in ("trials", "epochs"):
-        positive(name, getattr(args, name))
-    check_count("threads", args.threads)
-    if args.finetune_front < 0:
-        raise VitParetoError(f"--finetune-front must be 0 or more, got {args.finetune_front}")
     run_demo(args.out, args.trials, args.epochs, args.finetune_front, args.threads)
     return 0
 
 
 def cmd_showcase(args) -> int:
-    positive("repeats", args.repeats)
-    check_count("batch", args.batch)
     device = resolve_device(args.device)
     use_threads(args.threads)
     model = model_from_args(args)
@@ -149,6 +142,8 @@ def cmd_showcase(args) -> int:
 
 
 def cmd_space(args) -> int:
+    if args.out:
+        check_parent(args.out, "--out")  # before the model is built
     space = JointSpace.default(model_from_args(args))
     if args.out:
         space.save(args.out)
@@ -177,8 +172,6 @@ def cmd_cost(args) -> int:
 
 
 def cmd_latency(args) -> int:
-    positive("repeats", args.repeats)
-    check_count("batch", args.batch)
     use_threads(args.threads)  # the measurement and the latency table's key both use them
     evaluator = LatencyEvaluator(
         device=args.device,

@@ -13,10 +13,8 @@ from vitpareto.errors import VitParetoError
 from vitpareto.files import check_parent, read_text
 from vitpareto.search.cli._common import (
     MAX_JSON,
+    check_patch,
     device_args,
-    finite,
-    image_size,
-    positive,
     read_candidate,
     setup_threads,
     storage_arg,
@@ -238,25 +236,13 @@ def model_spec(args) -> tuple[str, dict]:
 
 
 def _check_train(args) -> None:
-    """Every number and the output path, checked before any work."""
-    image_size("img-size", args.img_size)
-    if args.patch_size is not None and not 1 <= args.patch_size <= (args.img_size or 4096):
-        raise VitParetoError(
-            f"--patch-size must be between 1 and the image side, got {args.patch_size}"
-        )
-    positive("num-classes", args.num_classes)
-    positive("calibration-batches", args.calibration_batches)
+    """What the options say together, and the output path, checked before any work (each
+    number alone is checked by ``main`` against the table of bounds)."""
+    check_patch(args)
     if args.calibration_batches is not None and not needs_data(args.importance or "magnitude"):
         raise VitParetoError(
             "--calibration-batches is for --importance taylor, similarity or attention"
         )
-    for name in ("epochs", "batch_size"):
-        positive(name.replace("_", "-"), getattr(args, name))
-    positive("random-candidates", args.random_candidates, zero=True)
-    positive("seed", args.seed, zero=True)
-    finite("lr", args.lr, above=0)
-    for name in ("weight_decay", "warmup_epochs", "label_smoothing", "distill"):
-        finite(name.replace("_", "-"), getattr(args, name), low=0)
     check_parent(args.out, "--out")
     if args.out.exists() and not args.out.is_file():
         raise VitParetoError(f"--out {str(args.out)!r} is not a file")
@@ -369,10 +355,6 @@ def cmd_train(args) -> int:
 
 def cmd_finetune(args) -> int:
     setup_threads(args)
-    positive("steps", args.steps)
-    positive("batch-size", args.batch_size)
-    finite("lr", args.lr, above=0)
-    finite("distill", args.distill, low=0)
     check_writable(args.out, args.force)
     config = FinetuneConfig(
         steps=args.steps,

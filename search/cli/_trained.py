@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from vitpareto.errors import VitParetoError
-from vitpareto.search.cli._common import image_size, positive
+from vitpareto.search.cli._common import check_patch
 from vitpareto.search.cli._train import model_spec
 from vitpareto.search.explore import default_artifacts
 from vitpareto.search.supernet import (
@@ -93,7 +93,8 @@ def trained_args(parser) -> None:
 
 
 def check_trained_args(args) -> bool:
-    """Whether this search is of a trained model; every option checked before any work."""
+    """Whether this search is of a trained model; every option checked before any work
+    (each number alone by ``main``, against the table of bounds)."""
     given = [o for o in OPTIONS if getattr(args, o) not in (None, False)]
     if args.supernet is not None:
         if given:
@@ -115,10 +116,7 @@ def check_trained_args(args) -> bool:
         )
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise VitParetoError(f"--checkpoint {str(args.checkpoint)!r} is not a file")
-    image_size("img-size", args.img_size)
-    positive("num-classes", args.num_classes)
-    positive("calibration-batches", args.calibration_batches)
-    positive("exit-images", args.exit_images, zero=True)
+    check_patch(args)
     args.importance = args.importance or "magnitude"
     args.calibration_batches = args.calibration_batches or CALIBRATION_BATCHES
     return True

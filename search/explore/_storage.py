@@ -20,14 +20,20 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 
+from vitpareto.bounds import environment_number
 from vitpareto.errors import VitParetoError
 
 DEFAULT_STORAGE = "sqlite:///results/vitpareto.db"
 HEARTBEAT_S = 10
-# seconds to wait for a database another process holds locked (VITPARETO_DB_TIMEOUT)
-LOCK_TIMEOUT_S = float(os.environ.get("VITPARETO_DB_TIMEOUT", "30"))
 MAX_NAME = 250  # characters of a study name, NAME/front included: within every backend's column
 _OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for a database another process holds locked: VITPARETO_DB_TIMEOUT,
+    read when a database is opened and checked against its bounds (one error, not a
+    traceback at import, for ``abc``, ``nan`` or ``-1``)."""
+    return environment_number("VITPARETO_DB_TIMEOUT")
 
 
 def check_study_name(name: str) -> str:
@@ -63,6 +69,7 @@ def open_storage(url: str, create: bool = True, write: bool = True):
             f"--storage {url!r} is not a database URL; e.g. sqlite:///results/vitpareto.db "
             "or postgresql://user:password@host/db"
         )
+    lock_timeout()  # a malformed setting refused before anything is created
     path = sqlite_path(url)
     engine_url = url
     if path is not None:
@@ -115,7 +122,7 @@ def _operational(url: str, e: Exception) -> str:
     text = (str(getattr(e, "orig", e)).strip().splitlines() or [type(e).__name__])[0]
     if "locked" in text:
         return (
-            f"storage {url!r} has been locked by another process for {LOCK_TIMEOUT_S:g} s; "
+            f"storage {url!r} has been locked by another process for {lock_timeout():g} s; "
             "try again when it is done (VITPARETO_DB_TIMEOUT sets the wait)"
         )
     if "readonly" in text or "read-only" in text:
@@ -286,7 +293,7 @@ def _tables(
         uri += "?mode=ro"
     for attempt in range(attempts if wal else 1):
         try:
-            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)) as db:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=lock_timeout())) as db:
                 rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
                 return {r[0] for r in rows}
         except sqlite3.DatabaseError as e:
@@ -302,12 +309,12 @@ def _tables(
 
 
 def _sqlite_pragmas(storage, write: bool) -> None:
-    """On every connection: wait up to 30 s for a lock; for a writer, write-ahead logging
+    """On every connection: wait for a lock up to ``lock_timeout()`` s; for a writer, write-ahead logging
     (a reader leaves the file exactly as it was)."""
 
     def pragmas(dbapi_conn, _record):
         cursor = dbapi_conn.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(1000 * LOCK_TIMEOUT_S)}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(1000 * lock_timeout())}")
         if write:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")

@@ -125,11 +125,14 @@ def test_space_written_and_read_back(tmp_path):
         ),
         (["latency", *SMALL, "--predict", "--space", "nospace.yaml"], "nospace.yaml"),
         # zero is a value, not "not given"
-        (["cost", "--model", "test_vit", "--img-size", "0"], "--img-size must be between 1"),
-        (["cost", "--model", "test_vit", "--num-classes", "0"], "--num-classes must be at least 1"),
+        (["cost", "--model", "test_vit", "--img-size", "0"], "--img-size must be a whole number"),
+        (
+            ["cost", "--model", "test_vit", "--num-classes", "0"],
+            "--num-classes must be a whole number of classes from 1",
+        ),
         (
             ["search", "--supernet", "x.pt", "--study", "s", "--finetune-lr", "0"],
-            "--finetune-lr must be above 0",
+            "--finetune-lr must be a finite number (the peak learning rate) above 0",
         ),
         (
             ["search", "--supernet", "x.pt", "--study", "s", "--finetune-lr", "nan"],
@@ -147,7 +150,7 @@ def test_space_written_and_read_back(tmp_path):
                 "--img-size",
                 "0",
             ],
-            "--img-size must be between 1",
+            "--img-size must be a whole number of pixels per image side from 1",
         ),
     ],
 )

@@ -166,7 +166,7 @@ def test_trained_weights_ranked_by_a_data_driven_criterion(tmp_path):
     [
         (["--importance", "taylor"], "random ones need no ranking"),
         (["--calibration-batches", "3"], "is for --importance taylor, similarity or attention"),
-        (["--calibration-batches", "0"], "--calibration-batches must be at least 1"),
+        (["--calibration-batches", "0"], "--calibration-batches must be a whole number"),
         (["--importance", "fisher"], "invalid choice: 'fisher'"),
     ],
 )
