@@ -4,31 +4,37 @@ A filter is parsed with Python's ``ast`` and only these constructs are accepted:
 names, numeric, string and boolean literals, comparisons (chained too), ``and`` / ``or`` /
 ``not``, ``in`` / ``not in`` over a literal list, and arithmetic between columns and
 literals. Everything else (attributes, calls, subscripts, ``@`` names, lambdas,
-comprehensions, backticks) is refused by name before anything is evaluated; the accepted
-tree is then evaluated with vectorised pandas operations on the columns, so no Python code
-of the user's ever runs.
+comprehensions, backticks) is refused by name before anything is evaluated; so are
+numbers beyond float64 or with more than 40 digits and nesting deeper than 50 levels (see
+``_expr_limits``). The accepted tree is then evaluated with vectorised pandas operations
+on the columns, so no Python code of the user's ever runs, and any text either filters or
+raises ``ExpressionError``.
 """
 
 from __future__ import annotations
 
 import ast
-import io
 import math
 import operator
 import re
-import tokenize
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from vitpareto.errors import VitParetoError
+from vitpareto.search.outputs._expr_limits import (
+    MAX_DEPTH,
+    MAX_MAGNITUDE,
+    depth_problem,
+    scan_tokens,
+)
 
 GRAMMAR = (
     "allowed: column names, numbers, 'strings', True/False, comparisons (< <= > >= == !=, "
     "chained), and/or/not, in/not in [literal list], + - * / // % ** and parentheses"
 )
-MAX_LENGTH = 2000  # characters; a filter is a line, and deep nesting would exhaust the parser
+MAX_LENGTH = 2000  # characters; a filter is a line (depth and numbers: _expr_limits)
 MAX_EXPONENT = 64.0  # `**` with a literal exponent above this is refused (huge powers)
 
 _COMPARE = {
@@ -85,6 +91,9 @@ class ExpressionError(VitParetoError):
 
 
 def _refuse(option: str, text: str, why: str) -> ExpressionError:
+    """The error for ``text``: one line, whatever characters the reason quotes (a parser's
+    message can hold the offending character, a line separator such as U+2028 too)."""
+    why = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in why)
     return ExpressionError(f"{option} {text!r}: {why}; {GRAMMAR}")
 
 
@@ -97,41 +106,32 @@ def parse_where(text: str) -> ast.expr:
         raise ExpressionError(
             f"--where: the filter is {len(text)} characters, at most {MAX_LENGTH}"
         )
-    for construct in _outside_strings(text):
-        raise _refuse("--where", text, f"{construct} not accepted")
+    problem = scan_tokens(text)
+    if problem:
+        raise _refuse("--where", text, problem)
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError) as e:
         reason = e.msg if isinstance(e, SyntaxError) else str(e)
         raise _refuse("--where", text, f"not a valid expression ({reason})") from None
     except (RecursionError, MemoryError):
-        raise _refuse("--where", text, "nested too deeply") from None
+        why = f"nested too deeply for the parser (at most {MAX_DEPTH} levels); simplify it"
+        raise _refuse("--where", text, why) from None
+    problem = depth_problem(tree.body)  # before the recursive walks below
+    if problem:
+        raise _refuse("--where", text, problem)
     _check(tree.body, text)
     return tree.body
-
-
-def _outside_strings(text: str) -> list[str]:
-    """Constructs pandas would take that Python's parser reads otherwise or not at all."""
-    found = []
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
-            if tok.string == "@":
-                found.append("'@' names (variables of the program) are")
-            elif tok.string == "`":
-                found.append("backticks are")
-    except (tokenize.TokenError, SyntaxError):
-        pass  # the parser below names the problem
-    return found
 
 
 def _check(node: ast.AST, text: str, in_list: bool = False) -> None:
     refuse = lambda why: _refuse("--where", text, why)  # noqa: E731
     if isinstance(node, ast.Constant):
         v = node.value
-        if isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(float(v))):
+        if isinstance(v, (bool, str)) or (isinstance(v, (int, float)) and _finite(v)):
             return
-        if isinstance(v, str):
-            return
+        if isinstance(v, (int, float)):
+            raise refuse("a number beyond float64 (inf or NaN as a float64) is not accepted")
         raise refuse(f"the literal {v!r} is not a number, string or True/False")
     if isinstance(node, ast.Name):
         if in_list:
@@ -151,17 +151,19 @@ def _check(node: ast.AST, text: str, in_list: bool = False) -> None:
     if isinstance(node, ast.BinOp):
         if type(node.op) not in _ARITH:
             raise refuse(f"{_NAMES.get(type(node.op), type(node.op).__name__)} is not accepted")
+        _check(node.left, text)
+        _check(node.right, text)  # first: a literal exponent is then a finite number
         if isinstance(node.op, ast.Pow):
             exp = _literal_number(node.right)
             if exp is None or abs(exp) > MAX_EXPONENT:
                 raise refuse(f"'**' takes a literal exponent of at most {MAX_EXPONENT:g}")
-        _check(node.left, text)
-        _check(node.right, text)
         return
     if isinstance(node, ast.Compare):
         _check(node.left, text)
-        for op, right in zip(node.ops, node.comparators, strict=True):
+        for i, (op, right) in enumerate(zip(node.ops, node.comparators, strict=True)):
             if isinstance(op, (ast.In, ast.NotIn)):
+                if i < len(node.ops) - 1:  # `x in [1] < y` would compare the list
+                    raise refuse("'in [...]' ends a comparison; join another with 'and'")
                 if not isinstance(right, (ast.List, ast.Tuple)):
                     raise refuse("'in' takes a literal list, e.g. patch_size in [4, 8]")
                 for elt in right.elts:
@@ -174,6 +176,14 @@ def _check(node: ast.AST, text: str, in_list: bool = False) -> None:
     if isinstance(node, (ast.List, ast.Tuple)):
         raise refuse("a list is accepted only after 'in'")
     raise refuse(f"{_NAMES.get(type(node), type(node).__name__)} is not accepted")
+
+
+def _finite(v: int | float) -> bool:
+    """Whether the number ``v`` is a float64 other than inf or NaN."""
+    try:
+        return math.isfinite(float(v)) and abs(float(v)) <= MAX_MAGNITUDE
+    except OverflowError:  # an int beyond float64
+        return False
 
 
 def _literal_number(node: ast.AST) -> float | None:
@@ -191,15 +201,18 @@ def where_rows(df: pd.DataFrame, text: str) -> pd.DataFrame:
     unknown = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(df.columns))
     if unknown:
         raise ExpressionError(
-            f"--where {text!r}: no column {', '.join(unknown)}; columns: {', '.join(df.columns)}"
+            f"--where {text!r}: no column {', '.join(unknown)}; columns: {', '.join(map(str, df.columns))}"
         )
     with np.errstate(all="ignore"):
         try:
             mask = _Evaluator(df, text).condition(tree)
         except ExpressionError:
             raise
-        except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
-            raise _refuse("--where", text, f"cannot be evaluated on these columns ({e})") from None
+        except (TypeError, ValueError, ArithmeticError, NotImplementedError, LookupError) as e:
+            why = f"cannot be evaluated on these columns ({' '.join(str(e).split())})"
+            raise _refuse("--where", text, why) from None
+        except (RecursionError, MemoryError):
+            raise _refuse("--where", text, "too complex to evaluate; simplify it") from None
     if not isinstance(mask, pd.Series):
         mask = pd.Series(bool(mask), index=df.index)
     return df[mask.fillna(False).astype(bool)]
@@ -312,6 +325,9 @@ def sort_rows(df: pd.DataFrame, text: str) -> pd.DataFrame:
     missing = [c for c, _ in keys if c not in df.columns]
     if missing:
         raise ExpressionError(
-            f"--sort: no column {', '.join(missing)}; columns: {', '.join(df.columns)}"
+            f"--sort: no column {', '.join(missing)}; columns: {', '.join(map(str, df.columns))}"
         )
-    return df.sort_values([c for c, _ in keys], ascending=[a for _, a in keys])
+    try:
+        return df.sort_values([c for c, _ in keys], ascending=[a for _, a in keys])
+    except TypeError as e:  # a column of mixed types: strings beside numbers
+        raise ExpressionError(f"--sort {text!r}: cannot sort these columns ({e})") from None
