@@ -41,7 +41,7 @@ DEFAULT_MODEL = "deit_small_patch16_224"
 TARGETED = ("tokens", "heads", "mlp")  # the knobs the 0.85 target applies to
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument(
@@ -56,8 +56,11 @@ def main() -> None:
     ap.add_argument(
         "--results", type=Path, default=None, help="file to write (default: RESULTS.md)"
     )
-    args = ap.parse_args()
+    return ap
 
+
+def main() -> None:
+    args = _parser().parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     model = create_model(args.model, num_classes=args.num_classes).eval()

@@ -215,7 +215,7 @@ def route_costs(net, rounds: int = 300) -> list[str]:
     return rows
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", type=Path, default=Path("results/fmnist_dyn/supernet.pt"))
     p.add_argument("--epochs", type=int, default=8, help="supernet epochs, if it is trained here")
@@ -232,20 +232,12 @@ def main() -> None:
     p.add_argument("--resume", action="store_true",
                    help="reuse the last run's studies, each searched on to --trials where it "
                    "was cut off (all there: the section again from its studies)")  # fmt: skip
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if not args.supernet.exists():
-        args.supernet.parent.mkdir(parents=True, exist_ok=True)
-        log(f"training the supernet ({args.epochs} epochs) into {args.supernet} ...")
-        train(args.supernet, args.epochs)
-    net = load_supernet(args.supernet)
-    declared = yaml.safe_load((HERE / "dynamic.yaml").read_text())
-    if args.sweep_only:
-        print("\n".join(sweep(net, declared, SWEEP)))
-        return
-    if args.routes_only:
-        print("\n".join(route_costs(net)))
-        return
+    return p
+
+
+def _search_all(net, declared, args) -> tuple[dict, dict]:
+    """Each space searched once per seed (a cut-off run resumed with --resume): the
+    studies and each space's cheapest candidate, by label."""
     work = args.supernet.parent
     url = f"sqlite:///{work / 'dynamic.db'}"
     config = SearchConfig(runtime="onnxruntime", threads=args.threads, max_batches=args.batches,
@@ -267,23 +259,14 @@ def main() -> None:
                                   args.trials, dataclasses.replace(config, seed=seed),
                                   progress=False)  # fmt: skip
             log(f"  {time.perf_counter() - start:.0f} s")
-    trials = min(len(trials_frame(study)) for study in studies.values())  # completed ones
-    checkpoints = sorted({n for n in (10, 20, trials // 2, trials) if n >= 5})
-    curves = {kind: curve(study, checkpoints) for kind, study in studies.items()}
-    best = {kind: {s: best_at(study, s) for s in TARGETS} for kind, study in studies.items()}
-    head = "| space | " + " | ".join(f"HV at {n} trials" for n in checkpoints)
-    head += " | " + " | ".join(f"best accuracy at >= {s:g}x (trial)" for s in TARGETS) + " |"
-    rows = [head, "|---|" + "---:|" * (len(checkpoints) + len(TARGETS))]
-    for kind in studies:
-        cells = [f"{curves[kind].get(n, float('nan')):.4f}" for n in checkpoints]
-        cells += [f"{a:.4f} ({t})" for a, t in (best[kind][s] for s in TARGETS)]
-        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
-    scored = verdicts(best, TARGETS, seeds)
-    whole, noise, sure, whole_verdicts = judged(net, studies, TARGETS, args.threads, seeds,
-                                                cheapest)  # fmt: skip
-    only, acc7, acc4, n = coarse_only(net, 7, 4)
-    table = sweep(net, declared, SWEEP)
-    md = "\n".join([
+    return studies, cheapest
+
+
+def _section(args, net, trials, checkpoints, rows, scored, whole, noise, sure, whole_verdicts,
+             coarse, table, seeds) -> str:  # fmt: skip
+    """The RESULTS.md section, from the figures ``main`` measured."""
+    only, acc7, acc4, n = coarse
+    return "\n".join([
         "## Dynamic inference: static against dynamic search spaces (bench_dynamic.py)",
         "",
         f"{stamp()}. Supernet {args.supernet.name}: benchmarks/fmnist/model.yaml + "
@@ -343,6 +326,43 @@ def main() -> None:
         "",
         *route_costs(net),
     ])  # fmt: skip
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.supernet.exists():
+        args.supernet.parent.mkdir(parents=True, exist_ok=True)
+        log(f"training the supernet ({args.epochs} epochs) into {args.supernet} ...")
+        train(args.supernet, args.epochs)
+    net = load_supernet(args.supernet)
+    declared = yaml.safe_load((HERE / "dynamic.yaml").read_text())
+    if args.sweep_only:
+        print("\n".join(sweep(net, declared, SWEEP)))
+        return
+    if args.routes_only:
+        print("\n".join(route_costs(net)))
+        return
+    studies, cheapest = _search_all(net, declared, args)
+    seeds = args.seeds
+    trials = min(len(trials_frame(study)) for study in studies.values())  # completed ones
+    checkpoints = sorted({n for n in (10, 20, trials // 2, trials) if n >= 5})
+    curves = {kind: curve(study, checkpoints) for kind, study in studies.items()}
+    best = {kind: {s: best_at(study, s) for s in TARGETS} for kind, study in studies.items()}
+    head = "| space | " + " | ".join(f"HV at {n} trials" for n in checkpoints)
+    head += " | " + " | ".join(f"best accuracy at >= {s:g}x (trial)" for s in TARGETS) + " |"
+    rows = [head, "|---|" + "---:|" * (len(checkpoints) + len(TARGETS))]
+    for kind in studies:
+        cells = [f"{curves[kind].get(n, float('nan')):.4f}" for n in checkpoints]
+        cells += [f"{a:.4f} ({t})" for a, t in (best[kind][s] for s in TARGETS)]
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    scored = verdicts(best, TARGETS, seeds)
+    whole, noise, sure, whole_verdicts = judged(net, studies, TARGETS, args.threads, seeds,
+                                                cheapest)  # fmt: skip
+    only, acc7, acc4, n = coarse_only(net, 7, 4)
+    table = sweep(net, declared, SWEEP)
+    md = _section(args, net, trials, checkpoints, rows, scored, whole, noise, sure,
+                  whole_verdicts, (only, acc7, acc4, n), table, seeds)  # fmt: skip
     print(md)
     if not args.no_write:
         write_section("bench_dynamic", md)

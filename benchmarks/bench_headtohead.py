@@ -66,16 +66,9 @@ def _latency(models: dict, spec, repeats: int) -> dict[tuple[str, int], dict[str
     return out
 
 
-def run(args) -> str:
-    torch.manual_seed(0)
-    warnings.filterwarnings("ignore")
-    work = Path(args.work)
-    net, data, calib = h.calibrated(MODEL, work / "plain.pt", args.epochs, args.calibration_batches)
-    vit, spec = net.elastic.vit.eval(), net.elastic.spec
-    weights = work / "plain.pth"
-    torch.save(vit.state_dict(), weights)
-    if data.test is None:
-        sys.exit(f"{work / 'plain.pt'} validates on the test split (made before honest splits)")
+def _fixed_cuts(vit, spec, calib) -> dict:
+    """The cuts made without search at 2x and 3x MACs: Torch-Pruning's (magnitude and
+    Taylor) and ours at the same uniform shapes, and token pruning and merging alone."""
     H = spec.num_heads
     fixed: dict[tuple[float, str], torch.nn.Module] = {}
     for ratio, heads in ((2.0, H - 1), (3.0, max(1, H - 2))):
@@ -87,6 +80,47 @@ def run(args) -> str:
         fixed[(ratio, "ours taylor, uniform")] = compress(vit, cut, ranked)
         for mode in ("prune", "merge"):
             fixed[(ratio, f"ours tokens, {mode}")] = compress(vit, h.token_cut(spec, ratio, mode))
+    return fixed
+
+
+def _finetuned(work, args, models, teachers, vit, tune, ft, data, long_steps) -> dict:
+    """Each model fine-tuned (distilled from its teacher) and its test accuracy before and
+    after, and validation accuracy; cached, so a rerun fine-tunes only what changed."""
+    cache_path = work / "finetuned.pt"  # a rerun fine-tunes only what changed
+    cache = torch.load(cache_path) if cache_path.exists() else {}
+    acc = {}
+    for key, m in models.items():
+        steps = long_steps if "long" in key[1] else args.steps
+        cand = getattr(m, "candidate", None)
+        ident = (key, steps, args.batch_size, _supernet_name(args), cand and cand.to_json())
+        if ident not in cache:
+            before = h.accuracy(m, data.test)
+            train_compressed(
+                m,
+                tune,
+                dataclasses.replace(ft, steps=steps),
+                teacher=teachers.get(key, vit),
+                progress=False,
+            )
+            # test accuracy before and after, and the validation accuracy models are chosen by
+            cache[ident] = (before, h.accuracy(m, data.test), h.accuracy(m, data.val))
+            torch.save(cache, cache_path)
+        acc[key] = cache[ident]
+        print(f"{key}: test {acc[key][0]:.4f} -> {acc[key][1]:.4f} (val {acc[key][2]:.4f})")
+    return acc
+
+
+def run(args) -> str:
+    torch.manual_seed(0)
+    warnings.filterwarnings("ignore")
+    work = Path(args.work)
+    net, data, calib = h.calibrated(MODEL, work / "plain.pt", args.epochs, args.calibration_batches)
+    vit, spec = net.elastic.vit.eval(), net.elastic.spec
+    weights = work / "plain.pth"
+    torch.save(vit.state_dict(), weights)
+    if data.test is None:
+        sys.exit(f"{work / 'plain.pt'} validates on the test split (made before honest splits)")
+    fixed = _fixed_cuts(vit, spec, calib)
     # the peer's speed in each setting the searches time: the targets they are picked by
     full = compress(vit, Candidate.full(spec))
     probe = {"full": full} | {
@@ -134,27 +168,7 @@ def run(args) -> str:
             if (ratio, name) in models:
                 models[(ratio, f"{name}, long fine-tune")] = copy.deepcopy(models[(ratio, name)])
                 teachers[(ratio, f"{name}, long fine-tune")] = teachers.get((ratio, name), vit)
-    cache_path = work / "finetuned.pt"  # a rerun fine-tunes only what changed
-    cache = torch.load(cache_path) if cache_path.exists() else {}
-    acc = {}
-    for key, m in models.items():
-        steps = long_steps if "long" in key[1] else args.steps
-        cand = getattr(m, "candidate", None)
-        ident = (key, steps, args.batch_size, _supernet_name(args), cand and cand.to_json())
-        if ident not in cache:
-            before = h.accuracy(m, data.test)
-            train_compressed(
-                m,
-                tune,
-                dataclasses.replace(ft, steps=steps),
-                teacher=teachers.get(key, vit),
-                progress=False,
-            )
-            # test accuracy before and after, and the validation accuracy models are chosen by
-            cache[ident] = (before, h.accuracy(m, data.test), h.accuracy(m, data.val))
-            torch.save(cache, cache_path)
-        acc[key] = cache[ident]
-        print(f"{key}: test {acc[key][0]:.4f} -> {acc[key][1]:.4f} (val {acc[key][2]:.4f})")
+    acc = _finetuned(work, args, models, teachers, vit, tune, ft, data, long_steps)
     torch.save({"acc": acc}, work / "accuracy.pt")  # kept should the timing fail
     ms = _latency(
         {"full": full} | {f"{k[0]}|{k[1]}": m for k, m in models.items()}, spec, args.repeats

@@ -183,7 +183,6 @@ class LatencyPredictor:
         the error on ``validate`` others (all drawn from ``space``); every part and whole
         candidate is timed under ``runtime`` (for ONNX Runtime, each as its own graph)."""
         check_runtime(runtime, device)
-
         dev = resolve_device(device)
         spec = elastic.spec
         space = space.bind(elastic)
@@ -200,64 +199,17 @@ class LatencyPredictor:
 
         # every part, every whole candidate and the full model, timed in one interleaved
         # loop: load that changes while the table is built shifts them all alike
-        calls: dict[str, Any] = {}
-        block = elastic.vit.blocks[0]
-        parts: dict[str, torch.nn.Module] = {}
-        for h, dq in shapes["attn"]:
-            for kind in shapes["kinds"]:
-                parts[f"{kind}|{h},{dq}"] = block_part(block, spec, h, dq, 0, kind, dev)
-        for m in shapes["mlp"]:
-            parts[f"mlp|{m}"] = block_part(block, spec, 0, spec.head_dim, m, "attn", dev)
-        for n in shapes["grid"]:
-            x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
-            sized = torch.cat([x, torch.full_like(x[..., :1], 2.0)], dim=-1)
-            for name, part in parts.items():
-                inp = sized if part.size_in else x
-                calls[f"{name}|{n}"] = partial(prepare(part, inp, runtime), inp)
-        for p in shapes["patch"]:
-            empty = Candidate.full(spec).replace(
-                patch_size=p, heads=(0,) * spec.depth, mlp=(0,) * spec.depth
-            )
-            base = elastic.extract(empty).eval().to(dev)
-            calls[f"base|{p}"] = partial(prepare(base, images, runtime), images)
-        # each design held, by the tokens it reads: a pooled linear or mlp exit costs the
-        # same on any count (an attention pool's does not), a conv exit reads a full grid
-        grids = [(spec.img_size[0] // p) * (spec.img_size[1] // p) for p in shapes["patch"]]
-        timed = set()
-        for key in elastic.exit_heads:
-            b, t = int(key.split("_")[0]), key_design(key)
-            if t in timed:
-                continue  # only an attention exit (a copy of the next block) differs by block
-            timed |= {t} - {"attention"}
-            ns = shapes["grid"] if t == "attention" or spec.attn_pool else shapes["grid"][-1:]
-            ns = [n + spec.num_prefix_tokens for n in grids] if t == "conv" else ns
-            head = elastic.exit_heads[key].to(dev).eval()
-            for n in ns:
-                x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
-                calls[f"exit|{exit_curve(b, t)}|{n}"] = partial(prepare(head, x, runtime), x)
+        calls = _part_calls(elastic, shapes, batch_size, images, runtime, dev)
         for i, c in enumerate([Candidate.full(spec), *cal]):
             whole = elastic.extract(c).eval().to(dev)
             calls[f"whole|{i}"] = partial(prepare(whole, images, runtime), images)
-        bar = tqdm(
+        with tqdm(
             total=repeats, desc="latency table", disable=None if progress else True, file=sys.stderr
-        )
-        times = time_calls(
-            calls, dev, repeats, warmup=2, seed=seed, progress=lambda r: bar.update(1)
-        )
-        bar.close()
+        ) as bar:
+            times = time_calls(calls, dev, repeats, 2, seed, progress=lambda r: bar.update(1))
         ms = {k: statistics.median(v) for k, v in times.items()}
 
-        curves = ("attn", "attn_select", *shapes["kinds"], "mlp", "exit")
-        table: dict[str, Any] = {kind: {} for kind in (*curves, "base")}
-        for key, t in ms.items():
-            kind, *rest = key.split("|")
-            if kind in curves:
-                table[kind].setdefault(rest[0], []).append([int(rest[1]), t])
-            elif kind == "base":
-                table["base"][rest[0]] = t
-        for kind in curves:
-            for points in table[kind].values():
-                points.sort()
+        table = _curves(ms, shapes["kinds"])
         whole = [ms[f"whole|{i}"] for i in range(len(cal) + 1)]
         table.update(
             format=FORMAT,
@@ -357,3 +309,63 @@ def exit_curve(block: int, design: str) -> str:
     the linear one (as tables have always named it), the design's name for the others but
     the attention one, a copy of the next block, timed per block."""
     return {"linear": "head", "attention": f"attention.{block}"}.get(design, design)
+
+
+def _part_calls(elastic, shapes, batch_size, images, runtime, dev) -> dict[str, Any]:
+    """What the latency table times, by key: each block part (attention of each kind and
+    shape, MLP) on each token count, the patch embedding and head by patch size, and each
+    exit design on the token counts it reads, each prepared for ``runtime``."""
+    spec = elastic.spec
+    calls: dict[str, Any] = {}
+    block = elastic.vit.blocks[0]
+    parts: dict[str, torch.nn.Module] = {}
+    for h, dq in shapes["attn"]:
+        for kind in shapes["kinds"]:
+            parts[f"{kind}|{h},{dq}"] = block_part(block, spec, h, dq, 0, kind, dev)
+    for m in shapes["mlp"]:
+        parts[f"mlp|{m}"] = block_part(block, spec, 0, spec.head_dim, m, "attn", dev)
+    for n in shapes["grid"]:
+        x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
+        sized = torch.cat([x, torch.full_like(x[..., :1], 2.0)], dim=-1)
+        for name, part in parts.items():
+            inp = sized if part.size_in else x
+            calls[f"{name}|{n}"] = partial(prepare(part, inp, runtime), inp)
+    for p in shapes["patch"]:
+        empty = Candidate.full(spec).replace(
+            patch_size=p, heads=(0,) * spec.depth, mlp=(0,) * spec.depth
+        )
+        base = elastic.extract(empty).eval().to(dev)
+        calls[f"base|{p}"] = partial(prepare(base, images, runtime), images)
+    # each design held, by the tokens it reads: a pooled linear or mlp exit costs the
+    # same on any count (an attention pool's does not), a conv exit reads a full grid
+    grids = [(spec.img_size[0] // p) * (spec.img_size[1] // p) for p in shapes["patch"]]
+    timed = set()
+    for key in elastic.exit_heads:
+        b, t = int(key.split("_")[0]), key_design(key)
+        if t in timed:
+            continue  # only an attention exit (a copy of the next block) differs by block
+        timed |= {t} - {"attention"}
+        ns = shapes["grid"] if t == "attention" or spec.attn_pool else shapes["grid"][-1:]
+        ns = [n + spec.num_prefix_tokens for n in grids] if t == "conv" else ns
+        head = elastic.exit_heads[key].to(dev).eval()
+        for n in ns:
+            x = torch.randn(batch_size, n, spec.embed_dim, device=dev)
+            calls[f"exit|{exit_curve(b, t)}|{n}"] = partial(prepare(head, x, runtime), x)
+    return calls
+
+
+def _curves(ms: dict[str, float], kinds) -> dict[str, Any]:
+    """The latency table's curves (milliseconds by token count, per part and shape) and
+    base costs (by patch size), from the timed calls' medians."""
+    curves = ("attn", "attn_select", *kinds, "mlp", "exit")
+    table: dict[str, Any] = {kind: {} for kind in (*curves, "base")}
+    for key, t in ms.items():
+        kind, *rest = key.split("|")
+        if kind in curves:
+            table[kind].setdefault(rest[0], []).append([int(rest[1]), t])
+        elif kind == "base":
+            table["base"][rest[0]] = t
+    for kind in curves:
+        for points in table[kind].values():
+            points.sort()
+    return table

@@ -122,49 +122,11 @@ def describe(model) -> ViTSpec:
     if adapted(model):  # another architecture: described as its adapter maps it
         return describe(adapt(model))
     if not isinstance(model, VisionTransformer):
-        kind = type(model).__name__
-        if kind in _FAMILIES:
-            raise _unsupported(model, _FAMILIES[kind])
-        if kind.startswith(_WINDOWED):
-            why = "windowed or hierarchical attention (token grids that change between stages)"
-            raise _unsupported(model, why)
-        raise _unsupported(
-            model,
-            "vitpareto compresses timm VisionTransformer models (vit_*, deit_*, deit3_*, "
-            "test_vit); Swin, CNNs and hybrids are not supported",
-        )
+        raise _not_a_vit(model)
     pool = _attn_pool(model)
     if model.global_pool not in ("token", "avg", "map"):
         raise _unsupported(model, f"global_pool={model.global_pool!r}; use 'token', 'avg' or 'map'")
-    heads, kinds = set(), set()
-    widths = []
-    for i, blk in enumerate(model.blocks):
-        if type(blk) is not Block:
-            why = _FAMILIES.get(type(blk).__name__, "vitpareto cuts timm's pre-norm Block")
-            raise _unsupported(model, f"block {i} is a {type(blk).__name__}: {why}")
-        attn, mlp = blk.attn, blk.mlp
-        if type(attn) is not Attention:
-            raise _unsupported(model, f"block {i} attention is a {type(attn).__name__}")
-        if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
-            raise _unsupported(model, f"block {i} attention has an output norm or gate")
-        if type(mlp) not in MLPS:
-            raise _unsupported(
-                model,
-                f"block {i} MLP is a {type(mlp).__name__}: vitpareto cuts timm's Mlp, SwiGLU "
-                "and GluMlp",
-            )
-        if not isinstance(mlp.norm, nn.Identity):
-            raise _unsupported(model, f"block {i} MLP has an inner norm (scale_mlp_norm)")
-        if not isinstance(attn.q_norm, nn.Identity) and not _is_sliceable_norm(attn.q_norm):
-            raise _unsupported(model, f"block {i} q/k norm is a {type(attn.q_norm).__name__}")
-        heads.add((attn.num_heads, attn.head_dim))
-        widths.append(hidden(mlp))
-        kinds.add(gated(mlp))
-    if len(kinds) != 1:
-        raise _unsupported(model, "some blocks have gated MLPs and some plain ones")
-    if len(heads) != 1:
-        raise _unsupported(model, "blocks differ in head count or head width")
-    ((num_heads, head_dim),) = heads
+    num_heads, head_dim, widths, gated_mlp = _blocks(model)
     pe = model.patch_embed
     if type(pe) is not PatchEmbed:
         why = _FAMILIES.get(type(pe).__name__, "vitpareto cuts a linear patch embedding")
@@ -178,15 +140,7 @@ def describe(model) -> ViTSpec:
             "train), --num-classes N with the --checkpoint that holds its trained head, or "
             "timm.create_model(name, num_classes=N) in Python",
         )
-    if pe.patch_size[0] != pe.patch_size[1]:
-        raise _unsupported(model, f"non-square patches {tuple(pe.patch_size)}")
-    h, w = pe.img_size
-    if h % pe.patch_size[0] or w % pe.patch_size[0]:
-        sides = [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
-        raise VitParetoError(
-            f"patch size {pe.patch_size[0]} does not divide the {h}x{w} image; choose a patch "
-            f"size from {', '.join(map(str, sides))} or another image size"
-        )
+    _check_patches(model, pe)
     distilled = getattr(model, "dist_token", None) is not None
     return ViTSpec(
         depth=len(model.blocks),
@@ -207,7 +161,7 @@ def describe(model) -> ViTSpec:
         final_norm=not isinstance(model.norm, nn.Identity),
         fc_norm=not isinstance(model.fc_norm, nn.Identity),
         in_chans=pe.proj.in_channels,
-        gated_mlp=kinds == {True},
+        gated_mlp=gated_mlp,
         norm=norm,
         attn_pool=pool,
         pool_prefix=pool is not None and bool(getattr(model, "pool_include_prefix", False)),
@@ -262,3 +216,66 @@ def _attn_pool(model: nn.Module) -> tuple[int, int, int] | None:
 def _is_sliceable_norm(norm: nn.Module) -> bool:
 
     return isinstance(norm, nn.LayerNorm | RmsNorm | nn.RMSNorm)
+
+
+def _not_a_vit(model) -> VitParetoError:
+    """Why a model that is not a timm VisionTransformer (and has no adapter) is refused."""
+    kind = type(model).__name__
+    if kind in _FAMILIES:
+        return _unsupported(model, _FAMILIES[kind])
+    if kind.startswith(_WINDOWED):
+        why = "windowed or hierarchical attention (token grids that change between stages)"
+        return _unsupported(model, why)
+    return _unsupported(
+        model,
+        "vitpareto compresses timm VisionTransformer models (vit_*, deit_*, deit3_*, "
+        "test_vit); Swin, CNNs and hybrids are not supported",
+    )
+
+
+def _blocks(model) -> tuple[int, int, list[int], bool]:
+    """Heads, head width, each block's MLP width and whether the MLPs are gated, once every
+    block is one vitpareto can cut (timm's pre-norm Block, its Attention and MLPs)."""
+    heads, kinds = set(), set()
+    widths = []
+    for i, blk in enumerate(model.blocks):
+        if type(blk) is not Block:
+            why = _FAMILIES.get(type(blk).__name__, "vitpareto cuts timm's pre-norm Block")
+            raise _unsupported(model, f"block {i} is a {type(blk).__name__}: {why}")
+        attn, mlp = blk.attn, blk.mlp
+        if type(attn) is not Attention:
+            raise _unsupported(model, f"block {i} attention is a {type(attn).__name__}")
+        if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
+            raise _unsupported(model, f"block {i} attention has an output norm or gate")
+        if type(mlp) not in MLPS:
+            raise _unsupported(
+                model,
+                f"block {i} MLP is a {type(mlp).__name__}: vitpareto cuts timm's Mlp, SwiGLU "
+                "and GluMlp",
+            )
+        if not isinstance(mlp.norm, nn.Identity):
+            raise _unsupported(model, f"block {i} MLP has an inner norm (scale_mlp_norm)")
+        if not isinstance(attn.q_norm, nn.Identity) and not _is_sliceable_norm(attn.q_norm):
+            raise _unsupported(model, f"block {i} q/k norm is a {type(attn.q_norm).__name__}")
+        heads.add((attn.num_heads, attn.head_dim))
+        widths.append(hidden(mlp))
+        kinds.add(gated(mlp))
+    if len(kinds) != 1:
+        raise _unsupported(model, "some blocks have gated MLPs and some plain ones")
+    if len(heads) != 1:
+        raise _unsupported(model, "blocks differ in head count or head width")
+    ((num_heads, head_dim),) = heads
+    return num_heads, head_dim, widths, kinds == {True}
+
+
+def _check_patches(model, pe) -> None:
+    """Refuse non-square patches, and a patch size that does not divide the image."""
+    if pe.patch_size[0] != pe.patch_size[1]:
+        raise _unsupported(model, f"non-square patches {tuple(pe.patch_size)}")
+    h, w = pe.img_size
+    if h % pe.patch_size[0] or w % pe.patch_size[0]:
+        sides = [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
+        raise VitParetoError(
+            f"patch size {pe.patch_size[0]} does not divide the {h}x{w} image; choose a patch "
+            f"size from {', '.join(map(str, sides))} or another image size"
+        )

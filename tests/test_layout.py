@@ -1,6 +1,6 @@
 """The shape of the code base: layers without import cycles, no package reaching into
-another's private modules, small modules, imports at the top, and a wheel that holds every
-sub-package."""
+another's private modules, small modules and functions, imports at the top, and a wheel
+that holds every sub-package."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ LAZY_ALLOWED = (
     "torch_tensorrt",
 )
 MAX_LINES = 400
+MAX_FUNCTION = 80  # lines of one function, its docstring included
 
 
 def modules() -> dict[str, Path]:
@@ -147,6 +148,18 @@ def test_modules_are_small():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     ]
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_functions_are_short():
+    files = [*modules().values(), *(ROOT / "benchmarks").glob("*.py")]
+    long = [
+        f"{p.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for p in files
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION
+    ]
+    assert not long, f"functions over {MAX_FUNCTION} lines: {long}"
 
 
 def test_imports_sit_at_the_top():

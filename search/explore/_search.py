@@ -165,6 +165,54 @@ def rescore_front(
 
 def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr, backend, rounds):
     src = load_study(storage_url, name)
+    dst, lr = _front_study(src, storage_url, name, steps, lr, rounds)
+    stored = SearchConfig.from_dict(src.user_attrs.get("config") or {})
+    config = replace(config or stored, threads=(config or stored).threads or stored.threads)
+    if rounds:  # every model of the stage timed at length, the full model too
+        config = replace(config, latency_repeats=rounds)
+    recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed, lr=lr)
+    backend = backend or LocalBackend()
+    todo = _todo(src, dst, rounds)
+    if not todo:
+        return dst
+    store_dir = (Path(artifacts) if artifacts else default_artifacts(storage_url)).resolve()
+    scorer = backend.front_scorer(supernet, config, recipe, retime=rounds > 0)
+    full = dict(dst.user_attrs.get("full") or {})
+    if (stored.latency == "predicted" and not full.get("latency_measured")) or (
+        rounds and full.get("latency_rounds") != rounds
+    ):
+        # the hypervolume's reference in the units of this study: the full model, timed
+        full["latency_ms"] = reference_latency(scorer.latency, supernet.elastic)
+        full["latency_measured"] = True
+        full["latency_rounds"] = config.latency_repeats  # rounds, when timed again
+        dst.set_user_attr("full", full)
+    on_front = {t.number for t in front_trials(src)}
+    bar = tqdm(
+        total=len(todo),
+        desc=f"front of {name}",
+        unit="model",
+        disable=None if progress else True,  # bars on a terminal only
+        file=sys.stderr,
+    )
+    for t, metrics, blob in scorer(todo, steps):
+        metrics.update(source_trial=t.number, shared_accuracy=t.user_attrs["accuracy"])
+        if rounds:  # in the reference's milliseconds: drift between trials cancels out
+            metrics.update(latency_rounds=rounds, search_front=t.number in on_front)
+            metrics["measured_latency_ms"] = metrics["latency_ms"]
+            metrics["latency_ms"] = full["latency_ms"] / metrics["speedup"]
+        if blob is not None:
+            metrics["weights_artifact"] = store_weights(store_dir, blob)
+            metrics["artifacts"] = str(store_dir)
+        _record(dst, t, metrics, list(src.user_attrs["objectives"]), config)
+        bar.update()
+        bar.set_postfix(trial=t.number, accuracy=f"{metrics['accuracy']:.3f}")
+    bar.close()
+    return dst
+
+
+def _front_study(src, storage_url, name, steps, lr, rounds):
+    """The front's study (created, or resumed when its settings are the ones asked for)
+    and the learning rate it fine-tunes at; its settings are written once, marker last."""
     dst = optuna.create_study(
         study_name=name + SUFFIX,
         storage=open_storage(storage_url),
@@ -189,12 +237,6 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
             f"study {name + SUFFIX!r} was timed at {done.get('front_rounds', 0)} rounds, not "
             f"{rounds}; pass the same --front-rounds, or search another --study"
         )
-    stored = SearchConfig.from_dict(src.user_attrs.get("config") or {})
-    config = replace(config or stored, threads=(config or stored).threads or stored.threads)
-    if rounds:  # every model of the stage timed at length, the full model too
-        config = replace(config, latency_repeats=rounds)
-    recipe = FinetuneConfig(steps=max(steps, 1), seed=config.seed, lr=lr)
-    backend = backend or LocalBackend()
     if "finetune_steps" not in done:
         dst.set_metric_names(list(src.user_attrs.get("objectives") or src.metric_names))
         attrs = {
@@ -207,59 +249,34 @@ def _rescore(supernet, storage_url, name, config, steps, artifacts, progress, lr
         }
         for k, v in attrs.items():  # a second process reads all of them or no marker
             dst.set_user_attr(k, v)
-    seen = {  # candidates already re-scored (samplers can suggest one candidate twice)
+    return dst, lr
+
+
+def _todo(src, dst, rounds) -> list:
+    """The search's trials the stage still has to score: the front (with ``rounds``, every
+    trial near it), each candidate once (samplers can suggest one candidate twice)."""
+    seen = {
         candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
         for t in dst.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
-    todo, on_front = [], {t.number for t in front_trials(src)}
+    todo = []
     for t in near_front(src, NEAR) if rounds else front_trials(src):
         key = candidate_key(Candidate.from_dict(t.user_attrs["candidate"]))
         if key not in seen:
             seen.add(key)
             todo.append(t)
-    if not todo:
-        return dst
-    store_dir = (Path(artifacts) if artifacts else default_artifacts(storage_url)).resolve()
-    scorer = backend.front_scorer(supernet, config, recipe, retime=rounds > 0)
-    full = dict(dst.user_attrs.get("full") or {})
-    if (stored.latency == "predicted" and not full.get("latency_measured")) or (
-        rounds and full.get("latency_rounds") != rounds
-    ):
-        # the hypervolume's reference in the units of this study: the full model, timed
-        full["latency_ms"] = reference_latency(scorer.latency, supernet.elastic)
-        full["latency_measured"] = True
-        full["latency_rounds"] = config.latency_repeats  # rounds, when timed again
-        dst.set_user_attr("full", full)
-    objectives = list(src.user_attrs["objectives"])
-    bar = tqdm(
-        total=len(todo),
-        desc=f"front of {name}",
-        unit="model",
-        disable=None if progress else True,  # bars on a terminal only
-        file=sys.stderr,
-    )
-    for t, metrics, blob in scorer(todo, steps):
-        metrics.update(source_trial=t.number, shared_accuracy=t.user_attrs["accuracy"])
-        if rounds:  # in the reference's milliseconds: drift between trials cancels out
-            metrics.update(latency_rounds=rounds, search_front=t.number in on_front)
-            metrics["measured_latency_ms"] = metrics["latency_ms"]
-            metrics["latency_ms"] = full["latency_ms"] / metrics["speedup"]
-        if blob is not None:
-            metrics["weights_artifact"] = store_weights(store_dir, blob)
-            metrics["artifacts"] = str(store_dir)
-        cand = Candidate.from_dict(t.user_attrs["candidate"])
-        dst.add_trial(
-            create_trial(
-                params=t.params,
-                distributions=t.distributions,
-                values=[float(metrics[o]) for o in objectives],
-                user_attrs=trial_attrs(
-                    cand, {k: v for k, v in metrics.items() if k != "candidate"}
-                ),
-                constraints=config.violations(metrics) or None,
-            )
+    return todo
+
+
+def _record(dst, t, metrics, objectives, config) -> None:
+    """One re-scored trial of the search, stored in the front's study."""
+    cand = Candidate.from_dict(t.user_attrs["candidate"])
+    dst.add_trial(
+        create_trial(
+            params=t.params,
+            distributions=t.distributions,
+            values=[float(metrics[o]) for o in objectives],
+            user_attrs=trial_attrs(cand, {k: v for k, v in metrics.items() if k != "candidate"}),
+            constraints=config.violations(metrics) or None,
         )
-        bar.update()
-        bar.set_postfix(trial=t.number, accuracy=f"{metrics['accuracy']:.3f}")
-    bar.close()
-    return dst
+    )

@@ -147,16 +147,7 @@ def write_report(study, out: str | os.PathLike, rescored=None) -> dict[str, Path
 
 
 def _html(study, df, front, x, y, hv, ref_text, second=None) -> str:
-    import plotly.graph_objects as go
-
     cols = [c for c in ("accuracy", "latency_ms", "speedup", "macs", "params") if c in df]
-
-    def hover(rows, label: str) -> list[str]:
-        shown = rows[[c for c in cols if c in rows]].join(knob_summary(rows)).round(4)
-        return [
-            f"{label} {t}<br>" + "<br>".join(f"{k}: {v}" for k, v in r.items())
-            for t, (_, r) in zip(rows[label.replace(" ", "_")], shown.iterrows(), strict=True)
-        ]
 
     def table(rows, first: str, extra: tuple[str, ...] = ()) -> str:
         show = [c for c in (first, *cols, *extra, "fidelity") if c in rows]
@@ -179,31 +170,7 @@ def _html(study, df, front, x, y, hv, ref_text, second=None) -> str:
             f"<h2>The front re-scored (study {html.escape(study.study_name)}/front)</h2>"
             + table(f2, "source_trial", ("test_accuracy", "shared_accuracy"))
         )
-    fig = go.Figure()
-    full = full_point(study, x, y)
-    if full is not None:
-        fig.add_trace(go.Scatter(x=[full[0]], y=[full[1]], mode="markers", name="full model",
-                                 marker=dict(color="black", size=14, symbol="star")))  # fmt: skip
-    for rows, name, mode, marker, dash, label in traces:
-        fig.add_trace(
-            go.Scatter(
-                x=rows[x],
-                y=rows[y],
-                mode=mode,
-                name=name,
-                marker=marker,
-                line=dict(dash=dash) if dash else None,
-                hovertext=hover(rows, label),
-                hoverinfo="text",
-            )
-        )
-    fig.update_layout(
-        xaxis_title=LABELS.get(x, x),
-        yaxis_title=LABELS.get(y, y),
-        template="plotly_white",
-        height=520,
-    )
-    plot = fig.to_html(full_html=False, include_plotlyjs=True)
+    plot = _plot(study, traces, x, y, cols)
     front_table = table(front, "trial")
     a = study.user_attrs
     model = a.get("model", {}).get("name", "?")
@@ -238,3 +205,44 @@ def _full_text(study) -> str:
         f"{full.get('latency_ms', float('nan')):.4g} ms (the star). A candidate it dominates "
         "(no more accurate, no faster, no cheaper) is never on the front."
     )
+
+
+def _plot(study, traces, x, y, cols) -> str:
+    """The interactive front (plotly, self-contained): the full model as a star, every
+    trial, the front and the re-scored front, each point's knobs on hover."""
+    import plotly.graph_objects as go  # plotly only where a report is written
+
+    fig = go.Figure()
+    full = full_point(study, x, y)
+    if full is not None:
+        fig.add_trace(go.Scatter(x=[full[0]], y=[full[1]], mode="markers", name="full model",
+                                 marker=dict(color="black", size=14, symbol="star")))  # fmt: skip
+    for rows, name, mode, marker, dash, label in traces:
+        fig.add_trace(
+            go.Scatter(
+                x=rows[x],
+                y=rows[y],
+                mode=mode,
+                name=name,
+                marker=marker,
+                line=dict(dash=dash) if dash else None,
+                hovertext=_hover(rows, label, cols),
+                hoverinfo="text",
+            )
+        )
+    fig.update_layout(
+        xaxis_title=LABELS.get(x, x),
+        yaxis_title=LABELS.get(y, y),
+        template="plotly_white",
+        height=520,
+    )
+    return fig.to_html(full_html=False, include_plotlyjs=True)
+
+
+def _hover(rows, label: str, cols: list[str]) -> list[str]:
+    """Each point's hover text: its trial, figures and knobs."""
+    shown = rows[[c for c in cols if c in rows]].join(knob_summary(rows)).round(4)
+    return [
+        f"{label} {t}<br>" + "<br>".join(f"{k}: {v}" for k, v in r.items())
+        for t, (_, r) in zip(rows[label.replace(" ", "_")], shown.iterrows(), strict=True)
+    ]
