@@ -10,10 +10,20 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
+from vitpareto.bounds import memory_bytes
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._spec import describe
 
 MAX_SIDE = 4096  # pixels: larger inputs are a mistake, not a ViT
+_BOUNDS = (  # option, lowest, highest of a recipe read from a file
+    ("img_size", 0, MAX_SIDE),
+    ("patch_size", 0, MAX_SIDE),
+    ("num_classes", 0, 10**6),
+    ("in_chans", 1, 1024),
+    ("depth", 1, 256),
+    ("embed_dim", 1, 65536),
+    ("num_heads", 1, 1024),
+)
 # timm options that would load weights from elsewhere: a recipe read from a file (a
 # checkpoint, a model directory, a study) builds the architecture only
 _FETCHING = (
@@ -40,8 +50,7 @@ def check_recipe(recipe, where: str) -> tuple[str, dict]:
             f"{where}: the model options {fetching} would load weights from elsewhere; a "
             "recipe builds the architecture only (remove them)"
         )
-    bounds = ("img_size", 0, MAX_SIDE), ("patch_size", 0, MAX_SIDE), ("num_classes", 0, 10**6)
-    for key, low, high in (*bounds, ("in_chans", 1, 1024)):
+    for key, low, high in _BOUNDS:
         v = kwargs.get(key)
         values = v if isinstance(v, (list, tuple)) else [v]
         if v is not None and not all(
@@ -50,7 +59,26 @@ def check_recipe(recipe, where: str) -> tuple[str, dict]:
             raise VitParetoError(
                 f"{where}: the model's {key} {v!r} is out of range ({low} to {high})"
             )
+    _check_size(kwargs, where)
     return recipe["name"], dict(kwargs)
+
+
+def _check_size(kwargs: dict, where: str) -> None:
+    """Refuse a recipe whose float32 weights alone would not fit this machine's memory
+    (timm's defaults stand in for the sizes it does not give), before anything is built."""
+    ratio = kwargs.get("mlp_ratio", 4.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 64:
+        raise VitParetoError(f"{where}: the model's mlp_ratio {ratio!r} is out of range (0 to 64]")
+    width, depth = kwargs.get("embed_dim", 768), kwargs.get("depth", 12)
+    if not (isinstance(width, int) and isinstance(depth, int)):
+        raise VitParetoError(f"{where}: the model's depth and embed_dim must be whole numbers")
+    need = 4 * depth * width * width * (4 + 2 * ratio)
+    have = memory_bytes()
+    if have and need > have:
+        raise VitParetoError(
+            f"{where}: the model's weights alone (depth {depth}, embed_dim {width}) would take "
+            f"{need / 2**30:.0f} GiB; this machine has {have / 2**30:.0f} GiB"
+        )
 
 
 def create_model(

@@ -14,12 +14,13 @@ __version__ = "0.1.0"
 __all__ = ["load"]
 
 
-def load(path: str | os.PathLike, device: str = "cpu"):
+def load(path: str | os.PathLike, device: str = "cpu", trust: bool = False):
     """The compressed model exported to directory ``path`` (``vitpareto export``), in eval
-    mode on ``device``: architecture from timm and the candidate, weights from safetensors
-    (checked against the SHA-256 written at export)."""
+    mode on ``device``: architecture from timm and the candidate, weights from safetensors,
+    once every file matches the directory's manifest.json (``trust=True``: unchecked, for
+    a directory without one or one changed on purpose)."""
     # imported here, not above: every subpackage imports vitpareto.errors, which loads
     # this package first, before any of them could be imported from it
     from vitpareto.search.outputs import load_model
 
-    return load_model(path, device=device)
+    return load_model(path, device=device, trust=trust)

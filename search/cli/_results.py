@@ -19,7 +19,6 @@ from vitpareto.search.explore import (
 from vitpareto.search.outputs import (
     MAIN_COLUMNS,
     bench_dirs,
-    check_dirs,
     export_trials,
     format_bench,
     parse_sort,
@@ -130,6 +129,12 @@ def bench_parser(sub) -> None:
         help="dataset spec whose validation images time an exit policy as deployed (without "
         "one, its latency is derived from the exit shares the search measured)",
     )
+    b.add_argument(
+        "--trust",
+        action="store_true",
+        help="time directories without a manifest.json, or whose files changed since export, "
+        "unchecked (by default every file is checked against the manifest first)",
+    )
     b.set_defaults(handler=cmd_bench)
 
 
@@ -211,7 +216,8 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     resolve_device(args.device)  # a GPU that is not here: refused as `search` refuses it
     use_threads(args.threads)
-    check_dirs(args.dirs, args.runtime)
-    rows = bench_dirs(args.dirs, args.runtime, args.batch, args.device, args.dataset, args.repeats)
+    rows = bench_dirs(
+        args.dirs, args.runtime, args.batch, args.device, args.dataset, args.repeats, args.trust
+    )
     print(format_bench(rows))
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vitpareto.bounds import check_count, check_input
+from vitpareto.bounds import check_input
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     check_runtime,
@@ -26,7 +26,9 @@ from vitpareto.evaluators import (
     resolve_device,
     time_deployed,
 )
-from vitpareto.search.outputs._modeldir import load_model, read_config
+from vitpareto.search.outputs._manifest import file_sha256, verify_dir
+from vitpareto.search.outputs._modeldir import METRICS, load_model, read_config
+from vitpareto.search.outputs._schemas import Metrics, read_json
 from vitpareto.spaces import Candidate, ElasticViT, check_recipe, create_model
 
 KEYS = {  # metrics.json key -> time_deployed's
@@ -139,16 +141,15 @@ def bench_dirs(
     device: str = "cpu",
     dataset: str | None = None,
     repeats: int = 20,
+    trust: bool = False,
 ) -> list[dict[str, Any]]:
-    """Each exported directory timed as it ships (see the module), and the full model."""
+    """Each exported directory timed as it ships (see the module), and the full model;
+    every directory checked (``check_dirs``) before any is timed."""
     rows, full, prepared, references = [], None, {}, {}
-    for d in dirs:
-        cfg = read_config(d)
-        stored = json.loads((Path(d) / "metrics.json").read_text())
+    for d, (cfg, stored) in zip(dirs, check_dirs(dirs, runtime, trust), strict=True):
         rt = runtime or stored.get("deployed_runtime") or stored.get("runtime") or "eager"
         b = batch or stored.get("deployed_batch") or stored.get("batch_size") or 1
-        check_count("batch", b, f"{Path(d) / 'metrics.json'}: deployed_batch")
-        model = load_model(d, device)
+        model = load_model(d, device, trust=True)  # its files were checked just now
         recipe = json.dumps(cfg["model"], sort_keys=True)
         if recipe not in references:  # one full model per recipe, for every directory of it
             references[recipe] = full_model(cfg["model"])
@@ -198,19 +199,28 @@ def format_bench(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body), "", where])
 
 
-def check_dirs(dirs: list[Path], runtime: str | None = None) -> None:
-    """Refuse, before any is timed, what is not a model directory, and an int8 model
-    asked to run under a runtime that cannot run its quantized file."""
+def check_dirs(
+    dirs: list[Path], runtime: str | None = None, trust: bool = False
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each directory's config and metrics, once all are checked before any is timed:
+    every file against the manifest (unless ``trust``), config.json and metrics.json
+    against their schemas, model.onnx a regular file, and an int8 model refused under a
+    runtime that cannot run its quantized file."""
+    checked = []
     for d in dirs:
-        if not (Path(d) / "metrics.json").is_file():
-            raise VitParetoError(f"{str(d)!r} is not an exported model directory (no metrics.json)")
-        try:
-            cand = json.loads((Path(d) / "candidate.json").read_text())
-            precision = cand.get("precision", "fp32")
-        except (OSError, ValueError, AttributeError):
-            continue  # the model's loader names what is wrong with it
+        d = Path(d)
+        if not (d / METRICS).is_file():
+            raise VitParetoError(f"{str(d)!r} is not an exported model directory (no {METRICS})")
+        verify_dir(d, trust)
+        cfg = read_config(d)
+        stored = read_json(d / METRICS, Metrics, "metrics file").model_dump(exclude_none=True)
+        if (d / "model.onnx").exists():
+            file_sha256(d / "model.onnx")  # a FIFO or a device would hang the runtime
+        precision = cfg["candidate"].get("precision", "fp32")
         if precision != "fp32" and (runtime or "onnxruntime") != "onnxruntime":
             raise VitParetoError(
                 f"{str(d)!r} ships a {precision} model.onnx, which runs under --runtime "
                 f"onnxruntime, not {runtime}"
             )
+        checked.append((cfg, stored))
+    return checked

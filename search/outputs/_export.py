@@ -222,7 +222,7 @@ def deployed_timing(study, supernet, device: str = "cpu", repeats: int = 20):
 def _classes(supernet, model) -> list[str]:
     if supernet is not None:
         return list(supernet.data["classes"])
-    return [str(i) for i in range(model.head.out_features)]
+    return [str(i) for i in range(model.vit.num_classes)]
 
 
 def model_card(study, trial, model, metrics: dict | None = None) -> str:

@@ -2,8 +2,9 @@
 
 A model directory holds ``config.json`` (the timm model name and options, the candidate,
 the class names, the supernet's SHA-256 and the weights' own), ``model.safetensors`` (the
-weights of the compressed model only) and ``metrics.json``. ``load_model`` rebuilds the module through
-a pure function: timm builds the architecture, the candidate cuts it, the weights fill it.
+weights of the compressed model only), ``metrics.json`` and ``manifest.json`` (every file's
+SHA-256, checked before any is read). ``load_model`` rebuilds the module through a pure
+function: timm builds the architecture, the candidate cuts it, the weights fill it.
 Writes are atomic: a directory is complete or absent, and an existing one is replaced only
 when asked.
 """
@@ -19,13 +20,14 @@ from typing import Any
 from safetensors.torch import load, save
 
 from vitpareto.errors import VitParetoError
-from vitpareto.files import atomic_dir, check_parent, read_bytes, read_text
+from vitpareto.files import atomic_dir, check_parent, read_bytes
+from vitpareto.search.outputs._manifest import verify_dir, with_manifest
+from vitpareto.search.outputs._schemas import ModelConfig, read_json
 from vitpareto.spaces import Candidate, CompressedViT, ElasticViT, check_recipe, create_model
 
 KIND = "vitpareto-model"
 FORMAT = 1
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
-MAX_CONFIG = 1 << 20  # bytes of a config.json
 MAX_WEIGHTS = 1 << 36  # bytes of model.safetensors (64 GiB)
 
 
@@ -72,37 +74,26 @@ def model_files(
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of a model directory, checked: its kind and format, a safe model
-    recipe, a candidate, the class names."""
+    """The ``config.json`` of a model directory, checked against its schema (kind, format,
+    candidate, class names, hashes) and its model recipe against ``check_recipe``."""
     path = Path(path)
-    cfg_path = path / CONFIG
     if not path.is_dir():
         raise VitParetoError(f"{str(path)!r} is not a model directory (it does not exist)")
-    if not cfg_path.exists():
+    if not (path / CONFIG).exists():
         raise VitParetoError(f"{str(path)!r} is not a vitpareto model directory: no {CONFIG}")
-    try:
-        cfg = json.loads(read_text(cfg_path, MAX_CONFIG, "model config"))
-    except json.JSONDecodeError as e:
-        raise VitParetoError(f"{str(cfg_path)!r} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict) or cfg.get("kind") != KIND:
-        raise VitParetoError(f"{str(cfg_path)!r} is not a vitpareto model config")
-    if cfg.get("format") != FORMAT:
-        raise VitParetoError(
-            f"{str(cfg_path)!r} has format {cfg.get('format')}, this vitpareto reads {FORMAT}"
-        )
-    check_recipe(cfg.get("model"), str(cfg_path))
-    if not isinstance(cfg.get("candidate"), dict):
-        raise VitParetoError(f"{str(cfg_path)!r} has no candidate; export the model again")
-    if not isinstance(cfg.get("classes"), list):
-        raise VitParetoError(f"{str(cfg_path)!r} has no list of classes; export the model again")
+    cfg = read_json(path / CONFIG, ModelConfig, "vitpareto model config").model_dump()
+    check_recipe(cfg["model"], str(path / CONFIG))
     return cfg
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> CompressedViT:
+def load_model(path: str | os.PathLike, device: str = "cpu", trust: bool = False) -> CompressedViT:
     """Rebuild a saved compressed model (architecture from timm and the candidate, weights
-    from safetensors, checked against the SHA-256 written at export, strictly: every tensor
-    must fit). Nothing is fetched: the recipe builds the architecture only."""
+    from safetensors, strictly: every tensor must fit), once every file matches the
+    directory's manifest (``trust``: unchecked). Nothing is fetched: the recipe builds the
+    architecture only."""
     path = Path(path)
+    if path.is_dir():  # else read_config names what is wrong
+        verify_dir(path, trust)
     cfg = read_config(path)
     weights = path / WEIGHTS
     if not weights.exists():
@@ -122,27 +113,48 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> CompressedViT:
         candidate = Candidate.from_dict(cfg["candidate"])
     except (VitParetoError, KeyError, TypeError, ValueError) as e:
         raise VitParetoError(f"{str(path / CONFIG)!r}: its candidate is invalid ({e})") from None
-    return rebuild(cfg["model"], candidate, state, str(path)).to(device).eval()
+    model = rebuild(cfg["model"], candidate, state, str(path))
+    if len(cfg["classes"]) != model.vit.num_classes:
+        raise VitParetoError(
+            f"{str(path / CONFIG)!r} names {len(cfg['classes'])} classes for a head of "
+            f"{model.vit.num_classes}: export the model again"
+        )
+    return model.to(device).eval()
 
 
 def rebuild(model_cfg: dict[str, Any], candidate: Candidate, state: dict, source: str):
     """The compressed model a recipe describes (timm name and options, candidate), filled
     strictly with ``state``: timm builds it, the candidate cuts it, the weights fill it."""
     name, kwargs = check_recipe(model_cfg, source)
-    vit = create_model(name, pretrained=False, **kwargs)
-    elastic = ElasticViT(vit, "identity", candidate.exits, exit_types=candidate.exit_types)
-    model = elastic.extract(candidate)
+    try:
+        vit = create_model(name, pretrained=False, **kwargs)
+        elastic = ElasticViT(vit, "identity", candidate.exits, exit_types=candidate.exit_types)
+        model = elastic.extract(candidate)
+    except VitParetoError:
+        raise
+    except Exception as e:  # a recipe read from a file: timm's own checks, in one line
+        raise VitParetoError(
+            f"the model recipe in {source!r} cannot be built ({type(e).__name__}: {_line(e)})"
+        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise VitParetoError(f"the weights in {source!r} do not fit its config: {e}") from None
+        raise VitParetoError(
+            f"the weights in {source!r} do not fit its config.json ({_line(e)}): export it again"
+        ) from None
     return model.eval()
+
+
+def _line(e: Exception, limit: int = 300) -> str:
+    """An exception's text in one line, cut at ``limit`` characters (torch lists keys)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def write_model_dir(path: str | os.PathLike, files: dict[str, Any], force: bool = False) -> Path:
     """Write a model directory's ``files`` in one rename (replacing ``path`` only when
-    ``force``)."""
-    return atomic_dir(check_writable(path, force), files, replace=force)
+    ``force``), with the manifest of every file (see ``with_manifest``)."""
+    return atomic_dir(check_writable(path, force), with_manifest(files), replace=force)
 
 
 def save_finetuned(path: str | os.PathLike, result, supernet, force: bool = False) -> Path:

@@ -1,0 +1,107 @@
+"""The manifest of a model directory: every file's SHA-256, checked before any is used.
+
+A directory is copied to other machines and read there (``vitpareto.load``, ``bench``), so
+nothing in it is taken on trust: after copying another trial's ``model.onnx`` over this
+one, ``bench`` would time the other graph under this trial's name, and a hash written
+inside ``config.json`` is switched off by deleting it. ``manifest.json`` lists every file
+but itself and the card, and the card (README.md) carries the manifest's own SHA-256, so
+a reader can check the manifest itself. A directory without one is refused unless the
+user says ``trust`` (``--trust``): then nothing is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+from vitpareto.errors import VitParetoError
+from vitpareto.files import Content
+from vitpareto.search.outputs._schemas import Manifest, read_json
+
+MANIFEST, CARD = "manifest.json", "README.md"
+# the files a reader acts on: one present but not listed is refused, not used unchecked
+KNOWN = (
+    "config.json",
+    "model.safetensors",
+    "metrics.json",
+    "candidate.json",
+    "model.onnx",
+    "model.pt2",
+    "model_static.onnx",
+    "model_static.pt2",
+)
+CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a regular file, read in chunks (a FIFO or a device is refused, not read)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise VitParetoError(f"{str(path)!r} cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise VitParetoError(f"{str(path)!r} is not a regular file; export the model again")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def with_manifest(files: dict[str, Content]) -> dict[str, Content]:
+    """``files`` (name -> content, as ``atomic_dir`` writes them) followed by the manifest
+    of every one of them but the card, then the card ending with the manifest's SHA-256:
+    both written once the files they describe are on disk."""
+    card = files.get(CARD)
+    names = sorted(n for n in files if n not in (CARD, MANIFEST))
+
+    def manifest(dest: Path) -> None:
+        listed = {n: file_sha256(dest.parent / n) for n in names}
+        body = {"kind": "vitpareto-manifest", "format": 1, "files": listed}
+        dest.write_text(json.dumps(body, indent=2) + "\n")
+
+    out = {n: files[n] for n in names}
+    out[MANIFEST] = manifest
+    if card is not None:
+
+        def write_card(dest: Path) -> None:
+            digest = file_sha256(dest.parent / MANIFEST)
+            dest.write_text(f"{card.rstrip()}\n\nmanifest.json SHA-256: `{digest}`\n")
+
+        out[CARD] = write_card
+    return out
+
+
+def verify_dir(path: str | os.PathLike, trust: bool = False) -> dict[str, str] | None:
+    """The manifest's file hashes once every listed file matches it (None with ``trust``,
+    where nothing is checked); one error naming the first file that differs, is missing,
+    or is present but not listed."""
+    path = Path(path)
+    if trust:
+        return None
+    if not (path / MANIFEST).exists():
+        raise VitParetoError(
+            f"{str(path)!r} has no {MANIFEST}, so its files cannot be checked: export the "
+            "model again with this vitpareto, or pass --trust (trust=True) to use them unchecked"
+        )
+    listed = read_json(path / MANIFEST, Manifest, "manifest").files
+    for name in KNOWN:
+        if name not in listed and (path / name).exists():
+            raise VitParetoError(
+                f"{str(path / name)!r} is not in {MANIFEST}: it was added after export; "
+                "remove it, or pass --trust to use the directory unchecked"
+            )
+    for name, expected in listed.items():
+        if not (path / name).exists():
+            raise VitParetoError(
+                f"{str(path / name)!r} is missing (listed in {MANIFEST}); restore it from a copy"
+            )
+        if file_sha256(path / name) != expected:
+            raise VitParetoError(
+                f"{str(path / name)!r} changed after export (its SHA-256 differs from "
+                f"{MANIFEST}'s): restore it from a copy or export again; --trust uses it anyway"
+            )
+    return listed
