@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from torchvision.datasets import ImageFolder
@@ -211,6 +209,8 @@ def _split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarr
     counts = np.unique(labels, return_counts=True)[1]
     k = len(counts)
     stratify = labels if counts.min() >= 2 and n_val >= k and n - n_val >= k else None
+    from sklearn.model_selection import train_test_split  # 1 s of import, on first use
+
     train, val = train_test_split(
         np.arange(n), test_size=n_val, random_state=seed, stratify=stratify
     )
@@ -277,6 +277,8 @@ def _luminance(x: torch.Tensor) -> torch.Tensor:
 
 def _digits(size, seed, val_fraction, norm, limit, memory_limit):
     """scikit-learn's bundled 8x8 digits (values 0..16), split by ``seed``."""
+
+    from sklearn.datasets import load_digits  # 1 s of import, on first use
 
     d = load_digits()
     images = torch.from_numpy(d.images.astype(np.float32)).unsqueeze(1)

@@ -21,8 +21,6 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler
 from optuna.trial import TrialState
-from sklearn.ensemble import ExtraTreesRegressor
-from sklearn.model_selection import cross_val_score
 
 from vitpareto.evaluators import analytic_macs
 from vitpareto.search.explore._config import DIRECTIONS, SearchConfig
@@ -102,6 +100,9 @@ class PredictorSampler(BaseSampler):
         objectives = list(self.config.objectives)
         x = np.array([self._features(t.params) for t in complete])
         y = np.array([t.values for t in complete], dtype=float)
+        from sklearn.ensemble import ExtraTreesRegressor  # 1 s of import, on first use
+        from sklearn.model_selection import cross_val_score
+
         models, errors = {}, {}
         for i, name in enumerate(objectives):
             if name == "macs":
