@@ -3,7 +3,7 @@ the whole validation set and timed again at length, so the best at a speedup is 
 luckiest of many short measurements.
 
 A search times each trial briefly (here 10 interleaved rounds, an exit policy 5 rounds of
-8 images) and its accuracy on a few batches. Taking the best accuracy among trials whose
+16 images) and its accuracy on a few batches. Taking the best accuracy among trials whose
 speedup passed a line selects the ones whose noise ran upward on both counts: in the
 fourth run the same uncut patch-4 exit candidate measured from 1.70x to 2.33x in one
 space. Every trial at least ``FLOOR`` of the lowest target is therefore timed again
@@ -27,7 +27,7 @@ from vitpareto.search.outputs import trials_frame
 from vitpareto.spaces import Candidate
 
 FLOOR = 0.8  # re-time trials whose search speedup reached this share of the lowest target
-ROUNDS = 320  # single-image pairs (a static graph) or 40 rounds of 8 images (exit policy)
+ROUNDS = 320  # single-image pairs (a static graph) or 20 rounds of 16 images (exit policy)
 CONFIRM = 5  # timings (of ROUNDS each) of every trial that decides a verdict
 
 

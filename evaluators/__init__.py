@@ -26,7 +26,9 @@ from vitpareto.evaluators._data import (
 from vitpareto.evaluators._deployed import (
     IMAGES_PER_ROUND,
     ExitPath,
+    apportion,
     first_images,
+    representative,
     time_deployed,
 )
 from vitpareto.evaluators._latency import dynamic_latency, expected_latency
@@ -76,6 +78,8 @@ __all__ = [
     "DYNAMIC",
     "OPSET",
     "IMAGES_PER_ROUND",
+    "apportion",
+    "representative",
     "first_images",
     "DEFAULT_MEAN",
     "ExitPath",

@@ -4,7 +4,8 @@ A compressed model is timed in the form it is deployed in for a runtime (the sam
 graph, the same exported program), interleaved with the full model in the same runtime.
 A model with early exits ships as its exit policy: where the runtime runs that graph
 (eager, ONNX Runtime) it is timed as deployed, on real validation images (whose exits are
-real), against the full model on the same images (``dynamic``). Elsewhere its latency is
+real) chosen so that their routes follow the shares measured on the whole validation set,
+against the full model on the same images (``dynamic``). Elsewhere its latency is
 derived: each exit's path (the blocks before it and every exit head a sample passes on
 its way) is timed, and weighted by the shares of samples leaving there (``derived``).
 """
@@ -23,7 +24,8 @@ from vitpareto.evaluators._precision import head_images
 from vitpareto.evaluators._runtime import DYNAMIC, deployed, prepare
 from vitpareto.evaluators._timing import device_fingerprint
 
-IMAGES_PER_ROUND = 8  # real images timed per round (at least one batch) for an exit policy
+IMAGES_PER_ROUND = 16  # real images timed per round (at least one batch) for an exit policy
+POOL = 4  # rounds' worth of validation images the timed ones are drawn from
 
 
 class ExitPath(nn.Module):
@@ -57,10 +59,46 @@ class ExitPath(nn.Module):
         return out, torch.stack(confidences)
 
 
+def round_images(batch: int) -> int:
+    """Images in one timed round of an exit policy at batch size ``batch`` (whole batches)."""
+    return batch * max(1, math.ceil(IMAGES_PER_ROUND / batch))
+
+
 def first_images(loader, batch: int) -> torch.Tensor:
-    """The first validation images of ``loader``, as many as an exit policy is timed on at
-    batch size ``batch``: the same images for every candidate, the search and the export."""
-    return head_images(loader, max(batch, IMAGES_PER_ROUND))
+    """The first validation images of ``loader`` an exit policy's timed images are drawn
+    from at batch size ``batch`` (``representative``): the same pool for every candidate,
+    the search, the export and ``bench``."""
+    return head_images(loader, POOL * round_images(batch))
+
+
+def apportion(fractions: list[float], n: int) -> list[int]:
+    """``n`` split into whole counts in proportion to ``fractions`` (largest remainders)."""
+    total = sum(fractions) or 1.0
+    exact = [f / total * n for f in fractions]
+    counts = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def representative(model, pool: torch.Tensor, fractions, n: int) -> torch.Tensor:
+    """``n`` images of ``pool`` whose routes through ``model``'s exit policy follow
+    ``fractions`` (the shares of the whole validation set leaving by each route), in pool
+    order: timing the first ``n`` images instead makes the latency the share of those few
+    that happen to leave early, not the share the accuracy was measured with. Without
+    ``fractions`` (or a pool no larger than ``n``), the first ``n``; where the pool has too
+    few images of a route, the next images in order fill the round."""
+    if fractions is None or len(pool) <= n:
+        return pool[:n]
+    with torch.no_grad():
+        where = model.eval().forward_dynamic(pool)[1].cpu()
+    picked: list[int] = []
+    for route, count in enumerate(apportion(list(fractions), n)):
+        picked += (where == route).nonzero().flatten()[:count].tolist()
+    taken = set(picked)
+    picked += [i for i in range(len(pool)) if i not in taken][: n - len(picked)]
+    return pool[sorted(picked)]
 
 
 def batches_of(images: torch.Tensor, batch: int) -> list[torch.Tensor]:
@@ -106,7 +144,9 @@ def time_deployed(
     artifact = time.perf_counter() - start
     out: dict[str, Any] = {"exit_latency_ms": None, "latency_method": "static"}
     if dynamic:
-        rounds = batches_of(images.to(x.device), x.shape[0])
+        n = round_images(x.shape[0])
+        chosen = representative(model, images.to(x.device), exit_fraction, n)
+        rounds = batches_of(chosen, x.shape[0])
         main = measure_pair(
             lambda _: [fn(b) for b in rounds], lambda _: [reference(b) for b in rounds], x,
             **per_round(settings, len(rounds)),
