@@ -24,7 +24,13 @@ from vitpareto.spaces._importance import (
     needs_data,
     rank,
 )
-from vitpareto.spaces._models import check_recipe, create_model, load_checkpoint, load_state
+from vitpareto.spaces._models import (
+    check_recipe,
+    create_model,
+    load_checkpoint,
+    load_state,
+    read_torch,
+)
 from vitpareto.spaces._ops import ExitHead
 from vitpareto.spaces._rope import TokenRope, grid_positions, pair_order, pair_table
 from vitpareto.spaces._space import JointSpace, Knob
@@ -91,6 +97,7 @@ __all__ = [
     "create_model",
     "load_checkpoint",
     "load_state",
+    "read_torch",
     "describe",
     "kept_tokens",
     "rank",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -15,6 +18,11 @@ from vitpareto.errors import VitParetoError
 from vitpareto.spaces._spec import describe
 
 MAX_SIDE = 4096  # pixels: larger inputs are a mistake, not a ViT
+READABLE = (  # what a weights file other than a vitpareto checkpoint may be
+    "is not a checkpoint vitpareto can read: give a state dict saved by "
+    "torch.save (.pt, .pth, .bin; optionally under 'state_dict', 'model' or 'model_ema') "
+    "or a .safetensors file"
+)
 _BOUNDS = (  # option, lowest, highest of a recipe read from a file
     ("img_size", 0, MAX_SIDE),
     ("patch_size", 0, MAX_SIDE),
@@ -118,32 +126,60 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     return load_state(model, _read_state(Path(path)), f"checkpoint {str(path)!r}")
 
 
+def read_torch(path: str | Path, where: str, unreadable: str) -> Any:
+    """``torch.load`` of tensors and plain values only (no code runs), its failures as one
+    line: a file holding code or other objects is named as such, never with torch's advice
+    to load it unsafely; any other failure reads ``where`` + ``unreadable`` (in which
+    ``{error}`` stands for the failure's type)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unpickler errors: all one thing to a user
+        # torch names the function or class a refused file would have called (a GLOBAL);
+        # other refusals are of bytes that are no pickle at all
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and found:
+            raise VitParetoError(
+                f"{where} holds code or objects other than tensors ({found.group(1)}); "
+                "vitpareto loads weights only and never runs code from a file: save the "
+                "weights alone (torch.save(model.state_dict(), PATH)) or as .safetensors"
+            ) from None
+        raise VitParetoError(f"{where} {unreadable.format(error=type(e).__name__)}") from None
+
+
 def _read_state(path: Path) -> dict:
+    """The state dict of a weights file (.safetensors, or torch.save'd, perhaps under
+    'state_dict', 'model' or 'model_ema'), every tensor finite; one line otherwise."""
+    where = f"checkpoint {str(path)!r}"
     if not path.exists():
-        raise VitParetoError(f"checkpoint {str(path)!r} does not exist")
+        raise VitParetoError(f"{where} does not exist")
     if not path.is_file():
-        raise VitParetoError(f"checkpoint {str(path)!r} is not a regular file")
+        raise VitParetoError(f"{where} is not a regular file")
     if path.suffix == ".safetensors":
         try:
             state = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise VitParetoError(
-                f"checkpoint {str(path)!r} is not a readable safetensors file: {e}"
-            ) from None
+            raise VitParetoError(f"{where} is not a readable safetensors file: {e}") from None
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle, zip and unpickler errors all mean "not a checkpoint"
-            raise VitParetoError(
-                f"checkpoint {str(path)!r} is not a readable torch file: {e}"
-            ) from None
+        state = read_torch(path, where, READABLE)
     for key in ("state_dict", "model", "model_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict):
-        raise VitParetoError(f"checkpoint {str(path)!r} holds no state dict")
+        raise VitParetoError(f"{where} holds no state dict")
+    _check_finite(state, where)
     return state
+
+
+def _check_finite(state: dict, where: str) -> None:
+    """Refuse weights that are NaN or infinite, naming the first such tensor: they come
+    from a run that diverged, and training on them would only fail later, misleadingly."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise VitParetoError(
+                f"{where} holds values that are not finite (NaN or inf) in {name!r}: the run "
+                "that saved it diverged; give weights saved before it did"
+            )
 
 
 def load_state(model: nn.Module, state: dict, where: str) -> nn.Module:

@@ -144,6 +144,11 @@ def cmd_query(args) -> int:
         parse_where(args.where)
     if args.sort is not None:
         parse_sort(args.sort)
+    if args.columns is not None and not args.columns.replace(",", "").strip():
+        raise VitParetoError(
+            "--columns names no column; give them comma-separated, e.g. --columns "
+            "trial,accuracy,latency_ms"
+        )
     study = load_study(args.storage, args.study)
     df = full = trials_frame(study)
     if df.empty:

@@ -22,6 +22,7 @@ import sqlalchemy.exc
 
 from vitpareto.bounds import environment_number
 from vitpareto.errors import VitParetoError
+from vitpareto.search.explore._readable import damage_of, damaged, readable
 
 DEFAULT_STORAGE = "sqlite:///results/vitpareto.db"
 HEARTBEAT_S = 10
@@ -134,8 +135,8 @@ def _operational(url: str, e: Exception) -> str:
             f"storage {url!r} could not be read or written ({text}); check the free disk "
             "space and that no other process is replacing the file, then try again"
         )
-    if "malformed" in text or "not a database" in text:
-        return f"storage {url!r} is damaged ({text}); restore it from a copy"
+    if damage_of(e) is not None:
+        return damaged(url, text)
     return f"storage {url!r} cannot be opened as a results database: {text}"
 
 
@@ -302,9 +303,7 @@ def _tables(
                 continue
             if isinstance(e, sqlite3.OperationalError):
                 raise VitParetoError(_operational(url, e)) from None
-            raise VitParetoError(
-                f"storage {url!r}: {str(path)!r} is damaged ({e}); restore it from a copy"
-            ) from None
+            raise VitParetoError(damaged(url, str(e))) from None
     return None
 
 
@@ -325,22 +324,31 @@ def _sqlite_pragmas(storage, write: bool) -> None:
 
 
 def load_study(url: str, name: str, write: bool = False):
-    """An existing study, or one clear error naming the studies that exist."""
+    """An existing study, or one clear error naming the studies that exist. Its attributes
+    and trials are read here, before any work: a damaged file, or a value that is not JSON,
+    is named now in one line (``readable``), not met later as Optuna's traceback."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_study_name(name)
     store = open_storage(url, create=False, write=write)
-    try:
-        return optuna.load_study(study_name=name, storage=store)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise VitParetoError(
-            f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}"
-        ) from None
+    with storage_errors(url), readable(url, store, name):
+        try:
+            study = optuna.load_study(study_name=name, storage=store)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+            raise VitParetoError(
+                f"no study {name!r} in {url}; studies there: {', '.join(names) or 'none'}"
+            ) from None
+        # read now for their errors (the finished trials Optuna keeps: not read twice)
+        study.user_attrs  # noqa: B018
+        study.get_trials(deepcopy=False)
+    return study
 
 
 def study_names(url: str) -> list:
     """The summaries of every study in a database (which must exist)."""
-    return optuna.get_all_study_summaries(open_storage(url, create=False, write=False))
+    store = open_storage(url, create=False, write=False)
+    with storage_errors(url), readable(url, store):
+        return optuna.get_all_study_summaries(store)
 
 
 @contextlib.contextmanager
@@ -354,5 +362,7 @@ def storage_errors(url: str):
         cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) else e
         if isinstance(cause, sqlalchemy.exc.OperationalError):
             raise VitParetoError(_operational(url, cause)) from None
+        if (text := damage_of(cause)) is not None:  # "malformed" is no OperationalError
+            raise VitParetoError(damaged(url, text)) from None
         first = (str(getattr(cause, "orig", cause)).strip().splitlines() or ["?"])[0]
         raise VitParetoError(f"storage {url!r} failed: {first}") from None

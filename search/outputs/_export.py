@@ -43,7 +43,7 @@ from vitpareto.search.outputs._bench import (
     measure_deployed,
 )
 from vitpareto.search.outputs._modeldir import check_writable, model_files, rebuild, write_model_dir
-from vitpareto.search.outputs._query import completed_trials
+from vitpareto.search.outputs._query import completed_trials, stored_candidate
 from vitpareto.spaces import Candidate
 
 
@@ -75,7 +75,7 @@ def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
 def build_model(study, trial, supernet=None, artifacts=None):
     """The trial's compressed model: fine-tuned weights when it has them (from ``artifacts``,
     else where they were stored), else cut from the supernet (the one the study searched)."""
-    cand = Candidate.from_dict(trial.user_attrs["candidate"])
+    cand = stored_candidate(study, trial)
     if "weights_artifact" in trial.user_attrs:
         store = artifacts or trial.user_attrs["artifacts"]
         state = load_weights(store, trial.user_attrs["weights_artifact"])
@@ -87,7 +87,13 @@ def build_model(study, trial, supernet=None, artifacts=None):
             f"--supernet {str(supernet.path)!r} is not the supernet study "
             f"{study.study_name!r} searched (SHA-256 differs)"
         )
-    return supernet.elastic.extract(cand).eval()
+    try:
+        return supernet.elastic.extract(cand).eval()
+    except VitParetoError as e:  # the candidate's fields against the supernet's
+        raise VitParetoError(
+            f"study {study.study_name!r}, trial {trial.number}: its user attribute 'candidate' "
+            f"does not fit the supernet ({e}); a study changed by hand, or another supernet"
+        ) from None
 
 
 def export_trials(

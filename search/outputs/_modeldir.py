@@ -32,10 +32,17 @@ MAX_WEIGHTS = 1 << 36  # bytes of model.safetensors (64 GiB)
 
 
 def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse to overwrite an existing path unless ``force``, and a path that cannot be
+    """Refuse to overwrite an existing path unless ``force``, a symbolic link even with it
+    (replacing one would write where it points, or drop it), and a path that cannot be
     written; return the path."""
     path = Path(path)
-    if path.is_symlink() or (path.exists() and not force):
+    if path.is_symlink():
+        raise VitParetoError(
+            f"{str(path)!r} is a symbolic link (to {os.readlink(path)!r}); vitpareto neither "
+            "writes through nor replaces one, even with --force: remove it or choose another "
+            "--out"
+        )
+    if path.exists() and not force:
         raise VitParetoError(f"{str(path)!r} already exists; choose another path or pass --force")
     if path.exists() and not path.is_dir():
         raise VitParetoError(f"{str(path)!r} exists and is not a directory")

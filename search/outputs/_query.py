@@ -60,15 +60,21 @@ def completed_trials(st) -> list:
         )
     trials = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     for t in trials:
-        try:
-            Candidate.from_dict(t.user_attrs["candidate"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise VitParetoError(
-                f"study {st.study_name!r}, trial {t.number}: no valid candidate stored with it "
-                f"({type(e).__name__}: {str(e)[:80]}); a study not made by vitpareto, or "
-                "changed by hand"
-            ) from None
+        stored_candidate(st, t)
     return trials
+
+
+def stored_candidate(st, trial) -> Candidate:
+    """The candidate ``trial`` of study ``st`` stored, or one line naming the trial and its
+    attribute (a study changed by hand, or not made by vitpareto)."""
+    try:
+        return Candidate.from_dict(trial.user_attrs["candidate"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise VitParetoError(
+            f"study {st.study_name!r}, trial {trial.number}: its user attribute 'candidate' "
+            f"holds no valid candidate ({type(e).__name__}: {str(e)[:120]}); a study not made "
+            "by vitpareto, or changed by hand"
+        ) from None
 
 
 def trials_frame(st):

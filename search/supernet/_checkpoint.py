@@ -23,7 +23,7 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import load_data
 from vitpareto.files import atomic_write
 from vitpareto.search.supernet._integrity import check_schema, first_non_finite, payload_sha256
-from vitpareto.spaces import ElasticViT, JointSpace, create_model, load_state
+from vitpareto.spaces import ElasticViT, JointSpace, create_model, load_state, read_torch
 
 KIND = "vitpareto-supernet"
 FORMAT = 1
@@ -96,9 +96,14 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> str:
     """Write ``payload`` (with the weights' SHA-256 added) atomically; return the hash."""
     bad = first_non_finite(payload["state_dict"])
     if bad is not None:
+        kept = (
+            f"{str(path)!r} keeps its last good epoch"
+            if Path(path).exists()
+            else f"nothing was written to {str(path)!r}"
+        )
         raise VitParetoError(
-            f"training diverged: the weights are not finite ({bad.strip('/')}); "
-            f"{str(path)!r} keeps its last good epoch; train again with a lower --lr"
+            f"training diverged: the weights are not finite ({bad.strip('/')}); {kept}; "
+            "train again with a lower --lr"
         )
     digest = weights_sha256(payload["state_dict"])
     payload = {**payload, "kind": KIND, "format": FORMAT, "sha256": digest}
@@ -120,13 +125,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise VitParetoError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file() or not stat.S_ISREG(os.stat(path).st_mode):
         raise VitParetoError(f"checkpoint {str(path)!r} is not a regular file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip, pickle and unpickler errors all mean the same to a user
-        raise VitParetoError(
-            f"checkpoint {str(path)!r} is corrupted or not a torch file ({type(e).__name__}); "
-            "train again or restore it from a copy"
-        ) from None
+    ckpt = read_torch(
+        path,
+        f"checkpoint {str(path)!r}",
+        "is corrupted or not a torch file ({error}); train again or restore it from a copy",
+    )
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise VitParetoError(
             f"{str(path)!r} is not a vitpareto supernet checkpoint (make one with `vitpareto "

@@ -33,7 +33,8 @@ def load_teacher(
     state-dict file), or the path of a vitpareto checkpoint, whose full model teaches.
     """
     path = Path(name).expanduser()
-    looks_like_file = path.suffix in (".pt", ".pth") or "/" in name
+    # an existing file is a file whatever its suffix (`teacher.bin`, `best`): never a timm name
+    looks_like_file = path.suffix in (".pt", ".pth") or "/" in name or path.is_file()
     if looks_like_file and not path.is_file():
         raise VitParetoError(
             f"teacher {name!r} is not a file; give a vitpareto checkpoint or a timm model name"

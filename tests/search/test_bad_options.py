@@ -149,7 +149,7 @@ def test_export_and_report_paths(capsys, net, db, tmp_path):
     out.mkdir()
     (out / "trial_0").symlink_to(tmp_path / "nowhere")  # a dangling link
     refused(capsys, ["export", "--storage", url, "--study", "s", "--trial", "0", "--out", out],
-            "already exists")  # fmt: skip
+            "is a symbolic link")  # fmt: skip
     (tmp_path / "file").write_text("x")
     refused(capsys, ["report", "--storage", url, "--study", "s", "--out", tmp_path / "file"],
             "is a file")  # fmt: skip

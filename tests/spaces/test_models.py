@@ -89,7 +89,7 @@ def test_checkpoints(tmp_path):
         create_model("deit_tiny_patch16_224", img_size=32, num_classes=10, checkpoint=good)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(VitParetoError, match="is not a readable torch file"):
+    with pytest.raises(VitParetoError, match="is not a checkpoint vitpareto can read"):
         create_model("test_vit", img_size=32, num_classes=10, checkpoint=corrupt)
     with pytest.raises(VitParetoError, match="does not exist"):
         create_model("test_vit", img_size=32, checkpoint=tmp_path / "missing.pth")
