@@ -176,7 +176,7 @@ class Candidate:
         base = cls.full(model)
         unknown = set(knobs) - {f.name for f in dataclasses.fields(cls) if f.init}
         if unknown:
-            raise VitParetoError(f"unknown candidate field(s): {', '.join(sorted(unknown))}")
+            raise VitParetoError(f"unknown candidate field(s): {_names(unknown)}")
         for name in PER_BLOCK:
             if name in knobs:
                 knobs[name] = _per_block(name, knobs[name], getattr(base, name))
@@ -323,7 +323,7 @@ class Candidate:
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = set(data) - names
         if unknown:
-            raise VitParetoError(f"unknown candidate field(s): {', '.join(sorted(unknown))}")
+            raise VitParetoError(f"unknown candidate field(s): {_names(unknown)}")
         missing = set(REQUIRED) - set(data)
         if missing:
             raise VitParetoError(f"candidate is missing field(s): {', '.join(sorted(missing))}")
@@ -384,3 +384,9 @@ def _per_block(name: str, value, full: tuple) -> tuple:
     if isinstance(value, str) and name == "token_mode":
         return (value,) * depth
     return tuple(_seq(name, value))
+
+
+def _names(keys) -> str:
+    """Field names as a user wrote them, quoted where they are not plain names (a name
+    holding a newline stays on one line)."""
+    return ", ".join(k if k.isidentifier() else repr(k) for k in sorted(map(str, keys)))

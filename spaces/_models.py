@@ -50,8 +50,13 @@ def check_recipe(recipe, where: str) -> tuple[str, dict]:
     if not isinstance(recipe, dict) or not isinstance(recipe.get("name"), str):
         raise VitParetoError(f"{where}: the model must be a mapping with a timm `name`")
     kwargs = recipe.get("kwargs", {})
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise VitParetoError(f"{where}: the model's `kwargs` must be a mapping of timm options")
+    if not isinstance(kwargs, dict) or not all(
+        isinstance(k, str) and k.isidentifier() for k in kwargs
+    ):
+        raise VitParetoError(
+            f"{where}: the model's `kwargs` must be a mapping of timm option names "
+            "(Python identifiers) to values"
+        )
     fetching = sorted(set(kwargs) & set(_FETCHING))
     if fetching:
         raise VitParetoError(

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 from tests.helpers.nets import plain_model, searched, small_supernet, trained_supernet
 from tests.helpers.shared import once
@@ -18,6 +19,12 @@ torch.set_num_threads(1)
 # inherit it: torch's default, a thread per core, spins on cores the other worker holds
 # and made a 6-trial search take 4 minutes instead of 1.5
 os.environ["OMP_NUM_THREADS"] = "1"
+# property-based tests draw the same examples on every run (a suite that passes once
+# passes again; a wider random search: VITPARETO_HYPOTHESIS=fuzz), keep no example
+# database in the tree, and have no per-example deadline (the machines are shared)
+settings.register_profile("default", derandomize=True, database=None, deadline=None)
+settings.register_profile("fuzz", database=None, deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("VITPARETO_HYPOTHESIS", "default"))
 
 
 @pytest.fixture(params=list(VARIANTS))

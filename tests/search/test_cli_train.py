@@ -70,6 +70,7 @@ def test_train_resume_and_finetune(trained, tmp_path):
         "config.json",
         "metrics.json",
         "model.safetensors",
+        "manifest.json",
     }
     before = (model_dir / "model.safetensors").read_bytes()
     again = vitpareto(*args, "--out", str(model_dir))
