@@ -129,15 +129,18 @@ NESTED = '{"kind": ' + "[" * 200_000 + "]" * 200_000 + "}"
         (NESTED, ["nested too deeply"]),
     ],
 )
-def test_a_config_asking_for_the_impossible_is_refused_before_it_is_built(d, change, words):
+def test_a_config_asking_for_the_impossible_is_refused_before_it_is_built(capsys, d, change, words):
     if isinstance(change, str):
         (d / "config.json").write_text(change)
     else:
         _edit_json(d / "config.json", change)
+    before = digest(d)
     with pytest.raises(VitParetoError) as e:
         vitpareto.load(d, trust=True)
     assert all(w in str(e.value) for w in words), str(e.value)
     assert "\n" not in str(e.value)
+    refused(capsys, ["bench", d, "--trust"], *words)  # the command that reads it
+    assert digest(d) == before
 
 
 @pytest.mark.parametrize(
