@@ -38,6 +38,7 @@ from vitpareto.evaluators._precision import (
     INT8,
     calibration_images,
     check_precision,
+    kept_graph,
     precision_of,
     quantize_onnx,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "CALIBRATION_IMAGES",
     "INT8",
     "calibration_images",
+    "kept_graph",
     "check_precision",
     "precision_of",
     "quantize_onnx",

@@ -12,9 +12,11 @@ that graph's, timed as every artifact is.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -26,6 +28,8 @@ from vitpareto.spaces import PRECISIONS
 INT8 = ("int8-dynamic", "int8-static")
 RUNS = {"onnxruntime": PRECISIONS}  # a runtime not named here runs float32 alone
 CALIBRATION_IMAGES = 64  # training images an int8-static candidate's ranges are set on
+KEPT = 2  # quantized graphs kept in memory for the latency that follows their accuracy
+_kept: OrderedDict[str, bytes] = OrderedDict()
 
 
 def check_precision(precisions, runtime: str) -> tuple[str, ...]:
@@ -55,6 +59,34 @@ def precision_of(model: nn.Module) -> str:
     inner = getattr(model, "model", model)
     candidate = getattr(inner, "candidate", None) or getattr(model, "candidate", None)
     return getattr(candidate, "precision", "fp32")
+
+
+def graph_key(model: nn.Module) -> str:
+    """What a quantized graph of ``model`` depends on: its candidate and every weight (an
+    exit policy and the model it wraps have the same key)."""
+    h = hashlib.blake2b(digest_size=20)
+    inner = getattr(model, "model", model)
+    h.update(repr(getattr(inner, "candidate", None)).encode())
+    for t in inner.state_dict().values():
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def keep_graph(model: nn.Module, path) -> None:
+    """Keep the quantized graph at ``path`` (the one ``model``'s accuracy was measured on)
+    for ``kept_graph``: the latency measured next times that very file instead of
+    exporting and quantizing the model a second time."""
+    with open(path, "rb") as f:
+        _kept[graph_key(model)] = f.read()
+    while len(_kept) > KEPT:
+        _kept.popitem(last=False)
+
+
+def kept_graph(model: nn.Module) -> bytes | None:
+    """The quantized graph last kept for ``model`` (same candidate, same weights), if any."""
+    if precision_of(model) == "fp32" or not _kept:
+        return None
+    return _kept.get(graph_key(model))
 
 
 def quantize_onnx(src, dst, precision: str, calibration: torch.Tensor | None = None) -> None:

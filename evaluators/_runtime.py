@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
-from vitpareto.evaluators._precision import precision_of, quantize_onnx
+from vitpareto.evaluators._precision import kept_graph, precision_of, quantize_onnx
 from vitpareto.spaces import DeployedViT, norm_kind
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "cudagraphs", "tensorrt")
@@ -74,9 +74,10 @@ def prepare(
     """A callable running ``model`` (as given: wrap it in ``deployed`` for the exit
     policy) on inputs shaped like ``example`` under ``runtime``; for ONNX Runtime, the
     graph in the file ``onnx`` when given (an exported model's own), else one exported now
-    as ``vitpareto export`` writes it, quantized to the candidate's precision (an int8-static
-    graph's ranges set on ``example``: they change its constants, not its operators or
-    their speed)."""
+    as ``vitpareto export`` writes it, quantized to the candidate's precision: the very
+    graph its accuracy was measured on when that was kept (``kept_graph``), else one
+    quantized now (an int8-static graph's ranges set on ``example``: they change its
+    constants, not its operators or their speed)."""
     check_runtime(runtime, example.device)
     model = model.eval()
     if runtime == "eager":
@@ -93,11 +94,16 @@ def prepare(
     else:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.onnx")
-            export_onnx(model, example, path)
-            precision = precision_of(model)
-            if precision != "fp32":
-                path, fp32 = os.path.join(tmp, "int8.onnx"), path
-                quantize_onnx(fp32, path, precision, example)
+            kept = kept_graph(model)
+            if kept is not None:  # the quantized graph its accuracy was just measured on
+                with open(path, "wb") as f:
+                    f.write(kept)
+            else:
+                export_onnx(model, example, path)
+                precision = precision_of(model)
+                if precision != "fp32":
+                    path, fp32 = os.path.join(tmp, "int8.onnx"), path
+                    quantize_onnx(fp32, path, precision, example)
             session = ort_session(path, example.device)
 
     def run(x: torch.Tensor):

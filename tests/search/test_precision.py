@@ -11,12 +11,19 @@ import sys
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import optuna
 import pytest
 import torch
 
 from tests.helpers.cli import vitpareto
-from vitpareto.evaluators import check_precision
+from vitpareto.evaluators import (
+    AccuracyEvaluator,
+    calibration_images,
+    check_precision,
+    kept_graph,
+    prepare,
+)
 from vitpareto.search import SearchConfig, load_supernet, search
 from vitpareto.spaces import Candidate, JointSpace, VitParetoError
 
@@ -112,3 +119,34 @@ def test_an_int8_candidate_ships_quantized_and_is_scored_on_its_file(
     assert float(run.stdout) == pytest.approx(trial.user_attrs["accuracy"], abs=1e-12)
     loaded = optuna.load_study(study_name="q", storage=url)
     assert loaded.user_attrs["space"]["precision"] == [precision]
+
+
+@pytest.mark.slow  # ONNX exports and quantization
+def test_an_int8_candidates_latency_times_the_graph_its_accuracy_was_measured_on(small_net):
+    """One export and quantization per trial: the latency that follows the accuracy times
+    that very graph. An int8-static graph calibrated on the training images (the
+    accuracy's) gives other outputs than one calibrated on the timing's input, so outputs
+    that change once the accuracy was measured, to the kept graph's, show it was reused."""
+    net = load_supernet(small_net)
+    cand = Candidate.full(net.elastic.spec).replace(precision="int8-static")
+    model = net.elastic.extract(cand).eval()
+    data = net.load_data(batch_size=16)
+    x = next(iter(data.val))[0]
+    noise = torch.randn(1, *x.shape[1:]) * 5
+
+    def outputs(m):  # the graph prepare() times for ``m``, on x
+        return np.asarray(prepare(m, noise, "onnxruntime")(x))
+
+    assert kept_graph(model) is None
+    before = outputs(model)  # exported and calibrated on the timing's input
+    calibration = calibration_images(data.train)
+    AccuracyEvaluator(data.val, max_batches=1, calibration=calibration).score(
+        model, net.elastic.spec
+    )
+    kept = ort.InferenceSession(kept_graph(model), providers=["CPUExecutionProvider"])
+    after = outputs(model)
+    assert np.array_equal(after, kept.run(None, {"images": x.numpy()})[0])
+    assert not np.array_equal(after, before)
+    with torch.no_grad():
+        model.vit.head.bias.add_(1e-3)
+    assert kept_graph(model) is None  # other weights: another graph
