@@ -1,13 +1,14 @@
-# make demo: the main job on the embedded default; make test: lint, format check and the
-# whole suite (the 25 slowest tests listed); make test-fast: the tests not marked slow
-# (no servers, subprocesses or training), for the inner loop.
+# make demo: the main job on the embedded default; make test: lint, format check, the
+# documentation built in strict mode and the whole suite (the 25 slowest tests listed);
+# make test-fast: the tests not marked slow (no servers, subprocesses or training), for the
+# inner loop; make docs: the documentation site, into build/site/.
 # Both (re)create .venv when it is missing or older than pyproject.toml.
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format bench clean
+.PHONY: demo test test-fast lint docs format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) && $(PY) -c 'import sys' 2>/dev/null || $(PYTHON) -m venv --clear $(VENV)
@@ -21,6 +22,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=25
@@ -36,4 +41,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_compress.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build/site build/api

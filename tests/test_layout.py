@@ -123,17 +123,24 @@ def test_no_package_imports_another_packages_private_modules():
     assert not wrong, "\n".join(wrong)
 
 
-def test_tests_benchmarks_and_readme_use_public_names_only():
+def test_tests_benchmarks_readme_and_docs_use_public_names_only():
+    """As a user would: what the README and the pages under docs/ show (and the hooks
+    that build the site) imports no private module."""
     wrong = []
-    for path in [*(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]:
+    for path in [
+        *(ROOT / "tests").rglob("*.py"),
+        *(ROOT / "benchmarks").rglob("*.py"),
+        *(ROOT / "docs").rglob("*.py"),
+    ]:
         for target, names, line, _ in imports(path):
             ts = [target] + [f"{target}.{n}" for n in names if n.startswith("_")]
             if any(t.startswith("vitpareto") and _private_owner(t) for t in ts):
                 wrong.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
-    readme = (ROOT / "README.md").read_text()
-    for m in re.finditer(r"(?:from|import) (vitpareto[\w.]*)", readme):
-        if _private_owner(m.group(1)):
-            wrong.append(f"README.md imports {m.group(1)}")
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = page.read_text()
+        for m in re.finditer(r"(?:from|import) (vitpareto[\w.]*)", text):
+            if _private_owner(m.group(1)):
+                wrong.append(f"{page.relative_to(ROOT)} imports {m.group(1)}")
     assert not wrong, "\n".join(wrong)
 
 
