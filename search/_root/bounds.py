@@ -151,7 +151,7 @@ OPTIONS: dict[str, Bound] = {
     # reading and timing results
     "limit": _whole(1, 10**9, "of rows"),
     "trial": _whole(0, 2**31 - 1, "(a trial's number)"),
-    "repeats": _whole(1, 100_000, "of timed rounds"),
+    "repeats": _whole(2, 100_000, "of timed rounds (two at least, to state a spread)"),
 }
 
 # environment variables: (bound, default)

@@ -18,6 +18,9 @@ class _Parser(argparse.ArgumentParser):
     are one line, as every other mistake is, saying where the options are listed."""
 
     def error(self, message: str):
+        message = " ".join(message.split())  # one line, whatever the value held
+        if len(message) > 300:  # a 5000-digit value is not worth repeating whole
+            message = message[:300] + " ..."
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 

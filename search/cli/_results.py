@@ -21,6 +21,7 @@ from vitpareto.search.outputs import (
     bench_dirs,
     export_trials,
     format_bench,
+    names,
     parse_sort,
     parse_where,
     pick_trials,
@@ -163,7 +164,7 @@ def cmd_query(args) -> int:
         cols = [c.strip() for c in args.columns.split(",") if c.strip()]
         missing = [c for c in cols if c not in df.columns]
         if missing:
-            raise VitParetoError(f"--columns: no column {', '.join(missing)}")
+            raise VitParetoError(f"--columns: no column {names(missing)}")
     elif args.format == "table":
         cols = [c for c in MAIN_COLUMNS if c in df.columns]
     else:
@@ -174,7 +175,10 @@ def cmd_query(args) -> int:
     elif args.format == "json":
         print(df.to_json(orient="records", indent=1))
     else:
-        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        if df.empty:  # not pandas' "Empty DataFrame": say so, then the front as always
+            print(f"no trial of {len(full)} matches", file=sys.stderr)
+        else:
+            print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         hv, ref = front_hypervolume_of(study, full)
         print(
             f"front: {int(full['pareto'].sum())} of {len(full)} trials, hypervolume {hv:.4f} "

@@ -57,8 +57,11 @@ def readable(url: str, storage, study: str | None = None):
     not JSON, its study, trial and attribute named."""
     try:
         yield
-    except json.JSONDecodeError as e:
-        raise VitParetoError(_undecodable(url, storage.engine, study, e)) from None
+    except ValueError as e:  # JSON's own, or a number past Python's 4300 digits
+        found = _undecodable(url, storage.engine, study)
+        if found is None and not isinstance(e, json.JSONDecodeError):
+            raise  # not a stored value's: Optuna's or ours, as it is
+        raise VitParetoError(found or _unfound(url, study, e)) from None
     except (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError) as e:
         text = damage_of(e)
         if text is None:
@@ -66,9 +69,9 @@ def readable(url: str, storage, study: str | None = None):
         raise VitParetoError(damaged(url, text)) from None
 
 
-def _undecodable(url: str, engine, study: str | None, error: json.JSONDecodeError) -> str:
+def _undecodable(url: str, engine, study: str | None) -> str | None:
     """Which stored value is not JSON, found by decoding every JSON column the way Optuna
-    does; a line about the study as a whole when none is found (then it was Optuna's)."""
+    does (None when every one decodes)."""
     for table, label, name_col, json_col, per_trial in _JSON_COLUMNS:
         join = (
             "JOIN trials t ON t.trial_id = a.trial_id JOIN studies s ON s.study_id = t.study_id"
@@ -93,6 +96,11 @@ def _undecodable(url: str, engine, study: str | None, error: json.JSONDecodeErro
                     f"{where}: its {label} {name!r} is not valid JSON ({e}); the database "
                     "was changed by hand or by another program: restore it from a copy"
                 )
+    return None
+
+
+def _unfound(url: str, study: str | None, error: ValueError) -> str:
+    """A line about the study as a whole, when no single stored value is to blame."""
     what = f"study {study!r}" if study is not None else "a study"
     return (
         f"storage {url!r}: a value stored in {what} is not valid JSON ({error}); the database "

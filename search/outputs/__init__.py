@@ -16,7 +16,7 @@ from vitpareto.search.outputs._export import (
     pick_trials,
     portable_files,
 )
-from vitpareto.search.outputs._expr import ExpressionError, parse_sort, parse_where
+from vitpareto.search.outputs._expr import ExpressionError, names, parse_sort, parse_where
 from vitpareto.search.outputs._modeldir import (
     check_writable,
     load_model,
@@ -58,6 +58,7 @@ __all__ = [
     "measure",
     "model_card",
     "model_files",
+    "names",
     "parse_sort",
     "parse_where",
     "pick_trials",

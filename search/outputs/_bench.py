@@ -146,10 +146,10 @@ def bench_dirs(
     """Each exported directory timed as it ships (see the module), and the full model;
     every directory checked (``check_dirs``) before any is timed."""
     rows, full, prepared, references = [], None, {}, {}
-    for d, (cfg, stored) in zip(dirs, check_dirs(dirs, runtime, trust), strict=True):
+    for d, (cfg, stored, model) in zip(dirs, check_dirs(dirs, runtime, trust), strict=True):
         rt = runtime or stored.get("deployed_runtime") or stored.get("runtime") or "eager"
         b = batch or stored.get("deployed_batch") or stored.get("batch_size") or 1
-        model = load_model(d, device, trust=True)  # its files were checked just now
+        model = model.to(resolve_device(device))
         recipe = json.dumps(cfg["model"], sort_keys=True)
         if recipe not in references:  # one full model per recipe, for every directory of it
             references[recipe] = full_model(cfg["model"])
@@ -201,11 +201,12 @@ def format_bench(rows: list[dict[str, Any]]) -> str:
 
 def check_dirs(
     dirs: list[Path], runtime: str | None = None, trust: bool = False
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Each directory's config and metrics, once all are checked before any is timed:
-    every file against the manifest (unless ``trust``), config.json and metrics.json
-    against their schemas, model.onnx a regular file, and an int8 model refused under a
-    runtime that cannot run its quantized file."""
+) -> list[tuple[dict[str, Any], dict[str, Any], Any]]:
+    """Each directory's config, metrics and model (on the CPU), once all are checked
+    before any is timed: every file against the manifest (unless ``trust``), config.json
+    and metrics.json against their schemas, the model built and its weights loaded,
+    model.onnx a regular file, and an int8 model refused under a runtime that cannot run
+    its quantized file."""
     checked = []
     for d in dirs:
         d = Path(d)
@@ -222,5 +223,5 @@ def check_dirs(
                 f"{str(d)!r} ships a {precision} model.onnx, which runs under --runtime "
                 f"onnxruntime, not {runtime}"
             )
-        checked.append((cfg, stored))
+        checked.append((cfg, stored, load_model(d, "cpu", trust=True)))  # checked just now
     return checked

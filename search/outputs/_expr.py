@@ -201,7 +201,7 @@ def where_rows(df: pd.DataFrame, text: str) -> pd.DataFrame:
     unknown = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(df.columns))
     if unknown:
         raise ExpressionError(
-            f"--where {text!r}: no column {', '.join(unknown)}; columns: {', '.join(map(str, df.columns))}"
+            f"--where {text!r}: no column {names(unknown)}; columns: {names(df.columns)}"
         )
     with np.errstate(all="ignore"):
         try:
@@ -319,13 +319,19 @@ def parse_sort(text: str) -> list[tuple[str, bool]]:
     return [(k.lstrip("-"), not k.startswith("-")) for k in keys]
 
 
+def names(columns) -> str:
+    """Column names as a user types them, comma-separated; a name that is not a plain one
+    (a newline in an attribute stored by hand) quoted, so a message stays one line."""
+    return ", ".join(c if str(c).isidentifier() else repr(c) for c in map(str, columns))
+
+
 def sort_rows(df: pd.DataFrame, text: str) -> pd.DataFrame:
     """``df`` sorted by ``--sort`` text (see ``parse_sort``)."""
     keys = parse_sort(text)
     missing = [c for c, _ in keys if c not in df.columns]
     if missing:
         raise ExpressionError(
-            f"--sort: no column {', '.join(missing)}; columns: {', '.join(map(str, df.columns))}"
+            f"--sort: no column {names(missing)}; columns: {names(df.columns)}"
         )
     try:
         return df.sort_values([c for c, _ in keys], ascending=[a for _, a in keys])

@@ -14,16 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
 from vitpareto.errors import VitParetoError
-from vitpareto.files import Content
+from vitpareto.files import Content, read_text
 from vitpareto.search.outputs._schemas import Manifest, read_json
 
 MANIFEST, CARD = "manifest.json", "README.md"
+OWN = "manifest.json SHA-256:"  # the card's line holding the manifest's own hash
 # the files a reader acts on: one present but not listed is refused, not used unchecked
-KNOWN = (
+KNOWN = (  # and any name starting with "model" (an ONNX graph's external data)
     "config.json",
     "model.safetensors",
     "metrics.json",
@@ -55,7 +57,7 @@ def with_manifest(files: dict[str, Content]) -> dict[str, Content]:
     """``files`` (name -> content, as ``atomic_dir`` writes them) followed by the manifest
     of every one of them but the card, then the card ending with the manifest's SHA-256:
     both written once the files they describe are on disk."""
-    card = files.get(CARD)
+    card = files.get(CARD) or "# A vitpareto model\n\nLoad it with `vitpareto.load(dir)`.\n"
     names = sorted(n for n in files if n not in (CARD, MANIFEST))
 
     def manifest(dest: Path) -> None:
@@ -63,16 +65,27 @@ def with_manifest(files: dict[str, Content]) -> dict[str, Content]:
         body = {"kind": "vitpareto-manifest", "format": 1, "files": listed}
         dest.write_text(json.dumps(body, indent=2) + "\n")
 
-    out = {n: files[n] for n in names}
-    out[MANIFEST] = manifest
-    if card is not None:
+    def write_card(dest: Path) -> None:
+        digest = file_sha256(dest.parent / MANIFEST)
+        dest.write_text(f"{card.rstrip()}\n\n{OWN} `{digest}`\n")
 
-        def write_card(dest: Path) -> None:
-            digest = file_sha256(dest.parent / MANIFEST)
-            dest.write_text(f"{card.rstrip()}\n\nmanifest.json SHA-256: `{digest}`\n")
+    return {**{n: files[n] for n in names}, MANIFEST: manifest, CARD: write_card}
 
-        out[CARD] = write_card
-    return out
+
+def _check_card(path: Path) -> None:
+    """The manifest's own SHA-256 against the one its card (README.md) holds."""
+    card = path / CARD
+    if not card.exists():
+        raise VitParetoError(
+            f"{str(card)!r} is missing: the card holds {MANIFEST}'s SHA-256; restore it from "
+            "a copy or export again, or pass --trust to use the directory unchecked"
+        )
+    found = re.search(rf"{re.escape(OWN)} `([0-9a-f]{{64}})`", read_text(card, 1 << 20, "card"))
+    if found is None or found.group(1) != file_sha256(path / MANIFEST):
+        raise VitParetoError(
+            f"{str(path / MANIFEST)!r} changed after export (its SHA-256 differs from the one "
+            f"{CARD} holds): restore both from a copy or export again; --trust uses it anyway"
+        )
 
 
 def verify_dir(path: str | os.PathLike, trust: bool = False) -> dict[str, str] | None:
@@ -88,7 +101,8 @@ def verify_dir(path: str | os.PathLike, trust: bool = False) -> dict[str, str] |
             "model again with this vitpareto, or pass --trust (trust=True) to use them unchecked"
         )
     listed = read_json(path / MANIFEST, Manifest, "manifest").files
-    for name in KNOWN:
+    _check_card(path)
+    for name in sorted(set(KNOWN) | {p.name for p in path.glob("model*")}):
         if name not in listed and (path / name).exists():
             raise VitParetoError(
                 f"{str(path / name)!r} is not in {MANIFEST}: it was added after export; "

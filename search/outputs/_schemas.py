@@ -28,15 +28,16 @@ MAX_CLASSES = 10**6
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
 Batch = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH)]
+Format = Annotated[int, Field(strict=True, ge=1, le=1)]  # 1; neither 1.0 nor true
 Runtime = Literal[RUNTIMES]  # type: ignore[valid-type]
 
 
 class ModelConfig(BaseModel):
     """``config.json``: what builds the model (recipe, candidate) and names its outputs."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     kind: Literal["vitpareto-model"]
-    format: Literal[1]
+    format: Format
     model: dict[str, Any]
     candidate: dict[str, Any]
     classes: list[Annotated[str, Field(max_length=1000)]] = Field(max_length=MAX_CLASSES)
@@ -71,9 +72,9 @@ class Manifest(BaseModel):
     """``manifest.json``: the SHA-256 of every file of the directory but itself and the
     card (which holds the manifest's own SHA-256)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     kind: Literal["vitpareto-manifest"]
-    format: Literal[1]
+    format: Format
     files: dict[FileName, Sha256] = Field(min_length=1, max_length=256)
 
 
@@ -84,7 +85,7 @@ def read_json(path: str | os.PathLike, schema: type[BaseModel], what: str) -> Ba
     text = read_text(path, MAX_JSON, what)
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or a number past Python's 4300 digits
         raise VitParetoError(f"{str(path)!r} is not valid JSON: {e}") from None
     except RecursionError:
         raise VitParetoError(f"{str(path)!r} is nested too deeply to be a {what}") from None
@@ -98,6 +99,6 @@ def _first(e: ValidationError) -> str:
     """The first of a validation's errors, in a line: where, what, and how many more."""
     errors = e.errors(include_url=False, include_input=False)
     err = errors[0]
-    where = ".".join(str(p) for p in err["loc"]) or "the file"
+    where = ".".join(p if p.isidentifier() else repr(p) for p in map(str, err["loc"]))
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {err['msg']}{more}"
+    return " ".join(f"{where or 'the file'}: {err['msg']}{more}".split())  # one line

@@ -71,6 +71,7 @@ def test_train_resume_and_finetune(trained, tmp_path):
         "metrics.json",
         "model.safetensors",
         "manifest.json",
+        "README.md",
     }
     before = (model_dir / "model.safetensors").read_bytes()
     again = vitpareto(*args, "--out", str(model_dir))

@@ -200,3 +200,48 @@ def test_any_json_in_metrics_is_refused_or_read(d, value, key):
         check_dirs([d], trust=True)
     except VitParetoError as e:
         assert "\n" not in str(e)
+
+
+def _rehash(d, name) -> None:
+    """Write ``name``'s new SHA-256 into the manifest, as one who edits both would."""
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256((d / name).read_bytes()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_manifest_rewritten_to_match_is_caught_by_its_card(capsys, d):
+    _edit_json(d / "config.json", lambda c: c.update(classes=["cat"] * 10))
+    _rehash(d, "config.json")
+    refused(capsys, ["bench", d], "manifest.json' changed after export", "README.md")
+    (d / "README.md").unlink()
+    refused(capsys, ["bench", d], "README.md' is missing", "--trust")
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("manifest.json", '{"kind": "vitpareto-manifest", "format": 1%s, "files": {}}' % ("1" * 5000)),
+        ("manifest.json", '{"kind": "vitpareto-manifest", "format": 1.0, "files": {"a": "%s"}}' % ("0" * 64)),
+        ("manifest.json", '{"kind": "vitpareto-manifest", "format": 1, "files": {"config.json\\n": "%s"}}' % ("0" * 64)),
+        ("metrics.json", '{"batch_size": 1%s}' % ("1" * 5000)),
+        ("config.json", '{"kind": "vitpareto-model", "format": 1%s}' % ("1" * 5000)),
+    ],
+)  # fmt: skip
+def test_numbers_past_pythons_limit_and_odd_keys_are_one_line(capsys, d, name, text):
+    (d / name).write_text(text)
+    refused(capsys, ["bench", d] + (["--trust"] if name != "manifest.json" else []), name)
+
+
+def test_a_file_named_like_the_model_but_not_listed_is_refused(capsys, d):
+    (d / "model.onnx.data").write_bytes(b"external weights")
+    refused(capsys, ["bench", d], "model.onnx.data", "not in manifest.json")
+
+
+def test_bench_checks_every_directory_before_timing_any(capsys, exported, d, tmp_path):
+    """A bad directory after a good one: refused before the good one is timed."""
+    blob = bytearray((d / "model.safetensors").read_bytes())
+    blob[200:260] = b"\xff" * 60  # the safetensors header, garbled
+    (d / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(VitParetoError, match="model.safetensors"):
+        check_dirs([exported, d], trust=True)  # what bench runs before it times any
+    refused(capsys, ["bench", exported, d, "--trust"], "model.safetensors")
