@@ -124,7 +124,8 @@ def rank(
 
     ``criterion``: see ``importance_scores``, or scores already computed (one
     ``BlockScores`` per block). Returns, per block, the original indices now at each
-    position: ``heads`` [H], ``qk`` [H][head_dim] (per original head) and ``mlp`` [hidden].
+    position: ``heads`` ``[H]``, ``qk`` ``[H][head_dim]`` (per original head) and ``mlp``
+    ``[hidden]``.
     """
     if isinstance(criterion, (str,)) or callable(criterion):
         scores = importance_scores(model, criterion, data, batches)

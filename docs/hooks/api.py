@@ -6,25 +6,19 @@ source reader of mkdocstrings cannot follow: it looks for ``vitpareto/spaces/``.
 build lays the packages out as a wheel would, as links under ``build/api/vitpareto``
 (ignored by git), and mkdocs.yml points mkdocstrings there.
 
-Some docstrings write shapes in brackets (``[H][head_dim]``), which Markdown reads as a
-reference link and autorefs reports as a cross-reference it cannot find. Those are shown
-as written; their warnings are counted and reported once, as information, so that strict
-mode still fails on every other warning. A cross-reference to a dotted name (an API
-object) that cannot be found still fails the build.
+Docstrings write shapes in code spans (````[H][head_dim]````): bare brackets read as a
+Markdown reference link, which strict mode refuses as a missing cross-reference.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "build" / "api"
-BRACKETED = re.compile(r"from \S+\.py:\d+: .*Could not find cross-reference target '[^.']+'$")
 PACKAGE_DIR = re.compile(r'^"(vitpareto[\w.]*)"\s*=\s*"([^"]+)"', re.M)  # package-dir lines
-log = logging.getLogger("mkdocs.hooks.api")
 
 
 def lay_out() -> None:
@@ -45,36 +39,5 @@ def lay_out() -> None:
             where.symlink_to(source, target_is_directory=True)
 
 
-class Bracketed(logging.Filter):
-    """Drops autorefs' warnings about bracketed words in docstrings, counting them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.levelno == logging.WARNING and BRACKETED.search(message):
-            self.seen.append(message)
-            return False
-        return True
-
-
-BRACKETS = Bracketed()
-
-
 def on_startup(**kwargs) -> None:
     lay_out()  # before mkdocstrings starts: it keeps only the search paths that exist
-
-
-def on_config(config, **kwargs):
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("mkdocs.plugins.mkdocs_autorefs"):
-            logging.getLogger(name).addFilter(BRACKETS)
-    BRACKETS.seen.clear()
-    return config
-
-
-def on_post_build(config, **kwargs) -> None:
-    for message in BRACKETS.seen:
-        log.info("bracketed words in a docstring, shown as written: %s", message)
