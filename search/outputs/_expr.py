@@ -330,9 +330,7 @@ def sort_rows(df: pd.DataFrame, text: str) -> pd.DataFrame:
     keys = parse_sort(text)
     missing = [c for c, _ in keys if c not in df.columns]
     if missing:
-        raise ExpressionError(
-            f"--sort: no column {names(missing)}; columns: {names(df.columns)}"
-        )
+        raise ExpressionError(f"--sort: no column {names(missing)}; columns: {names(df.columns)}")
     try:
         return df.sort_values([c for c, _ in keys], ascending=[a for _, a in keys])
     except TypeError as e:  # a column of mixed types: strings beside numbers
