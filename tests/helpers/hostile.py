@@ -8,6 +8,9 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from vitpareto.search.cli import main
 
 
@@ -40,3 +43,20 @@ def copy_db(src: Path, dst: Path) -> Path:
     ):
         a.backup(b)
     return dst
+
+
+def trials_table() -> pd.DataFrame:
+    """A small table of trials as `query` reads them: numbers, a NaN, booleans and strings
+    (what the --where and --sort grammar is tried on)."""
+    return pd.DataFrame(
+        {
+            "trial": [0, 1, 2, 3, 4],
+            "accuracy": [0.91, 0.95, 0.88, np.nan, 0.97],
+            "latency_ms": [3.0, 5.5, 2.0, 4.0, 9.0],
+            "macs": [100, 200, 50, 150, 400],
+            "heads_b3": [3, 2, 1, 3, 3],
+            "patch_size": [8, 4, 8, 16, 4],
+            "pareto": [True, False, True, False, True],
+            "fidelity": ["shared", "shared", "finetuned", "shared", "finetuned"],
+        }
+    )

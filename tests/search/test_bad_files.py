@@ -25,24 +25,6 @@ from vitpareto.search.explore import open_storage
 from vitpareto.search.supernet import SupernetTrainer, read_checkpoint
 
 
-@pytest.fixture(scope="module")
-def net(small_net):
-    return small_net
-
-
-@pytest.fixture(scope="module")
-def db(small_study):
-    return small_study
-
-
-@pytest.fixture(scope="module")
-def model_dir(net, db, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    assert main(["export", "--storage", db[1], "--study", "s", "--trial", "0", "--out",
-                 str(out), "--supernet", str(net), "--no-portable"]) == 0  # fmt: skip
-    return out / "trial_0"
-
-
 def _damaged(net, tmp_path, change) -> str:
     ckpt = torch.load(net, weights_only=True)
     change(ckpt)

@@ -15,17 +15,6 @@ import pytest
 from tests.helpers.hostile import digest, refused
 from tests.helpers.nets import small_supernet
 
-
-@pytest.fixture(scope="module")
-def net(small_net):
-    return small_net
-
-
-@pytest.fixture(scope="module")
-def db(small_study):
-    return small_study
-
-
 TRAIN = ["train", "--model", "test_vit", "--dataset", "digits"]
 
 

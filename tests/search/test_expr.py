@@ -5,30 +5,19 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
 
 from tests.helpers.cli import vitpareto
+from tests.helpers.hostile import trials_table
 from vitpareto.search.outputs import ExpressionError, parse_where, select
 from vitpareto.spaces import Candidate, create_model
 
 
 @pytest.fixture
 def df():
-    return pd.DataFrame(
-        {
-            "trial": [0, 1, 2, 3, 4],
-            "accuracy": [0.91, 0.95, 0.88, np.nan, 0.97],
-            "latency_ms": [3.0, 5.5, 2.0, 4.0, 9.0],
-            "macs": [100, 200, 50, 150, 400],
-            "heads_b3": [3, 2, 1, 3, 3],
-            "patch_size": [8, 4, 8, 16, 4],
-            "pareto": [True, False, True, False, True],
-            "fidelity": ["shared", "shared", "finetuned", "shared", "finetuned"],
-        }
-    )
+    return trials_table()
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -30,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.cli import vitpareto
+from tests.helpers.hostile import trials_table
 from vitpareto.search.outputs import ExpressionError, parse_where, select
 from vitpareto.spaces import Candidate, create_model
 
@@ -47,23 +47,7 @@ MARKER = Path(tempfile.gettempdir()) / f"vitpareto-expr-sentinel-{os.getpid()}"
 RAN: list[str] = []
 
 
-def frame() -> pd.DataFrame:
-    """The ``df`` fixture of test_expr.py: numbers, a NaN, booleans and strings."""
-    return pd.DataFrame(
-        {
-            "trial": [0, 1, 2, 3, 4],
-            "accuracy": [0.91, 0.95, 0.88, np.nan, 0.97],
-            "latency_ms": [3.0, 5.5, 2.0, 4.0, 9.0],
-            "macs": [100, 200, 50, 150, 400],
-            "heads_b3": [3, 2, 1, 3, 3],
-            "patch_size": [8, 4, 8, 16, 4],
-            "pareto": [True, False, True, False, True],
-            "fidelity": ["shared", "shared", "finetuned", "shared", "finetuned"],
-        }
-    )
-
-
-DF = frame()
+DF = trials_table()
 
 # literals a person writes, and hostile ones (huge, beyond float64, NaN-like, not numbers)
 PLAIN = st.one_of(

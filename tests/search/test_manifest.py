@@ -24,18 +24,15 @@ from vitpareto.search.outputs import check_dirs, model_files, write_model_dir
 LISTED = {"config.json", "model.safetensors", "metrics.json", "candidate.json"}
 
 
-@pytest.fixture(scope="module")
-def exported(small_net, small_study, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    assert main(["export", "--storage", small_study[1], "--study", "s", "--trial", "0",
-                 "--out", str(out), "--supernet", str(small_net), "--no-portable"]) == 0  # fmt: skip
-    return out / "trial_0"
+@pytest.fixture
+def exported(model_dir):
+    return model_dir
 
 
 @pytest.fixture
-def d(exported, tmp_path):
+def d(model_dir, tmp_path):
     copy = tmp_path / "m"
-    shutil.copytree(exported, copy)
+    shutil.copytree(model_dir, copy)
     return copy
 
 

@@ -31,16 +31,6 @@ from vitpareto.spaces import create_model
 READERS = ("query", "studies", "report", "export")
 
 
-@pytest.fixture(scope="module")
-def net(small_net):
-    return small_net
-
-
-@pytest.fixture(scope="module")
-def db(small_study):
-    return small_study
-
-
 def _export(url: str, out: Path, net: Path, *extra) -> list:
     """`vitpareto export` of trial 1, quickly (no portable files, no timing)."""
     return ["export", "--storage", url, "--study", "s", "--trial", "1", "--out", out,

@@ -22,7 +22,7 @@ from tests.helpers.hostile import refused
 from tests.helpers.options import commands, numeric_options, required_args
 from vitpareto.bounds import ENVIRONMENT, OPTIONS, environment_number
 from vitpareto.errors import VitParetoError
-from vitpareto.search.cli import main, parse
+from vitpareto.search.cli import parse
 from vitpareto.search.explore import open_storage
 
 TRAIN = ["train", "--model", "test_vit", "--dataset", "digits"]
@@ -125,14 +125,6 @@ def test_a_seed_beyond_32_bits_is_refused_before_a_study_is_created(
 
 def test_the_largest_seed_is_accepted():
     assert parse([*TRAIN, "--out", "n.pt", "--seed", str(2**32 - 1)]).seed == 2**32 - 1
-
-
-@pytest.fixture(scope="module")
-def model_dir(small_net, small_study, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    assert main(["export", "--storage", small_study[1], "--study", "s", "--trial", "0",
-                 "--out", str(out), "--supernet", str(small_net), "--no-portable"]) == 0  # fmt: skip
-    return out / "trial_0"
 
 
 def test_bench_on_a_gpu_that_does_not_exist_is_refused_as_search_refuses_it(capsys, model_dir):
