@@ -60,3 +60,30 @@ def trials_table() -> pd.DataFrame:
             "fidelity": ["shared", "shared", "finetuned", "shared", "finetuned"],
         }
     )
+
+
+READERS = ("query", "studies", "report", "export")
+
+
+def export_args(url: str, out: Path, net: Path, *extra) -> list:
+    """`vitpareto export` of trial 1, quickly (no portable files, no timing)."""
+    return ["export", "--storage", url, "--study", "s", "--trial", "1", "--out", out,
+            "--supernet", net, "--no-portable", "--no-measure", *extra]  # fmt: skip
+
+
+def reader_args(command: str, url: str, tmp_path: Path, net: Path) -> list:
+    """The command line of a command that reads a results database."""
+    if command == "studies":
+        return ["studies", "--storage", url]
+    if command == "report":
+        return ["report", "--storage", url, "--study", "s", "--out", tmp_path / "rep"]
+    if command == "export":
+        return export_args(url, tmp_path / "exp", net)
+    return [command, "--storage", url, "--study", "s"]
+
+
+def sql(path, statement: str, *args) -> None:
+    """One statement on an SQLite file, committed and closed (its log written back)."""
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        c.execute(statement, args)
+        c.commit()

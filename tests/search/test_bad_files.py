@@ -3,7 +3,6 @@ refused with one line naming what is wrong, nothing run, fetched or overwritten.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 import vitpareto
-from tests.helpers.hostile import copy_db, digest, refused
+from tests.helpers.hostile import copy_db, digest, refused, sql
 from vitpareto.bounds import MAX_INPUT_SHARE, check_input, memory_bytes
 from vitpareto.errors import VitParetoError
 from vitpareto.search import load_supernet
@@ -150,25 +149,18 @@ def test_a_batch_larger_than_memory_is_refused_before_it_is_allocated():
         check_input(60000, (3, 224, 224))
 
 
-def _sql(path, statement: str, *args) -> None:
-    """One statement on an SQLite file, committed and closed (its log written back)."""
-    with contextlib.closing(sqlite3.connect(path)) as c:
-        c.execute(statement, args)
-        c.commit()
-
-
 def test_a_database_changed_by_hand(capsys, db, tmp_path):
     path = tmp_path / "r.db"
     copy_db(db[0], path)
     url = f"sqlite:///{path}"
-    _sql(path, "UPDATE trial_user_attributes SET value_json=? WHERE key=?", '"x"', "candidate")
+    sql(path, "UPDATE trial_user_attributes SET value_json=? WHERE key=?", '"x"', "candidate")
     before = digest(path)
     refused(capsys, ["query", "--storage", url, "--study", "s"], "no valid candidate")
     refused(capsys, ["report", "--storage", url, "--study", "s", "--out", tmp_path / "rep"],
             "no valid candidate")  # fmt: skip
     assert digest(path) == before and not (tmp_path / "rep").exists()
     objectives = '["accuracy", "latency_ms", "macs"]'
-    _sql(path, "UPDATE study_user_attributes SET value_json=? WHERE key='objectives'", objectives)
+    sql(path, "UPDATE study_user_attributes SET value_json=? WHERE key='objectives'", objectives)
     refused(capsys, ["query", "--storage", url, "--study", "s"], "names 3 objectives")
 
 
@@ -190,11 +182,11 @@ def test_what_is_wrong_with_a_database_is_named(capsys, db, tmp_path):
     (tmp_path / "damaged.db-wal").write_bytes(b"")
     refused(capsys, [*q, f"sqlite:///{damaged}"], "damaged", "restore it from a copy")
     other = tmp_path / "other.db"
-    _sql(other, "CREATE TABLE t (x)")
+    sql(other, "CREATE TABLE t (x)")
     refused(capsys, [*q, f"sqlite:///{other}"], "another program")
     newer = tmp_path / "newer.db"
     copy_db(db[0], newer)
-    _sql(newer, "UPDATE alembic_version SET version_num='v99.0.0'")
+    sql(newer, "UPDATE alembic_version SET version_num='v99.0.0'")
     refused(capsys, [*q, f"sqlite:///{newer}"], "newer Optuna")
     refused(capsys, [*q, f"sqlite:///{tmp_path / 'none.db'}"], "no database at")
     assert not (tmp_path / "none.db").exists()

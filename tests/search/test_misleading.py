@@ -19,34 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.cli import SMALL, vitpareto
-from tests.helpers.hostile import copy_db, digest, refused
+from tests.helpers.cli import SMALL
+from tests.helpers.hostile import READERS, copy_db, digest, export_args, reader_args, refused
 from tests.helpers.searches import stored
 from vitpareto.errors import VitParetoError
 from vitpareto.files import atomic_dir, atomic_write, check_parent
 from vitpareto.search.cli import main
 from vitpareto.search.supernet import load_teacher
 from vitpareto.spaces import create_model
-
-READERS = ("query", "studies", "report", "export")
-
-
-def _export(url: str, out: Path, net: Path, *extra) -> list:
-    """`vitpareto export` of trial 1, quickly (no portable files, no timing)."""
-    return ["export", "--storage", url, "--study", "s", "--trial", "1", "--out", out,
-            "--supernet", net, "--no-portable", "--no-measure", *extra]  # fmt: skip
-
-
-def _reader(command: str, url: str, tmp_path: Path, net: Path) -> list:
-    """The command line of a command that reads a results database."""
-    if command == "studies":
-        return ["studies", "--storage", url]
-    if command == "report":
-        return ["report", "--storage", url, "--study", "s", "--out", tmp_path / "rep"]
-    if command == "export":
-        return _export(url, tmp_path / "exp", net)
-    return [command, "--storage", url, "--study", "s"]
-
 
 # -- a damaged results database -------------------------------------------------------------
 
@@ -63,11 +43,11 @@ def _garble(path: Path, table: str) -> None:
 
 @pytest.mark.parametrize("table", ["trial_user_attributes", "trials", "studies", "trial_values"])
 @pytest.mark.parametrize("command", READERS)
-def test_a_damaged_database_is_named_by_every_reader(capsys, net, db, tmp_path, table, command):
+def test_a_damaged_database_is_named_by_everyreader_args(capsys, net, db, tmp_path, table, command):
     path = copy_db(db[0], tmp_path / "r.db")
     _garble(path, table)
     before = digest(path)
-    line = refused(capsys, _reader(command, f"sqlite:///{path}", tmp_path, net),
+    line = refused(capsys, reader_args(command, f"sqlite:///{path}", tmp_path, net),
                    "is damaged", "restore it from a copy", ".recover")  # fmt: skip
     assert "invalid data in the commit" not in line
     assert digest(path) == before
@@ -109,7 +89,9 @@ def test_a_stored_candidate_that_is_not_one_names_the_trial(
     path = copy_db(db[0], tmp_path / "r.db")
     _set_candidate(path, value_json)
     before = stored(path)
-    refused(capsys, _reader(command, f"sqlite:///{path}", tmp_path, net), "trial 1", "'candidate'")
+    refused(
+        capsys, reader_args(command, f"sqlite:///{path}", tmp_path, net), "trial 1", "'candidate'"
+    )
     assert stored(path) == before
     assert not (tmp_path / "rep").exists() and not (tmp_path / "exp").exists()
 
@@ -122,7 +104,7 @@ def test_a_candidate_that_does_not_fit_the_supernet_names_the_trial(
 ):
     path = copy_db(db[0], tmp_path / "r.db")
     _set_candidate(path, json.dumps({**_candidate(db), **change}))
-    refused(capsys, _reader("export", f"sqlite:///{path}", tmp_path, net),
+    refused(capsys, reader_args("export", f"sqlite:///{path}", tmp_path, net),
             "trial 1", "'candidate'", next(iter(change)))  # fmt: skip
     assert not (tmp_path / "exp").exists()
 
@@ -239,7 +221,7 @@ def test_export_force_onto_a_symbolic_link_says_so(capsys, net, db, tmp_path):
     target = tmp_path / "elsewhere"
     target.mkdir()
     (out / "trial_1").symlink_to(target)
-    line = refused(capsys, _export(db[1], out, net, "--force"),
+    line = refused(capsys, export_args(db[1], out, net, "--force"),
                    "symbolic link", "remove it or choose another --out")  # fmt: skip
     assert "pass --force" not in line
     assert (out / "trial_1").is_symlink() and not list(target.iterdir())
@@ -319,11 +301,11 @@ def test_a_live_writer_keeps_its_lock_while_it_writes(tmp_path):
     assert seen == {"locked": True} and dest.read_bytes() == b"x"
 
 
-def test_a_stale_temporary_folder_is_removed_at_the_next_export(net, db, tmp_path):
+def test_a_stale_temporary_folder_is_removed_at_the_nextexport_args(net, db, tmp_path):
     out = tmp_path / "models"
     out.mkdir()
     stale = _leftover(out / "trial_1", 2 * HOUR, folder=True)
-    assert main([str(a) for a in _export(db[1], out, net)]) == 0
+    assert main([str(a) for a in export_args(db[1], out, net)]) == 0
     assert not stale.exists() and (out / "trial_1" / "config.json").exists()
     assert sorted(p.name for p in out.iterdir()) == ["trial_1"]
 
@@ -379,49 +361,3 @@ def test_a_live_writer_in_another_process_keeps_its_file_a_killed_one_does_not(t
     assert tmp.exists()
     atomic_write(dest, b"next")
     assert not tmp.exists() and dest.read_bytes() == b"next"
-
-
-# -- what a hostile database or option text makes of a message ------------------------------
-
-
-def _sql(path: Path, statement: str, *args) -> None:
-    with contextlib.closing(sqlite3.connect(path)) as c:
-        c.execute(statement, args)
-        c.commit()
-
-
-@pytest.mark.parametrize("command", READERS)
-def test_a_stored_number_past_pythons_digit_limit_names_the_trial(
-    capsys, net, db, tmp_path, command
-):
-    path = copy_db(db[0], tmp_path / "r.db")
-    _sql(path, "UPDATE trial_user_attributes SET value_json = ? WHERE key = 'macs' "
-         "AND trial_id = (SELECT MIN(trial_id) FROM trial_user_attributes)", "1" * 5000)  # fmt: skip
-    before = stored(path)
-    refused(
-        capsys, _reader(command, f"sqlite:///{path}", tmp_path, net), "'macs'", "not valid JSON"
-    )
-    assert stored(path) == before
-
-
-def test_a_column_name_holding_a_newline_stays_on_one_line(capsys, db, tmp_path):
-    path = copy_db(db[0], tmp_path / "r.db")
-    _sql(path, "UPDATE trial_user_attributes SET key = ? WHERE key = 'macs'", "evil\nline")
-    url = f"sqlite:///{path}"
-    refused(
-        capsys, ["query", "--storage", url, "--study", "s", "--sort", "nosuch"], "'evil\\nline'"
-    )
-    refused(capsys, ["query", "--storage", url, "--study", "s", "--columns", "a\nb"], "'a\\nb'")
-
-
-def test_a_query_matching_nothing_says_so(capsys, db):
-    args = ["query", "--storage", db[1], "--study", "s", "--where", "accuracy > 2"]
-    assert main(args) == 0
-    out = capsys.readouterr()
-    assert "Empty DataFrame" not in out.out and "no trial of 3 matches" in out.err
-
-
-def test_a_value_argparse_refuses_is_not_repeated_whole():
-    out = vitpareto("query", "--study", "s", "--limit", "1" * 5000)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "--limit" in out.stderr and len(out.stderr) < 500
