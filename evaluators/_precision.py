@@ -12,7 +12,6 @@ that graph's, timed as every artifact is.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import tempfile
@@ -23,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
-from vitpareto.spaces import PRECISIONS
+from vitpareto.spaces import PRECISIONS, weights_sha256
 
 INT8 = ("int8-dynamic", "int8-static")
 RUNS = {"onnxruntime": PRECISIONS}  # a runtime not named here runs float32 alone
@@ -64,12 +63,8 @@ def precision_of(model: nn.Module) -> str:
 def graph_key(model: nn.Module) -> str:
     """What a quantized graph of ``model`` depends on: its candidate and every weight (an
     exit policy and the model it wraps have the same key)."""
-    h = hashlib.blake2b(digest_size=20)
     inner = getattr(model, "model", model)
-    h.update(repr(getattr(inner, "candidate", None)).encode())
-    for t in inner.state_dict().values():
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return repr(getattr(inner, "candidate", None)) + weights_sha256(inner.state_dict())
 
 
 def keep_graph(model: nn.Module, path) -> None:

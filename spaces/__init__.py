@@ -30,6 +30,7 @@ from vitpareto.spaces._models import (
     load_checkpoint,
     load_state,
     read_torch,
+    weights_sha256,
 )
 from vitpareto.spaces._ops import ExitHead
 from vitpareto.spaces._rope import TokenRope, grid_positions, pair_order, pair_table
@@ -98,6 +99,7 @@ __all__ = [
     "load_checkpoint",
     "load_state",
     "read_torch",
+    "weights_sha256",
     "describe",
     "kept_tokens",
     "rank",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import pickle
 import re
 from pathlib import Path
@@ -13,11 +14,11 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from vitpareto.bounds import memory_bytes
+from vitpareto.bounds import MAX_IMG_SIZE, memory_bytes
 from vitpareto.errors import VitParetoError
 from vitpareto.spaces._spec import describe
 
-MAX_SIDE = 4096  # pixels: larger inputs are a mistake, not a ViT
+MAX_SIDE = MAX_IMG_SIZE  # pixels: larger inputs are a mistake, not a ViT
 READABLE = (  # what a weights file other than a vitpareto checkpoint may be
     "is not a checkpoint vitpareto can read: give a state dict saved by "
     "torch.save (.pt, .pth, .bin; optionally under 'state_dict', 'model' or 'model_ema') "
@@ -213,3 +214,13 @@ def load_state(model: nn.Module, state: dict, where: str) -> nn.Module:
         )
     model.load_state_dict(state)
     return model
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the weights' names, shapes, dtypes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -236,3 +237,19 @@ def read_text(path: str | os.PathLike, limit: int = 1 << 20, what: str = "file")
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise VitParetoError(f"{what} {str(path)!r} is not UTF-8 text") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a regular file, read in chunks (a FIFO or a device is refused, not read)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise VitParetoError(f"{str(path)!r} cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise VitParetoError(f"{str(path)!r} is not a regular file")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -15,12 +15,12 @@ exits together, by distillation from the original.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 import sys
 from pathlib import Path
 
 from vitpareto.errors import VitParetoError
+from vitpareto.files import file_sha256
 from vitpareto.search.cli._common import check_patch
 from vitpareto.search.cli._train import model_spec
 from vitpareto.search.explore import default_artifacts
@@ -234,12 +234,3 @@ def _ranked(args, name: str, kwargs: dict):
         )  # fmt: skip
     trainer.space = space.bind(trainer.elastic)
     return trainer
-
-
-def file_sha256(path) -> str:
-    """The SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -26,7 +26,8 @@ from vitpareto.evaluators import (
     resolve_device,
     time_deployed,
 )
-from vitpareto.search.outputs._manifest import file_sha256, verify_dir
+from vitpareto.files import file_sha256
+from vitpareto.search.outputs._manifest import verify_dir
 from vitpareto.search.outputs._modeldir import METRICS, load_model, read_config
 from vitpareto.search.outputs._schemas import Metrics, read_json
 from vitpareto.spaces import Candidate, ElasticViT, check_recipe, create_model

@@ -11,15 +11,13 @@ user says ``trust`` (``--trust``): then nothing is checked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import stat
 from pathlib import Path
 
 from vitpareto.errors import VitParetoError
-from vitpareto.files import Content, read_text
+from vitpareto.files import Content, file_sha256, read_text
 from vitpareto.search.outputs._schemas import Manifest, read_json
 
 MANIFEST, CARD = "manifest.json", "README.md"
@@ -35,22 +33,6 @@ KNOWN = (  # and any name starting with "model" (an ONNX graph's external data)
     "model_static.onnx",
     "model_static.pt2",
 )
-CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a regular file, read in chunks (a FIFO or a device is refused, not read)."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise VitParetoError(f"{str(path)!r} cannot be read ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise VitParetoError(f"{str(path)!r} is not a regular file; export the model again")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def with_manifest(files: dict[str, Content]) -> dict[str, Content]:

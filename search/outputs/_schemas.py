@@ -11,12 +11,11 @@ line naming the file and the field. The model recipe inside ``config.json`` is b
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vitpareto.bounds import MAX_BATCH
 from vitpareto.errors import VitParetoError
@@ -55,17 +54,10 @@ class Metrics(BaseModel):
     deployed_runtime: Runtime | None = None
     batch_size: Batch | None = None
     deployed_batch: Batch | None = None
-    latency_ms: float | None = Field(default=None, ge=0)
+    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     exit_fraction: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
         default=None, max_length=1024
     )
-
-    @field_validator("latency_ms")
-    @classmethod
-    def _finite(cls, v):
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be a finite number of milliseconds")
-        return v
 
 
 class Manifest(BaseModel):

@@ -10,7 +10,6 @@ verifies both, the entries' types and that every number is finite.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -23,20 +22,17 @@ from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import load_data
 from vitpareto.files import atomic_write
 from vitpareto.search.supernet._integrity import check_schema, first_non_finite, payload_sha256
-from vitpareto.spaces import ElasticViT, JointSpace, create_model, load_state, read_torch
+from vitpareto.spaces import (
+    ElasticViT,
+    JointSpace,
+    create_model,
+    load_state,
+    read_torch,
+    weights_sha256,
+)
 
 KIND = "vitpareto-supernet"
 FORMAT = 1
-
-
-def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the weights' names, shapes, dtypes and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @dataclass
