@@ -202,23 +202,20 @@ def greedy_scores(gram: torch.Tensor) -> torch.Tensor:
     n = g.shape[0]
     diag = g.diagonal().clone()
     left = diag.clone()
-    factors = torch.zeros(n, n, dtype=g.dtype)
+    rows = torch.zeros(n, n, dtype=g.dtype)  # row i: the factor of the i-th part chosen
+    taken = torch.zeros(n, dtype=torch.bool)
     chosen: list[int] = []
     floor = 1e-10 * float(diag.max().clamp_min(1e-300))
     for i in range(n):
-        masked = left.clone()
-        if chosen:
-            masked[chosen] = -torch.inf
+        masked = left.masked_fill(taken, -torch.inf)
         j = int(masked.argmax())
         if masked[j] <= floor:
             break
         chosen.append(j)
-        col = (g[:, j] - factors[:, :i] @ factors[j, :i]) / masked[j].sqrt()
-        factors[:, i] = col
-        left = left - col.pow(2)
-    rest = [
-        j for j in torch.argsort(diag, descending=True, stable=True).tolist() if j not in chosen
-    ]
+        taken[j] = True
+        rows[i] = (g[:, j] - rows[:i].T @ rows[:i, j]) / masked[j].sqrt()
+        left = left - rows[i].pow(2)
+    rest = [j for j in torch.argsort(diag, descending=True, stable=True).tolist() if not taken[j]]
     order = chosen + rest
     scores = torch.empty(n)
     scores[torch.tensor(order)] = torch.arange(n, 0, -1, dtype=torch.float)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +29,6 @@ from vitpareto.evaluators import (
     channel_norm,
     check_onnxscript,
     deployed,
-    export_onnx,
     export_pt2,
     first_images,
     precision_of,
@@ -138,7 +138,6 @@ def export_trials(
 
 
 def _write(study, trials, dirs, models, supernet, force, portable, timing, progress, calibration):
-    attrs = study.user_attrs
     written = []
     for t, d, model in tqdm(
         list(zip(trials, dirs, models, strict=True)),
@@ -149,26 +148,44 @@ def _write(study, trials, dirs, models, supernet, force, portable, timing, progr
     ):
         metrics = {k: v for k, v in t.user_attrs.items() if k not in ("artifacts",)}
         metrics.update(study=study.study_name, trial=t.number, values=list(t.values))
-        if timing is not None:  # this machine's latency of what is written, as it ships
-            metrics.update(timing(model, t.user_attrs.get("exit_fraction")))
-            why = disagreement(metrics)
-            if why:
-                print(f"warning: trial {t.number}: {why}", file=sys.stderr)
-        files = model_files(
-            model,
-            attrs["model"]["name"],
-            attrs["model"]["kwargs"],
-            attrs.get("classes") or _classes(supernet, model),
-            metrics,
-            attrs.get("supernet_sha256"),
-            preprocessing(model),
-        )
-        files["candidate.json"] = json.dumps(t.user_attrs["candidate"], indent=2) + "\n"
-        files["README.md"] = model_card(study, t, model, metrics)
-        if portable:
-            files.update(portable_files(model, calibration))
-        written.append(write_model_dir(d, files, force=force))
+        with tempfile.TemporaryDirectory() as tmp:
+            portable_set = portable_files(model, calibration) if portable else {}
+            onnx = None
+            if "model.onnx" in portable_set:  # written once: timed, then copied in
+                onnx = os.path.join(tmp, "model.onnx")
+                portable_set["model.onnx"](Path(onnx))
+                portable_set["model.onnx"] = _copy_of(onnx)
+            if timing is not None:  # this machine's latency of the very file written
+                metrics.update(timing(model, t.user_attrs.get("exit_fraction"), onnx))
+                why = disagreement(metrics)
+                if why:
+                    print(f"warning: trial {t.number}: {why}", file=sys.stderr)
+            written.append(_files_of(study, t, model, supernet, metrics, portable_set, d, force))
     return written
+
+
+def _copy_of(src: str):
+    """Content that copies the file ``src`` into place (``atomic_dir`` writes it)."""
+    return lambda dest: shutil.copyfile(src, dest)
+
+
+def _files_of(study, t, model, supernet, metrics, portable_set, d, force) -> Path:
+    """Write trial ``t``'s model directory ``d``: its recipe, weights, metrics, card and
+    ``portable_set`` (the files that load without vitpareto)."""
+    attrs = study.user_attrs
+    files = model_files(
+        model,
+        attrs["model"]["name"],
+        attrs["model"]["kwargs"],
+        attrs.get("classes") or _classes(supernet, model),
+        metrics,
+        attrs.get("supernet_sha256"),
+        preprocessing(model),
+    )
+    files["candidate.json"] = json.dumps(t.user_attrs["candidate"], indent=2) + "\n"
+    files["README.md"] = model_card(study, t, model, metrics)
+    files.update(portable_set)
+    return write_model_dir(d, files, force=force)
 
 
 def export_calibration(models, supernet):
@@ -193,18 +210,26 @@ def portable_files(model, calibration=None) -> dict[str, Any]:
     x = torch.randn(2, *image_shape(model))  # 2: a batch of 1 would be specialised
     shipped = deployed(model)
     precision = precision_of(model)
+    made = tempfile.TemporaryDirectory()  # each module captured once for both its files
+
+    def pair(stem: str, module) -> tuple[Path, Path]:
+        pt2, onnx = Path(made.name) / f"{stem}.pt2", Path(made.name) / f"{stem}.onnx"
+        if not pt2.exists():
+            export_pt2(module, x, pt2, onnx=onnx)
+        return pt2, onnx
 
     def onnx(dest):
+        fp32 = pair("model", shipped)[1]
         if precision == "fp32":
-            return export_onnx(shipped, x, dest)
-        with tempfile.TemporaryDirectory() as tmp:
-            export_onnx(shipped, x, os.path.join(tmp, "fp32.onnx"))
-            quantize_onnx(os.path.join(tmp, "fp32.onnx"), dest, precision, calibration)
+            return shutil.copyfile(fp32, dest)
+        quantize_onnx(fp32, dest, precision, calibration)
 
-    files = {"model.pt2": lambda dest: export_pt2(shipped, x, dest), "model.onnx": onnx}
+    files = {"model.pt2": lambda dest: shutil.copyfile(pair("model", shipped)[0], dest),
+             "model.onnx": onnx}  # fmt: skip
     if shipped is not model:
-        files["model_static.pt2"] = lambda dest: export_pt2(model, x, dest)
-        files["model_static.onnx"] = lambda dest: export_onnx(model, x, dest)
+        for suffix in (0, 1):
+            name = ("model_static.pt2", "model_static.onnx")[suffix]
+            files[name] = lambda dest, i=suffix: shutil.copyfile(pair("static", model)[i], dest)
     return files
 
 
@@ -219,10 +244,9 @@ def deployed_timing(study, supernet, device: str = "cpu", repeats: int = 20):
     else:
         reference, images = full_model(study.user_attrs["model"]), None
     prepared: dict = {}  # the reference exported for the runtime once, not once per model
-    return lambda model, fraction: measure_deployed(
-        model, reference, runtime, batch, device, images, fraction, repeats=repeats,
-        prepared=prepared,
-    )  # fmt: skip
+    return lambda model, fraction, onnx=None: measure_deployed(
+        model, reference, runtime, batch, device, images, fraction, onnx, repeats, prepared
+    )
 
 
 def _classes(supernet, model) -> list[str]:

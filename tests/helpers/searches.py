@@ -64,13 +64,15 @@ def candidates(trials) -> list[str]:
     return [json.dumps(t.user_attrs["candidate"], sort_keys=True) for t in trials]
 
 
-def kill_and_resume(cmd: list[str], kill_at: int) -> None:
+def kill_and_resume(cmd: list[str], kill_at: int, front: bool = False) -> None:
     """Run a search (``cmd``), SIGKILL it once ``kill_at`` trials are complete, run it
     again: every trial completed before the kill is kept as it was, the study ends with
-    exactly the trials asked for, and no candidate is counted twice."""
+    exactly the trials asked for, and no candidate is counted twice. The resumed run
+    skips the front's second stage unless ``front`` (the killed one never reaches it)."""
     url, name = cmd[cmd.index("--storage") + 1], cmd[cmd.index("--study") + 1]
     trials = int(cmd[cmd.index("--trials") + 1])
-    cmd = [*cmd, "--front-rounds", "0"]  # the search's trials are the point, not its front
+    if not front:  # the search's trials are the point, not its front
+        cmd = [*cmd, "--front-rounds", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     try:

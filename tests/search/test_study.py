@@ -3,12 +3,6 @@ for another supernet, constraints respected."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -114,49 +108,6 @@ def test_bad_storage_and_options(nets, tmp_path):
         SearchConfig(objectives=("speed",))
     with pytest.raises(VitParetoError, match="cannot be opened"):
         search(net, "nosuchdb://x", "s", 2, SearchConfig(**CONFIG), progress=False)
-
-
-def test_sigkill_mid_search_loses_nothing(nets, tmp_path):
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "vitpareto.search.cli",
-        "search",
-        "--supernet",
-        str(nets[0]),
-        "--storage",
-        url,
-        "--study",
-        "k",
-        "--trials",
-        "8",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        done = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            try:
-                done = _complete(url, "k")
-            except KeyError:  # the study is not created yet
-                continue
-            if len(done) >= 3:
-                break
-        assert proc.poll() is None, "the search ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    kept = {t.number: t.values for t in _complete(url, "k")}
-    assert len(kept) >= 3
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    after = _complete(url, "k")
-    assert len(after) == 8
-    assert all(kept[n] == t.values for t in after if (n := t.number) in kept)
 
 
 def test_query_front_filters_and_formats(nets, tmp_path):
