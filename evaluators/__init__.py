@@ -39,6 +39,7 @@ from vitpareto.evaluators._precision import (
     calibration_images,
     check_precision,
     kept_graph,
+    native_half,
     precision_of,
     quantize_onnx,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "calibration_images",
     "kept_graph",
     "check_precision",
+    "native_half",
     "precision_of",
     "quantize_onnx",
     "DYNAMIC",

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from vitpareto.evaluators._base import Evaluator
 from vitpareto.evaluators._cost import exit_macs
 from vitpareto.evaluators._deployed_accuracy import artifact_accuracy
+from vitpareto.evaluators._precision import INT8
 from vitpareto.evaluators._timing import resolve_device
 from vitpareto.spaces import (
     Candidate,
@@ -204,7 +205,7 @@ class AccuracyEvaluator(Evaluator):
         if not total:
             raise VitParetoError("no samples to evaluate: the loader yielded no batches")
         metrics = _metrics(total, exit_macs(spec, candidate))
-        if candidate.precision != "fp32":  # the accuracy of what ships: the int8 graph
+        if candidate.precision in INT8:  # the accuracy of what ships: the int8 graph
             metrics["fp32_accuracy"] = metrics["accuracy"]
             metrics["accuracy"] = artifact_accuracy(model, self._batches(), self.calibration)
         return metrics

@@ -45,17 +45,17 @@ class ExitPath(nn.Module):
             confidences.append(out.softmax(-1).amax(-1))
         if self.index < stages:
             return out, torch.stack(confidences)
-        x = m._stem(x)
+        x = m._stem(m._in(x))
         start = 0
         exits = list(zip(m.exit_heads, m.exit_after, strict=True))[: self.index - stages + 1]
         for head, at in exits:
             for blk in m.vit.blocks[start:at]:
                 x = blk(x)
             start = at
-            out = head(x)
+            out = m._out(head(x))
             confidences.append(out.softmax(-1).amax(-1))
         if self.index == m.routes:  # the final head, after every stage and exit
-            out = m.vit.forward_head(m.vit.norm(m.vit.blocks[start:](x)))
+            out = m._out(m.vit.forward_head(m.vit.norm(m.vit.blocks[start:](x))))
         return out, torch.stack(confidences)
 
 

@@ -22,18 +22,25 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
-from vitpareto.spaces import PRECISIONS, weights_sha256
+from vitpareto.spaces import HALF, PRECISIONS, weights_sha256
 
 INT8 = ("int8-dynamic", "int8-static")
-RUNS = {"onnxruntime": PRECISIONS}  # a runtime not named here runs float32 alone
+RUNS = {  # what each runtime runs; bf16 and fp16 only where the device computes them natively
+    "onnxruntime": ("fp32", *INT8),
+    "eager": ("fp32", *HALF),
+    "compile": ("fp32", *HALF),
+    "cudagraphs": ("fp32", *HALF),
+    "tensorrt": ("fp32", *HALF),
+}
 CALIBRATION_IMAGES = 64  # training images an int8-static candidate's ranges are set on
 KEPT = 2  # quantized graphs kept in memory for the latency that follows their accuracy
 _kept: OrderedDict[str, bytes] = OrderedDict()
 
 
-def check_precision(precisions, runtime: str) -> tuple[str, ...]:
-    """The precisions a search may try, checked against the runtime that runs them; one
-    it cannot run is refused, with the runtime that can, before any work."""
+def check_precision(precisions, runtime: str, device: str = "cpu") -> tuple[str, ...]:
+    """The precisions a search may try, checked against the runtime that runs them and the
+    device it runs on (``device``: where latency is timed); one they cannot run is
+    refused, with what can, before any work."""
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
     precisions = tuple(precisions)
@@ -47,10 +54,39 @@ def check_precision(precisions, runtime: str) -> tuple[str, ...]:
             raise VitParetoError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
         if p not in RUNS.get(runtime, ("fp32",)):
             raise VitParetoError(
-                f"precision {p!r} does not run under --runtime {runtime}: int8 is ONNX "
-                "Runtime's quantization of the exported graph; add --runtime onnxruntime"
+                f"precision {p!r} does not run under --runtime {runtime}: {_fix(p)}"
             )
+        why = native_half(p, device)
+        if why:
+            raise VitParetoError(f"precision {p!r} does not run natively here: {why}")
     return precisions
+
+
+def _fix(precision: str) -> str:
+    if precision in INT8:
+        return (
+            "int8 is ONNX Runtime's quantization of the exported graph; add --runtime onnxruntime"
+        )
+    return (
+        "bf16 and fp16 are the PyTorch model's own weights and activations; use --runtime "
+        "eager, compile or (on CUDA) cudagraphs"
+    )
+
+
+def native_half(precision: str, device: str = "cpu") -> str | None:
+    """Why ``precision`` (bf16 or fp16) would not run natively on ``device``, or None: a
+    CPU emulating it in float32 would time a model slower than the full one and mislead.
+    On CUDA the target's own GPU decides (checked where it runs)."""
+    if precision not in HALF or str(device).startswith("cuda"):
+        return None
+    if precision == "bf16" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    ):
+        return None
+    if precision == "fp16" and torch.cpu._is_amx_fp16_supported():
+        return None
+    need = "AVX512-BF16 or AMX" if precision == "bf16" else "AMX-FP16"
+    return f"this CPU has no {need} instructions; search it on a CUDA device (--device cuda)"
 
 
 def precision_of(model: nn.Module) -> str:
@@ -79,7 +115,7 @@ def keep_graph(model: nn.Module, path) -> None:
 
 def kept_graph(model: nn.Module) -> bytes | None:
     """The quantized graph last kept for ``model`` (same candidate, same weights), if any."""
-    if precision_of(model) == "fp32" or not _kept:
+    if precision_of(model) not in INT8 or not _kept:
         return None
     return _kept.get(graph_key(model))
 

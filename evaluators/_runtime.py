@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from vitpareto.errors import VitParetoError
-from vitpareto.evaluators._precision import kept_graph, precision_of, quantize_onnx
+from vitpareto.evaluators._precision import INT8, kept_graph, precision_of, quantize_onnx
 from vitpareto.spaces import DeployedViT, norm_kind
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "cudagraphs", "tensorrt")
@@ -101,7 +101,7 @@ def prepare(
             else:
                 export_onnx(model, example, path)
                 precision = precision_of(model)
-                if precision != "fp32":
+                if precision in INT8:
                     path, fp32 = os.path.join(tmp, "int8.onnx"), path
                     quantize_onnx(fp32, path, precision, example)
             session = ort_session(path, example.device)

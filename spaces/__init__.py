@@ -11,8 +11,8 @@ from vitpareto.spaces._branches import (
     exit_key,
     key_design,
 )
-from vitpareto.spaces._candidate import PRECISIONS, Candidate
-from vitpareto.spaces._compress import CompressedViT, DeployedViT, PrunedBlock
+from vitpareto.spaces._candidate import HALF, PRECISIONS, Candidate
+from vitpareto.spaces._compress import FLOATS, CompressedViT, DeployedViT, PrunedBlock
 from vitpareto.spaces._criteria import BlockScores
 from vitpareto.spaces._elastic import ElasticViT, compress
 from vitpareto.spaces._eva import canonical as canonical_eva
@@ -59,6 +59,8 @@ __all__ = [
     "ExitHead",
     "EXIT_TYPES",
     "PRECISIONS",
+    "HALF",
+    "FLOATS",
     "MlpExit",
     "AttentionExit",
     "ConvExit",

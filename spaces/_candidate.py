@@ -15,10 +15,12 @@ from vitpareto.spaces._spec import ViTSpec, describe
 from vitpareto.spaces._tokens import TOKEN_MODES, reduces
 
 PER_BLOCK = ("heads", "qk_dim", "mlp", "keep", "token_mode")
-# how the deployed artifact computes: float32, or int8 by ONNX Runtime's own quantization
+# how the deployed artifact computes: float32; int8 by ONNX Runtime's own quantization
 # (weights alone, activations quantized on the fly; or weights and activations, the
-# activations' ranges calibrated on training images)
-PRECISIONS = ("fp32", "int8-dynamic", "int8-static")
+# activations' ranges calibrated on training images); or every weight and activation in
+# bfloat16 or float16 (PyTorch runtimes, where the device computes them natively)
+PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "bf16", "fp16")
+HALF = ("bf16", "fp16")
 REQUIRED = ("patch_size", "heads", "qk_dim", "mlp", "keep")
 
 
@@ -54,9 +56,10 @@ class Candidate:
             whose confidence there reaches the stage's threshold stops; the rest go on to
             the next stage, the last being the candidate itself, exits and all.
         cascade_thresholds: each cascade stage's softmax confidence to stop at.
-        precision: how the deployed artifact computes (``PRECISIONS``): ``fp32``, or
+        precision: how the deployed artifact computes (``PRECISIONS``): ``fp32``,
             ``int8-dynamic`` / ``int8-static`` (ONNX Runtime's quantization of the exported
-            graph); the accuracy and latency of an int8 candidate are its artifact's.
+            graph), or ``bf16`` / ``fp16`` (the model's weights and activations, under the
+            PyTorch runtimes); the accuracy and latency of a candidate are its artifact's.
     """
 
     patch_size: int

@@ -18,6 +18,8 @@ from vitpareto.spaces._rope import TokenRope, grid_positions
 from vitpareto.spaces._spec import ViTSpec
 from vitpareto.spaces._tokens import reducer, reduces, scorer, sized_blocks
 
+FLOATS = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the half precisions' dtypes
+
 
 def _eager() -> bool:
     """Whether this forward runs as plain Python, not captured into a graph (torch.export,
@@ -174,7 +176,17 @@ class CompressedViT(nn.Module):
         return len(self.stages) + len(self.exit_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit(x)
+        return self._out(self.vit(self._in(x)))
+
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        """The images in the model's own precision (a bf16 or fp16 candidate's weights);
+        float32 logits come out (``_out``), so callers never see the difference."""
+        dtype = self.vit.patch_embed.proj.weight.dtype
+        return x if x.dtype == dtype else x.to(dtype)
+
+    @staticmethod
+    def _out(t: torch.Tensor) -> torch.Tensor:
+        return t if t.dtype == torch.float32 else t.float()
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         vit = self.vit
@@ -182,8 +194,8 @@ class CompressedViT(nn.Module):
 
     def stage(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """The final logits of cascade stage ``k`` (its stem, every block, the head)."""
-        x = self.vit.blocks(self.stages[k](x, self.vit))
-        return self.vit.forward_head(self.vit.norm(x))
+        x = self.vit.blocks(self.stages[k](self._in(x), self.vit))
+        return self._out(self.vit.forward_head(self.vit.norm(x)))
 
     def forward_dynamic(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dynamic inference: each sample leaves at the first cascade stage, then the first
@@ -197,8 +209,8 @@ class CompressedViT(nn.Module):
         of one that leaves early costs what its route costs in the exported graphs too,
         as the segment timings of the expected latency assume. (The TorchScript tracer
         has no conditional: its graph runs the later blocks on no rows.)"""
-        n = x.shape[0]
-        logits = x.new_zeros(n, self.vit.num_classes)
+        n, x = x.shape[0], self._in(x)
+        logits = x.new_zeros(n, self.vit.num_classes, dtype=torch.float32)
         where = torch.full((n,), self.routes, dtype=torch.long, device=x.device)
         return self._route(0, x, torch.arange(n, device=x.device), logits, where)
 
@@ -231,7 +243,7 @@ class CompressedViT(nn.Module):
         )
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        vit = self.vit
+        vit, x = self.vit, self._in(x)
         outs = [self.stage(x, k) for k in range(len(self.stages))]
         x = self._stem(x)
         outs += [
@@ -245,7 +257,7 @@ class CompressedViT(nn.Module):
                 if at == j
             ]
         outs.append(vit.forward_head(vit.norm(x)))
-        return outs
+        return [self._out(o) for o in outs]
 
 
 def _unchanged(x, alive, logits, where) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,6 +268,7 @@ def _unchanged(x, alive, logits, where) -> tuple[torch.Tensor, torch.Tensor]:
 def _leave(out, threshold, route, logits, where, alive):
     """``logits`` and ``where`` with the rows of ``out`` confident enough to leave by
     ``route`` recorded, and the indices (into ``out``) of the rows that stay."""
+    out = CompressedViT._out(out)  # confidences as float32 logits give them, any precision
     leave = out.softmax(-1).amax(-1) >= threshold
     gone = leave.nonzero().squeeze(1)
     rows = alive.index_select(0, gone)
@@ -307,7 +320,7 @@ def extract(elastic, candidate: Candidate) -> CompressedViT:
         head.packed = int(at > 0 and packed[at - 1]) + int(at > 0 and placed[at - 1])
     out = CompressedViT(vit, heads, exit_after, candidate, stage_stems(elastic, candidate.cascade))
     out.train(elastic.training)
-    return out
+    return out.to(FLOATS.get(candidate.precision, torch.float32))
 
 
 class DeployedViT(nn.Module):

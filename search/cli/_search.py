@@ -120,8 +120,11 @@ def measure_args(s) -> None:
         metavar="LIST",
         help="the deployed artifact's arithmetic, searched as a knob: comma-separated among "
         "fp32, int8-dynamic (ONNX Runtime's int8 weights, activations quantized on the fly), "
-        "int8-static (int8 activations too, calibrated on training images); int8 runs under "
-        "--runtime onnxruntime, and its accuracy is the quantized file's (default: fp32)",
+        "int8-static (int8 activations too, calibrated on training images), bf16 and fp16 (the "
+        "model's weights and activations); int8 runs under --runtime onnxruntime, bf16 and "
+        "fp16 under the PyTorch runtimes where the device computes them natively (bf16: "
+        "CUDA, or a CPU with AVX512-BF16 or AMX; fp16: CUDA); a candidate's accuracy is its "
+        "artifact's (default: fp32)",
     )
     s.add_argument(
         "--latency",

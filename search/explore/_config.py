@@ -88,11 +88,11 @@ class SearchConfig:
             raise VitParetoError(
                 f"unknown runtime {self.runtime!r}; choose from {', '.join(RUNTIMES)}"
             )
-        self.precision = check_precision(self.precision, self.runtime)
+        self.precision = check_precision(self.precision, self.runtime, self.device)
         if self.latency == "predicted" and self.precision != ("fp32",):
             raise VitParetoError(
-                "--latency predicted reads a table of float32 blocks; an int8 candidate is "
-                "timed on its quantized file: use --latency measured with --precision"
+                "--latency predicted reads a table of float32 blocks; an int8, bf16 or fp16 "
+                "candidate is timed as it ships: use --latency measured with --precision"
             )
         if self.latency not in LATENCY_SOURCES:
             raise VitParetoError(

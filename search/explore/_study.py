@@ -91,7 +91,7 @@ def searched_space(space, config: SearchConfig):
     if config.precision != ("fp32",):
         return dataclasses.replace(space, precision=config.precision)
     if space.precision is not None:
-        check_precision(space.precision, config.runtime)
+        check_precision(space.precision, config.runtime, config.device)
     return space
 
 

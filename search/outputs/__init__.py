@@ -14,7 +14,6 @@ from vitpareto.search.outputs._export import (
     export_trials,
     model_card,
     pick_trials,
-    portable_files,
 )
 from vitpareto.search.outputs._expr import ExpressionError, names, parse_sort, parse_where
 from vitpareto.search.outputs._modeldir import (
@@ -26,6 +25,7 @@ from vitpareto.search.outputs._modeldir import (
     save_finetuned,
     write_model_dir,
 )
+from vitpareto.search.outputs._portable import portable_files
 from vitpareto.search.outputs._query import (
     MAIN_COLUMNS,
     completed_trials,

@@ -19,6 +19,7 @@ import torch
 from vitpareto.bounds import check_input
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
+    INT8,
     check_runtime,
     first_images,
     load_data,
@@ -30,7 +31,7 @@ from vitpareto.files import file_sha256
 from vitpareto.search.outputs._manifest import verify_dir
 from vitpareto.search.outputs._modeldir import METRICS, load_model, read_config
 from vitpareto.search.outputs._schemas import Metrics, read_json
-from vitpareto.spaces import Candidate, ElasticViT, check_recipe, create_model
+from vitpareto.spaces import HALF, Candidate, ElasticViT, check_recipe, create_model
 
 KEYS = {  # metrics.json key -> time_deployed's
     "deployed_latency_ms": "latency_ms",
@@ -219,10 +220,15 @@ def check_dirs(
         if (d / "model.onnx").exists():
             file_sha256(d / "model.onnx")  # a FIFO or a device would hang the runtime
         precision = cfg["candidate"].get("precision", "fp32")
-        if precision != "fp32" and (runtime or "onnxruntime") != "onnxruntime":
+        if precision in INT8 and (runtime or "onnxruntime") != "onnxruntime":
             raise VitParetoError(
                 f"{str(d)!r} ships a {precision} model.onnx, which runs under --runtime "
                 f"onnxruntime, not {runtime}"
+            )
+        if precision in HALF and runtime == "onnxruntime":
+            raise VitParetoError(
+                f"{str(d)!r} ships a {precision} model (its model.onnx is float32): time it "
+                "under --runtime eager or compile"
             )
         checked.append((cfg, stored, load_model(d, "cpu", trust=True)))  # checked just now
     return checked

@@ -12,27 +12,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from vitpareto.errors import VitParetoError
 from vitpareto.evaluators import (
     DEFAULT_MEAN,
     DEFAULT_STD,
+    INT8,
     calibration_images,
     channel_norm,
     check_onnxscript,
-    deployed,
-    export_pt2,
     first_images,
     precision_of,
-    quantize_onnx,
 )
 from vitpareto.search.explore import front_trials, load_weights
 from vitpareto.search.outputs._bench import (
@@ -43,8 +39,9 @@ from vitpareto.search.outputs._bench import (
     measure_deployed,
 )
 from vitpareto.search.outputs._modeldir import check_writable, model_files, rebuild, write_model_dir
+from vitpareto.search.outputs._portable import copy_of, portable_files
 from vitpareto.search.outputs._query import completed_trials, stored_candidate
-from vitpareto.spaces import Candidate
+from vitpareto.spaces import HALF, Candidate
 
 
 def pick_trials(study, trials: list[int] | None, pareto: bool) -> list:
@@ -154,7 +151,7 @@ def _write(study, trials, dirs, models, supernet, force, portable, timing, progr
             if "model.onnx" in portable_set:  # written once: timed, then copied in
                 onnx = os.path.join(tmp, "model.onnx")
                 portable_set["model.onnx"](Path(onnx))
-                portable_set["model.onnx"] = _copy_of(onnx)
+                portable_set["model.onnx"] = copy_of(onnx)
             if timing is not None:  # this machine's latency of the very file written
                 metrics.update(timing(model, t.user_attrs.get("exit_fraction"), onnx))
                 why = disagreement(metrics)
@@ -162,11 +159,6 @@ def _write(study, trials, dirs, models, supernet, force, portable, timing, progr
                     print(f"warning: trial {t.number}: {why}", file=sys.stderr)
             written.append(_files_of(study, t, model, supernet, metrics, portable_set, d, force))
     return written
-
-
-def _copy_of(src: str):
-    """Content that copies the file ``src`` into place (``atomic_dir`` writes it)."""
-    return lambda dest: shutil.copyfile(src, dest)
 
 
 def _files_of(study, t, model, supernet, metrics, portable_set, d, force) -> Path:
@@ -199,38 +191,6 @@ def export_calibration(models, supernet):
             "--supernet CKPT (the checkpoint the study searched)"
         )
     return calibration_images(supernet.load_data(batch_size=128).train)
-
-
-def portable_files(model, calibration=None) -> dict[str, Any]:
-    """``model.pt2`` and ``model.onnx``, which load without vitpareto: the exit policy for a
-    model with exits (outputs: logits and each sample's exit), beside ``model_static.*``
-    (every block, the final head) for runtimes that cannot take its control flow. An int8
-    candidate's ``model.onnx`` is quantized (``calibration``: training images, for
-    int8-static); the other files stay float32."""
-    x = torch.randn(2, *image_shape(model))  # 2: a batch of 1 would be specialised
-    shipped = deployed(model)
-    precision = precision_of(model)
-    made = tempfile.TemporaryDirectory()  # each module captured once for both its files
-
-    def pair(stem: str, module) -> tuple[Path, Path]:
-        pt2, onnx = Path(made.name) / f"{stem}.pt2", Path(made.name) / f"{stem}.onnx"
-        if not pt2.exists():
-            export_pt2(module, x, pt2, onnx=onnx)
-        return pt2, onnx
-
-    def onnx(dest):
-        fp32 = pair("model", shipped)[1]
-        if precision == "fp32":
-            return shutil.copyfile(fp32, dest)
-        quantize_onnx(fp32, dest, precision, calibration)
-
-    files = {"model.pt2": lambda dest: shutil.copyfile(pair("model", shipped)[0], dest),
-             "model.onnx": onnx}  # fmt: skip
-    if shipped is not model:
-        for suffix in (0, 1):
-            name = ("model_static.pt2", "model_static.onnx")[suffix]
-            files[name] = lambda dest, i=suffix: shutil.copyfile(pair("static", model)[i], dest)
-    return files
 
 
 def deployed_timing(study, supernet, device: str = "cpu", repeats: int = 20):
@@ -330,9 +290,12 @@ def _card_rows(m: dict, batch) -> list[tuple[str, str]]:
     segments = m.get("exit_latency_ms")
     static_ms = segments[-1] if segments else m.get("latency_ms")
     precision = (m.get("candidate") or {}).get("precision", "fp32")
-    where = " (of model.onnx, in ONNX Runtime; model.pt2 and model_static.* are fp32)"
+    where = {
+        **dict.fromkeys(INT8, " (of model.onnx, in ONNX Runtime; the other files are fp32)"),
+        **dict.fromkeys(HALF, " (the weights and .pt2 files; the .onnx files are fp32)"),
+    }.get(precision, "")
     return [
-        ("precision", precision + (where if precision != "fp32" else "")),
+        ("precision", precision + where),
         ("accuracy (validation set)", _fmt(m.get("accuracy"))),
         ("accuracy in float32, before quantization", _fmt(m.get("fp32_accuracy"))),
         ("accuracy on the held-out test set", _fmt(m.get("test_accuracy"))),

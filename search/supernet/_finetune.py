@@ -27,7 +27,7 @@ from vitpareto.evaluators import (
 from vitpareto.search.supernet._checkpoint import Supernet
 from vitpareto.search.supernet._recipe import Recipe, adamw, lr_factor, mixed_loss
 from vitpareto.search.supernet._teacher import check_teacher, reload_teacher
-from vitpareto.spaces import Candidate, CompressedViT
+from vitpareto.spaces import FLOATS, HALF, Candidate, CompressedViT
 
 
 @dataclass
@@ -140,7 +140,10 @@ def finetune(
     ev = AccuracyEvaluator(data.val, device=dev, progress=False, calibration=calib)
     if before is None:
         before = ev(elastic, candidate)
-    student = elastic.extract(candidate)
+    # trained in float32 (half-precision weights would lose the small updates), shipped
+    # in the candidate's precision
+    half = candidate.precision in HALF
+    student = elastic.extract(candidate.replace(precision="fp32") if half else candidate)
     full = Candidate.full(spec)
     if teacher is None and supernet.meta.get("teacher"):
         teacher = reload_teacher(supernet.meta["teacher"]), supernet.meta["teacher"]
@@ -162,6 +165,9 @@ def finetune(
         for p in elastic.parameters():
             p.requires_grad_(True)
     student.eval()
+    if half:
+        student = student.to(FLOATS[candidate.precision])
+        student.candidate = candidate
     after = ev.score(student, spec)
     if data.test is not None:  # reported apart: the front was chosen on validation
         test = AccuracyEvaluator(data.test, device=dev, progress=False, calibration=calib)

@@ -63,7 +63,10 @@ def test_precision_is_a_knob_of_the_candidate_and_the_space(small_net):
     "extra, words",
     [
         (["--precision", "int8-dynamic"], "does not run under --runtime eager"),
-        (["--precision", "fp16", "--runtime", "onnxruntime"], "unknown precision 'fp16'"),
+        (["--precision", "fp16", "--runtime", "onnxruntime"], "does not run under --runtime onnx"),
+        (["--precision", "bf16", "--runtime", "onnxruntime"], "use --runtime eager, compile"),
+        (["--precision", "fp16"], "no AMX-FP16 instructions; search it on a CUDA device"),
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
         (["--precision", "fp32,fp32"], "distinct precisions"),
         (
             ["--precision", "int8-static", "--runtime", "onnxruntime", "--latency", "predicted"],
