@@ -42,6 +42,7 @@ HOW = {  # how each runtime's models are made, for the table's header
     "eager": "Every model as `vitpareto.load` runs it in PyTorch; bf16: its weights and "
     "activations in bfloat16, which this CPU computes natively (AVX512-BF16). ",
 }
+NAMES = {"onnxruntime": "ONNX Runtime"}  # section titles (the README links them)
 HOW["compile"] = HOW["eager"].replace("runs it in PyTorch", "runs it, under torch.compile")
 
 
@@ -111,7 +112,7 @@ def run(args) -> str:
         lines.append(f"| {label} | {ratio} |{cells}")
     return "\n".join(
         [
-            f"## Precision against the cheap alternative: deit_small_patch16_224, {args.runtime} on cpu (bench_precision.py)",
+            f"## Precision against the cheap alternative: deit_small_patch16_224, {NAMES.get(args.runtime, args.runtime)} on cpu (bench_precision.py)",
             "",
             f"{stamp()}, onnxruntime {version('onnxruntime')}. Random weights (latency only). "
             + HOW[args.runtime]
