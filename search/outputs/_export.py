@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from vitpareto.search.outputs._bench import (
     measure_deployed,
 )
 from vitpareto.search.outputs._modeldir import check_writable, model_files, rebuild, write_model_dir
-from vitpareto.search.outputs._portable import copy_of, portable_files
+from vitpareto.search.outputs._portable import portable_files
 from vitpareto.search.outputs._query import completed_trials, stored_candidate
 from vitpareto.spaces import HALF, Candidate
 
@@ -145,19 +144,14 @@ def _write(study, trials, dirs, models, supernet, force, portable, timing, progr
     ):
         metrics = {k: v for k, v in t.user_attrs.items() if k not in ("artifacts",)}
         metrics.update(study=study.study_name, trial=t.number, values=list(t.values))
-        with tempfile.TemporaryDirectory() as tmp:
-            portable_set = portable_files(model, calibration) if portable else {}
-            onnx = None
-            if "model.onnx" in portable_set:  # written once: timed, then copied in
-                onnx = os.path.join(tmp, "model.onnx")
-                portable_set["model.onnx"](Path(onnx))
-                portable_set["model.onnx"] = copy_of(onnx)
-            if timing is not None:  # this machine's latency of the very file written
-                metrics.update(timing(model, t.user_attrs.get("exit_fraction"), onnx))
-                why = disagreement(metrics)
-                if why:
-                    print(f"warning: trial {t.number}: {why}", file=sys.stderr)
-            written.append(_files_of(study, t, model, supernet, metrics, portable_set, d, force))
+        portable_set = portable_files(model, calibration) if portable else {}
+        if timing is not None:  # this machine's latency of the very file written
+            onnx = str(portable_set["model.onnx"].path()) if portable else None
+            metrics.update(timing(model, t.user_attrs.get("exit_fraction"), onnx))
+            why = disagreement(metrics)
+            if why:
+                print(f"warning: trial {t.number}: {why}", file=sys.stderr)
+        written.append(_files_of(study, t, model, supernet, metrics, portable_set, d, force))
     return written
 
 
